@@ -1,0 +1,16 @@
+"""The pack's V3 extension: the one list of node classes ComfyUI registers."""
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .masks import MASK_NODES
+
+
+class SelectiveControlExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*MASK_NODES]
+
+
+async def comfy_entrypoint() -> SelectiveControlExtension:
+    return SelectiveControlExtension()

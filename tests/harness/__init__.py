@@ -1,0 +1,26 @@
+"""Test harness: a real in-process ComfyUI, tiny real-architecture models, a workflow runner."""
+from .comfy import (
+    COMFYUI_DIR,
+    REPO_ROOT,
+    PromptError,
+    PromptResult,
+    boot,
+    node_error_message,
+    pack_import,
+    run_prompt,
+    workspace,
+    write_model_file,
+)
+
+__all__ = [
+    "COMFYUI_DIR",
+    "REPO_ROOT",
+    "PromptError",
+    "PromptResult",
+    "boot",
+    "node_error_message",
+    "pack_import",
+    "run_prompt",
+    "workspace",
+    "write_model_file",
+]
