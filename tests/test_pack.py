@@ -50,6 +50,9 @@ def test_pyproject_has_the_registry_fields():
     assert "Icon" in comfy
     pinned = {re.split(r"[<>=!~ ;\[]", dep)[0].lower() for dep in project["dependencies"]}
     assert not pinned & {"torch", "numpy", "pillow", "transformers", "safetensors"}, "ComfyUI provides these"
+    requirements = [line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    assert project["dependencies"] == requirements, "pyproject.toml and requirements.txt must list the same"
 
 
 PACK_SOURCES = sorted(p for p in [REPO_ROOT / "__init__.py", *(REPO_ROOT / "nodes").rglob("*.py")])

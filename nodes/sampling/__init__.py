@@ -1,0 +1,1 @@
+"""What hooks into ComfyUI's sampler: model patches, wrappers, ControlNet subclasses (comfy imports allowed)."""
