@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .blending import BLENDING_NODES
 from .control import CONTROL_NODES
+from .evaluation import EVALUATION_NODES
 from .finding import FINDING_NODES
 from .masks import MASK_NODES
 
@@ -12,7 +13,7 @@ from .masks import MASK_NODES
 class SelectiveControlExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*MASK_NODES, *FINDING_NODES, *CONTROL_NODES, *BLENDING_NODES]
+        return [*MASK_NODES, *FINDING_NODES, *CONTROL_NODES, *BLENDING_NODES, *EVALUATION_NODES]
 
 
 async def comfy_entrypoint() -> SelectiveControlExtension:
