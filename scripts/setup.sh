@@ -87,7 +87,10 @@ if [ ! -f "$assets/u2netp.onnx" ]; then
   rm -rf "$tmp"
 fi
 
-# 6. link the pack into custom_nodes, as a clone there would be.
+# 6. the real-browser test's tools (Debian chromium, playwright-core); never fails, the test skips instead.
+bash "$ROOT/scripts/setup_browser.sh"
+
+# 7. link the pack into custom_nodes, as a clone there would be.
 mkdir -p "$COMFY/custom_nodes"
 link="$COMFY/custom_nodes/$PACK_LINK_NAME"
 if [ "$(readlink "$link" 2>/dev/null)" != "$ROOT" ]; then

@@ -1,0 +1,255 @@
+// Loads UI-format workflows into the real ComfyUI frontend (Debian's chromium driven by
+// playwright-core) the way a user opens a file, and prints one JSON report on stdout.
+//
+//   node check_workflows.mjs --url http://127.0.0.1:8188 --artifacts DIR [--queue NAME]
+//        [--timeout-ms 30000] [--chromium /usr/bin/chromium] WORKFLOW.json...
+//
+// The server must run with its own --user-directory whose default/comfy.settings.json has
+// "Comfy.TutorialCompleted": true (a fresh user folder opens the Templates dialog over
+// everything). Per workflow the report gives: missing node types (app.showMissingNodesError
+// and a comparison with LiteGraph.registered_node_types), missing models
+// (app.showMissingModelsError), console errors (known harmless offline ones listed apart,
+// see HARMLESS), dialogs left open, widget values that break the node definitions from
+// /object_info, the frontend's own (await app.graphToPrompt()).output and a screenshot.
+// With --queue NAME the workflow whose file name is NAME is queued through app.queuePrompt;
+// the prompt id comes from the /api/prompt response and /api/history is polled.
+// Requests to any other origin than --url are aborted (the page runs offline).
+import { chromium } from 'playwright-core';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+
+function parseArgs(argv) {
+  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, timeoutMs: 30000,
+    chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium', files: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--url') opts.url = argv[++i].replace(/\/$/, '');
+    else if (arg === '--artifacts') opts.artifacts = argv[++i];
+    else if (arg === '--queue') opts.queue = argv[++i];
+    else if (arg === '--timeout-ms') opts.timeoutMs = Number(argv[++i]);
+    else if (arg === '--chromium') opts.chromium = argv[++i];
+    else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
+    else opts.files.push(arg);
+  }
+  if (!opts.url) throw new Error('--url is required');
+  return opts;
+}
+
+// Console errors a healthy offline start produces in frontend 1.32.9. Each rule names why.
+const HARMLESS = [
+  { why: '404 for optional user files (user.css, favicon, templates index) and empty userdata folders',
+    test: (e, base) => /status of 404/.test(e.text) && e.url.startsWith(base) &&
+      /^\/(user\.css|favicon\.ico|api\/userdata\/(user\.css|comfy\.templates\.json)|api\/userdata\?dir=(workflows|subgraphs)\b)/
+        .test(e.url.slice(base.length)) },
+  { why: 'requests to other origins (hosted registry api.comfy.org and the like) blocked offline',
+    test: (e, base) => (e.url && !e.url.startsWith(base) && /^Failed to load resource/.test(e.text)) ||
+      /^Connecting to '[^']+' violates the following Content Security Policy directive/.test(e.text) &&
+        !e.text.includes(`'${base}`) },
+  { why: 'frontend 1.32.9 useRenderModeSetting stores an unregistered setting at startup (TypeError in onChange)',
+    test: (e) => e.phase === 'startup' &&
+      e.text.startsWith("TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange (") &&
+      /\n\s+at Proxy\.set \(/.test(e.text) && /\n\s+at load \([^)]*GraphView-/.test(e.text) },
+];
+
+function classify(entries, base) {
+  const unexpected = [], harmless = [];
+  for (const entry of entries) {
+    const rule = HARMLESS.find((r) => r.test(entry, base));
+    (rule ? harmless : unexpected).push(rule ? { ...entry, why: rule.why } : entry);
+  }
+  return { unexpected, harmless };
+}
+
+// Text of the dialogs on screen (templates browser, load warnings, error dialogs).
+const openDialogs = () => [...document.querySelectorAll('.p-dialog')]
+  .filter((d) => d.getClientRects().length > 0)
+  .map((d) => d.innerText.slice(0, 300));
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+  const base = opts.url;
+  const t0 = Date.now();
+  mkdirSync(opts.artifacts, { recursive: true });
+  const report = { url: base, frontend_version: null, timings_ms: {}, startup: null, workflows: [], queue: null };
+
+  const browser = await chromium.launch({
+    executablePath: opts.chromium,
+    args: ['--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run'],
+    timeout: opts.timeoutMs,
+  });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1600, height: 1000 } });
+    await context.route((u) => !u.href.startsWith(base + '/') && u.href !== base, (route) => route.abort());
+    const page = await context.newPage();
+    page.setDefaultTimeout(opts.timeoutMs);
+
+    let phase = 'startup';
+    const events = [];
+    page.on('console', (m) => {
+      if (m.type() === 'error') events.push({ phase, kind: 'console', text: m.text(), url: m.location().url || '' });
+    });
+    page.on('pageerror', (e) => events.push({ phase, kind: 'pageerror', text: String(e.stack || e), url: '' }));
+    // The console errors since the last phase go to `target`, with the time it took.
+    const closePhase = (target, started) => {
+      const { unexpected, harmless } = classify(events.splice(0), base);
+      return Object.assign(target, { console_errors: unexpected, harmless_console: harmless, ms: Date.now() - started });
+    };
+
+    await page.goto(base + '/', { waitUntil: 'domcontentloaded' });
+    await page.waitForFunction(() => window.app?.graph && window.app?.canvas &&
+      Object.keys(window.LiteGraph?.registered_node_types ?? {}).length > 0 &&
+      window.app.extensionManager?.workflow?.activeWorkflow, null, { timeout: opts.timeoutMs });
+    report.timings_ms.ready = Date.now() - t0;
+
+    // Record instead of showing the dialogs (they would cover the screenshots).
+    await page.evaluate(() => {
+      const app = window.app;
+      window.__sc = { missingNodes: [], missingModels: [], fileErrors: [] };
+      app.showMissingNodesError = (types) => { window.__sc.missingNodes.push(...types.map((t) => (typeof t === 'string' ? t : t.type))); };
+      app.showMissingModelsError = (models) => { window.__sc.missingModels.push(...models.map((m) => ({ name: m.name, directory: m.directory, url: m.url, directory_invalid: !!m.directory_invalid }))); };
+      app.showErrorOnFileLoad = (file) => { window.__sc.fileErrors.push(`unable to find workflow in ${file.name}`); };
+    });
+    report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
+    const objectInfo = await page.evaluate(async () => (await fetch('/api/object_info')).json());
+    await sleep(300); // let startup requests settle before their errors are attributed
+    report.startup = classify(events.splice(0), base);
+    report.startup.open_dialogs = await page.evaluate(openDialogs);
+
+    for (const file of opts.files) {
+      const name = basename(file);
+      phase = name;
+      const started = Date.now();
+      const entry = { file: resolve(file), name };
+      try {
+        const text = readFileSync(file, 'utf8');
+        const result = await page.evaluate(async ({ text, name, objectInfo }) => {
+          const app = window.app, LiteGraph = window.LiteGraph;
+          Object.assign(window.__sc, { missingNodes: [], missingModels: [], fileErrors: [] });
+          let loadError = null;
+          try {
+            await app.handleFile(new File([text], name, { type: 'application/json' }));
+          } catch (e) {
+            loadError = String(e.stack || e);
+          }
+          await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+          const workflow = JSON.parse(text);
+          const fileTypes = [...new Set((workflow.nodes || []).map((n) => n.type))];
+          const unregistered = fileTypes.filter((t) => !(t in LiteGraph.registered_node_types));
+
+          // Widget values against the server's node definitions.
+          const invalid = [];
+          const CONTROL = ['fixed', 'increment', 'decrement', 'randomize'];
+          for (const node of app.graph.nodes) {
+            const def = objectInfo[node.type];
+            if (!def) continue;
+            const specs = { ...(def.input?.required || {}), ...(def.input?.optional || {}) };
+            for (const w of node.widgets || []) {
+              const where = { node_id: String(node.id), type: node.type, title: node.title, widget: w.name, value: w.value };
+              if (w.name === 'control_after_generate' || w.name === 'control_before_generate') {
+                if (!CONTROL.includes(w.value)) invalid.push({ ...where, problem: `not one of ${CONTROL}` });
+                continue;
+              }
+              const spec = specs[w.name];
+              if (!spec) continue;
+              // A linked widget input sends the link, not the value.
+              if ((node.inputs || []).some((i) => i.widget?.name === w.name && i.link != null)) continue;
+              const [kind, options = {}] = spec;
+              const v = w.value;
+              if (Array.isArray(kind) || kind === 'COMBO') {
+                const values = Array.isArray(kind) ? kind : options.options;
+                if (options.remote || options.multi_select || !Array.isArray(values)) continue;
+                if (!values.includes(v)) invalid.push({ ...where, problem: values.length ? `not in options (${values.length}: ${JSON.stringify(values.slice(0, 8))}${values.length > 8 ? ', ...' : ''})` : 'not in options (the list is empty)' });
+              } else if (kind === 'INT' || kind === 'FLOAT') {
+                if (typeof v !== 'number' || !Number.isFinite(v)) invalid.push({ ...where, problem: 'not a finite number' });
+                else if (kind === 'INT' && !Number.isInteger(v)) invalid.push({ ...where, problem: 'not an integer' });
+                else if (options.min !== undefined && v < options.min) invalid.push({ ...where, problem: `below min ${options.min}` });
+                else if (options.max !== undefined && v > options.max) invalid.push({ ...where, problem: `above max ${options.max}` });
+              } else if (kind === 'BOOLEAN') {
+                if (typeof v !== 'boolean') invalid.push({ ...where, problem: 'not a boolean' });
+              } else if (kind === 'STRING') {
+                if (typeof v !== 'string') invalid.push({ ...where, problem: 'not a string' });
+              }
+            }
+          }
+          const prompt = (await app.graphToPrompt()).output;
+          // The screenshot shows the whole graph, not the view saved in the file.
+          app.canvas.deselectAll?.();
+          await app.extensionManager.command.execute('Comfy.Canvas.FitView');
+          return {
+            loadError, unregistered, invalid, prompt,
+            missingNodes: [...new Set(window.__sc.missingNodes)],
+            missingModels: window.__sc.missingModels, fileErrors: window.__sc.fileErrors,
+            activeWorkflow: app.extensionManager.workflow.activeWorkflow?.path ?? null,
+            graphNodes: app.graph.nodes.length,
+          };
+        }, { text, name, objectInfo });
+        result.dialogs = await page.evaluate(openDialogs);
+        Object.assign(entry, {
+          load_error: result.loadError, file_errors: result.fileErrors,
+          missing_node_types: [...new Set([...result.missingNodes, ...result.unregistered])].sort(),
+          missing_models: result.missingModels, invalid_widgets: result.invalid,
+          open_dialogs: result.dialogs, active_workflow: result.activeWorkflow,
+          graph_nodes: result.graphNodes, prompt: result.prompt,
+        });
+        await sleep(250);
+        const shot = join(opts.artifacts, name.replace(/\.json$/i, '') + '.png');
+        await page.screenshot({ path: shot });
+        entry.screenshot = resolve(shot);
+      } catch (e) {
+        entry.error = String(e.stack || e);
+      }
+      report.workflows.push(closePhase(entry, started));
+    }
+
+    if (opts.queue) {
+      const file = opts.files.find((f) => basename(f) === opts.queue);
+      phase = `queue:${opts.queue}`;
+      const started = Date.now();
+      const q = { name: opts.queue };
+      try {
+        if (!file) throw new Error(`--queue ${opts.queue} is not among the workflow files`);
+        const text = readFileSync(file, 'utf8');
+        await page.evaluate(async ({ text, name }) => {
+          await window.app.handleFile(new File([text], name, { type: 'application/json' }));
+        }, { text, name: opts.queue });
+        const responseP = page.waitForResponse((r) => r.url() === `${base}/api/prompt` && r.request().method() === 'POST');
+        q.queue_prompt_returned = await page.evaluate(async () => window.app.queuePrompt(0, 1));
+        const response = await responseP;
+        const body = await response.json();
+        q.http_status = response.status();
+        q.prompt_id = body.prompt_id ?? null;
+        q.node_errors = body.node_errors ?? null;
+        q.sent_prompt = JSON.parse(response.request().postData() || '{}').prompt ?? null;
+        if (!q.prompt_id) throw new Error(`/api/prompt answered ${response.status()}: ${JSON.stringify(body).slice(0, 2000)}`);
+        const deadline = Date.now() + opts.timeoutMs;
+        for (;;) {
+          const history = await page.evaluate(async (id) => (await fetch(`/api/history/${id}`)).json(), q.prompt_id);
+          const item = history[q.prompt_id];
+          if (item?.status?.completed || item?.status?.status_str === 'error') {
+            q.status = item.status;
+            q.output_nodes = Object.keys(item.outputs || {});
+            break;
+          }
+          if (Date.now() > deadline) { q.status = { status_str: 'timeout', completed: false }; break; }
+          await sleep(150);
+        }
+      } catch (e) {
+        q.error = String(e.stack || e);
+      }
+      report.queue = closePhase(q, started);
+    }
+  } finally {
+    await browser.close();
+  }
+  report.timings_ms.total = Date.now() - t0;
+  report.harmless_rules = HARMLESS.map((r) => r.why);
+  process.stdout.write(JSON.stringify(report, null, 1) + '\n');
+}
+
+main().catch((e) => {
+  process.stderr.write(String(e.stack || e) + '\n');
+  process.exit(2);
+});

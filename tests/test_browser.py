@@ -1,0 +1,228 @@
+"""Every shipped workflow (workflows/*.json) and tests/data/core_workflow.json, opened in the
+real ComfyUI frontend inside Debian's chromium, driven by tests/browser/check_workflows.mjs.
+
+Per workflow: no missing node types or models, no console errors beyond the known harmless
+offline ones (listed in check_workflows.mjs), no dialog left open, every widget value valid
+for the server's /object_info, the frontend's own ``graphToPrompt`` output equal to
+tests/harness/workflow.ui_to_api (class_type and inputs per node id), and a screenshot in
+tests/browser/artifacts/ (or $SC_BROWSER_ARTIFACTS). One workflow is queued from the UI and
+must finish. Skips when chromium or the npm packages are missing: `bash scripts/setup_browser.sh`.
+
+The server's models folder gets an empty placeholder for every model a workflow declares in
+``properties.models`` / ``models`` (the files the frontend's missing-model dialog offers), so
+a model combo is only valid when the workflow declares where to download its file; its input
+folder gets the images the workflows' LoadImage nodes name (users pick their own).
+Known limit: a dynamic prompt with ``{a|b}`` choices would be resolved at random on both sides.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageStat
+
+from harness import comfy
+from harness.server import running_server
+from harness.workflow import VIRTUAL_NODE_TYPES, WorkflowError, object_info, ui_to_api
+
+pytestmark = pytest.mark.slow
+
+BROWSER_DIR = comfy.REPO_ROOT / "tests" / "browser"
+SCRIPT = BROWSER_DIR / "check_workflows.mjs"
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+ARTIFACTS = Path(os.environ.get("SC_BROWSER_ARTIFACTS") or BROWSER_DIR / "artifacts")
+SHIPPED = sorted((comfy.REPO_ROOT / "workflows").glob("*.json"))
+WORKFLOWS = SHIPPED + [comfy.REPO_ROOT / "tests" / "data" / "core_workflow.json"]
+QUEUED = "core_workflow.json"  # core nodes only: runs in well under a second
+VIEWPORT = (1600, 1000)  # check_workflows.mjs
+STEP_TIMEOUT_MS = 30_000  # each browser wait / the queued run
+RUN_TIMEOUT = 150.0  # the whole node process
+# Settings the frontend reads at start: without TutorialCompleted a fresh user folder opens
+# the Templates dialog over everything; the minimap would cover part of each screenshot.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
+
+
+def _skip_reason() -> str | None:
+    if not CHROMIUM.exists():
+        return f"no chromium at {CHROMIUM} (bash scripts/setup_browser.sh installs Debian's)"
+    if shutil.which("node") is None:
+        return "no node on PATH (Node.js >= 20 runs tests/browser/check_workflows.mjs)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
+        return "tests/browser/node_modules lacks playwright-core (run bash scripts/setup_browser.sh)"
+    return None
+
+
+def _declared_models(workflow: dict) -> list[dict]:
+    models = list(workflow.get("models") or [])
+    for node in workflow.get("nodes") or []:
+        models += (node.get("properties") or {}).get("models") or []
+    return [m for m in models if isinstance(m, dict) and m.get("name") and m.get("directory")]
+
+
+def _input_images(workflow: dict, source: str) -> set[str]:
+    """File names the workflow's image-upload combos (LoadImage and the like) name."""
+    comfy.boot()
+    import nodes
+
+    types = {n.get("type") for n in workflow.get("nodes") or []} - VIRTUAL_NODE_TYPES
+    info = object_info([t for t in types if t in nodes.NODE_CLASS_MAPPINGS])
+    try:
+        prompt = ui_to_api(workflow, info, source=source)
+    except WorkflowError:
+        return set()  # test_graph_to_prompt_equals_ui_to_api reports it
+    names = set()
+    for node in prompt.values():
+        specs = {**info[node["class_type"]]["input"].get("required", {}),
+                 **info[node["class_type"]]["input"].get("optional", {})}
+        for name, value in node["inputs"].items():
+            options = specs.get(name, [None, {}])
+            if (isinstance(value, str) and len(options) > 1 and isinstance(options[1], dict)
+                    and options[1].get("image_upload") and Path(value).suffix.lower() in IMAGE_SUFFIXES):
+                names.add(value)
+    return names
+
+
+def _prepare(root: Path) -> None:
+    """User settings, model placeholders, and the input images the workflows name (the file
+    shipped next to the workflow when there is one, else a grey placeholder)."""
+    settings = root / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(USER_SETTINGS))
+    for path in WORKFLOWS:
+        workflow = json.loads(path.read_text(encoding="utf-8"))
+        for model in _declared_models(workflow):
+            target = (root / "models" / model["directory"] / model["name"]).resolve()
+            assert (root / "models").resolve() in target.parents, f"{path.name}: model path {model} leaves the models folder"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+        for name in _input_images(workflow, str(path)):
+            target = (root / "input" / name).resolve()
+            assert (root / "input").resolve() in target.parents, f"{path.name}: input image {name!r} leaves the input folder"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shipped = path.parent / name
+            if shipped.is_file():
+                shutil.copyfile(shipped, target)
+            else:
+                Image.new("RGB", (64, 64), (128, 128, 128)).save(target)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    with running_server(_prepare) as server:
+        command = ["node", str(SCRIPT), "--url", server.url, "--artifacts", str(ARTIFACTS),
+                   "--timeout-ms", str(STEP_TIMEOUT_MS), "--chromium", str(CHROMIUM),
+                   "--queue", QUEUED, *map(str, WORKFLOWS)]
+        started = time.monotonic()
+        try:
+            run = subprocess.run(command, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired as error:
+            pytest.fail(f"check_workflows.mjs did not finish within {RUN_TIMEOUT:.0f} s:\n{error.stderr or ''}"[-4000:])
+        if run.returncode != 0:
+            pytest.fail(f"check_workflows.mjs exited {run.returncode}:\n{run.stderr[-4000:]}\n{server.log_text()[-3000:]}")
+        report = json.loads(run.stdout)
+        report["seconds"] = time.monotonic() - started
+        (ARTIFACTS / "report.json").write_text(json.dumps(report, indent=1))
+        yield {
+            "report": report,
+            "object_info": server.get("/object_info", timeout=30),
+            "templates": server.get("/api/workflow_templates"),
+            "served": {path.name: _served_template(server, path) for path in SHIPPED},
+            "server_log": server.log_text(),
+        }
+
+
+def _served_template(server, path: Path):
+    try:
+        return server.get(f"/api/workflow_templates/{comfy.PACK_FOLDER_NAME}/{path.name}")
+    except Exception as error:  # reported by the test that needs it
+        return repr(error)
+
+
+def _entry(browser: dict, path: Path) -> dict:
+    entries = {e["name"]: e for e in browser["report"]["workflows"]}
+    assert path.name in entries, f"{path.name} missing from the browser report"
+    entry = entries[path.name]
+    assert not entry.get("error"), f"{path.name}: {entry['error']}"
+    return entry
+
+
+def _brief(items: list[dict]) -> str:
+    return "\n".join(json.dumps({k: v for k, v in item.items() if k != "phase"})[:1500] for item in items)
+
+
+def test_frontend_starts_without_errors_or_dialogs(browser):
+    startup = browser["report"]["startup"]
+    assert startup["open_dialogs"] == [], "a dialog is open after start (Templates? settings not seeded?)"
+    assert not startup["unexpected"], "console errors while the frontend started:\n" + _brief(startup["unexpected"])
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_opens_cleanly(browser, path):
+    entry = _entry(browser, path)
+    assert entry["load_error"] is None and not entry["file_errors"], entry
+    assert entry["missing_node_types"] == [], f"{path.name}: node types the frontend does not know"
+    assert entry["missing_models"] == [], (
+        f"{path.name}: the frontend reports missing models (the directory must be a ComfyUI model folder)")
+    assert entry["open_dialogs"] == [], f"{path.name}: dialog open after loading"
+    assert not entry["console_errors"], f"{path.name}: console errors while loading:\n" + _brief(entry["console_errors"])
+    invalid = entry["invalid_widgets"]
+    assert not invalid, (f"{path.name}: widget values the node definitions reject (a model file name must be "
+                         "declared in the node's properties.models with its URL):\n" + _brief(invalid))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_graph_to_prompt_equals_ui_to_api(browser, path):
+    frontend = _entry(browser, path)["prompt"]
+    ours = ui_to_api(json.loads(path.read_text(encoding="utf-8")), browser["object_info"], source=str(path))
+    assert sorted(ours, key=str) == sorted(frontend, key=str), f"{path.name}: different node ids"
+    for node_id, node in frontend.items():
+        assert ours[node_id]["class_type"] == node["class_type"], f"{path.name} node {node_id}"
+        assert ours[node_id]["inputs"] == node["inputs"], f"{path.name} node {node_id} ({node['class_type']})"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_screenshot_shows_the_graph(browser, path):
+    shot = Path(_entry(browser, path)["screenshot"])
+    assert shot.is_file() and shot.stat().st_size > 20_000, shot
+    with Image.open(shot) as image:
+        assert image.size == VIEWPORT
+        small = image.convert("RGB").resize((VIEWPORT[0] // 4, VIEWPORT[1] // 4))
+    assert len(small.getcolors(maxcolors=1 << 20)) > 200, f"{shot}: nearly uniform"
+    assert max(ImageStat.Stat(small).stddev) > 10, f"{shot}: nearly uniform"
+
+
+def test_queued_workflow_finishes(browser):
+    queue = browser["report"]["queue"]
+    assert not queue.get("error"), queue.get("error")
+    assert queue["http_status"] == 200 and not queue["node_errors"], queue
+    assert queue["status"]["status_str"] == "success" and queue["status"]["completed"], (
+        json.dumps(queue["status"])[:3000] + "\n" + browser["server_log"][-3000:])
+    assert queue["output_nodes"], "the run produced no outputs"
+    assert not queue["console_errors"], _brief(queue["console_errors"])
+    # What the Run button sent is what the converter produces.
+    path = next(p for p in WORKFLOWS if p.name == QUEUED)
+    ours = ui_to_api(json.loads(path.read_text(encoding="utf-8")), browser["object_info"], source=str(path))
+    assert {k: (v["class_type"], v["inputs"]) for k, v in queue["sent_prompt"].items()} == \
+           {k: (v["class_type"], v["inputs"]) for k, v in ours.items()}
+
+
+def test_template_browser_lists_the_shipped_workflows(browser):
+    if not SHIPPED:
+        pytest.skip("no workflows/*.json yet")
+    listed = browser["templates"].get(comfy.PACK_FOLDER_NAME)
+    assert listed is not None, f"/api/workflow_templates has no {comfy.PACK_FOLDER_NAME!r}: {browser['templates']}"
+    assert sorted(listed) == sorted(p.stem for p in SHIPPED)
+    for path in SHIPPED:
+        assert browser["served"][path.name] == json.loads(path.read_text(encoding="utf-8")), (
+            f"/api/workflow_templates/{comfy.PACK_FOLDER_NAME}/{path.name} does not serve the file")
