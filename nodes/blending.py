@@ -1,4 +1,173 @@
-"""Blending nodes (thin V3 wrappers)."""
+"""Blending nodes (thin V3 wrappers): latent blend, region preservation, paste-back, reference
+and cross-frame attention. The logic lives in ``ops.blending`` and ``sampling.*``."""
+from __future__ import annotations
+
 from comfy_api.latest import io
 
-BLENDING_NODES: list[type[io.ComfyNode]] = []
+from .ops import blending
+from .ops.masks import FALLOFFS
+from .sampling.cross_frame import patch_cross_frame
+from .sampling.preserve import patch_preserve_region
+from .sampling.reference_attention import patch_reference_attention
+
+CATEGORY = "selective_control/blending"
+SAMPLING_CATEGORY = "selective_control/sampling"
+
+
+def _percent(id_: str, default: float, tooltip: str) -> io.Float.Input:
+    return io.Float.Input(id_, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
+
+
+class SCLatentBlend(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCLatentBlend",
+            display_name="Latent Blend (masked, feathered)",
+            category=CATEGORY,
+            description=(
+                "Blends two latents with a mask in latent space: samples_b where the mask is white, samples_a "
+                "where it is black. The mask is area-averaged to the latent grid and feathered there, so "
+                "foreground and background fuse without a pixel seam. Keeps samples_a's noise_mask and a "
+                "batch_index that fits the output batch."
+            ),
+            inputs=[
+                io.Latent.Input("samples_a", tooltip="Latent used where the mask is 0 (e.g. the background)."),
+                io.Latent.Input("samples_b", tooltip="Latent used where the mask is 1 (e.g. the foreground); same size as samples_a."),
+                io.Mask.Input("mask", tooltip="Where samples_b goes; any size (area-averaged to the latent grid), batch 1 or one per latent."),
+                io.Float.Input("feather", default=16.0, min=0.0, max=512.0, step=1.0,
+                               tooltip="Width of the soft edge in image pixels (applied on the latent grid, 8 px per cell); 0 keeps the mask as is."),
+            ],
+            outputs=[io.Latent.Output(tooltip="The blended latent.")],
+        )
+
+    @classmethod
+    def execute(cls, samples_a, samples_b, mask, feather) -> io.NodeOutput:
+        return io.NodeOutput(blending.blend_latent_dicts(samples_a, samples_b, mask, feather))
+
+
+class SCPreserveRegion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCPreserveRegion",
+            display_name="Preserve Region (during sampling)",
+            category=SAMPLING_CATEGORY,
+            description=(
+                "Patches the model so that during sampling the denoised prediction inside the mask is replaced "
+                "by the source latent (blended over a feathered band outside the mask), so the kept area stays "
+                "the source while the rest is generated around it, with any sampler. Pair with Paste Back for "
+                "exact pixels. The sampled latent's own noise_mask still applies."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (it is cloned, never changed)."),
+                io.Latent.Input("source", tooltip="Latent of the image to keep (VAE Encode of it), same size as the latent you sample."),
+                io.Mask.Input("mask", tooltip="White = keep the source here. Any size; batch 1 or one per latent."),
+                io.Float.Input("feather", default=16.0, min=0.0, max=512.0, step=1.0,
+                               tooltip="Band outside the mask, in image pixels, over which the source fades into the generated part."),
+                _percent("start_percent", 0.0, "Sampling progress (0 = first step) at which preservation starts."),
+                _percent("end_percent", 1.0, "Sampling progress at which preservation ends; 1 keeps it to the last step (exact source)."),
+                io.Combo.Input("falloff", options=list(blending.SCHEDULE_FALLOFFS), default="none",
+                               tooltip="How the preservation strength changes from start to end: none = full throughout, linear or cosine = fades to 0 at end."),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched model; connect it to your sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, source, mask, feather, start_percent, end_percent, falloff) -> io.NodeOutput:
+        return io.NodeOutput(patch_preserve_region(model, source["samples"], mask, feather, start_percent, end_percent, falloff))
+
+
+class SCPasteBack(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCPasteBack",
+            display_name="Paste Back (exact)",
+            category=CATEGORY,
+            description=(
+                "Restores the source pixels exactly inside the mask and blends them into the generated image over "
+                "a feathered band outside it; pixels beyond the band are left untouched. Optionally matches the "
+                "band's colours to the source."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The generated image."),
+                io.Image.Input("source_image", tooltip="The original image whose pixels are kept; same size as image."),
+                io.Mask.Input("mask", tooltip="White = restore the source here. Resized to the image (bilinear) if needed."),
+                io.Float.Input("feather", default=8.0, min=0.0, max=512.0, step=1.0,
+                               tooltip="Width in pixels of the blend band outside the mask; 0 uses the mask as given."),
+                io.Combo.Input("falloff", options=list(FALLOFFS), default="smoothstep", tooltip="Shape of the blend across the band."),
+                io.Boolean.Input("colour_match", default=False,
+                                 tooltip="Shift the generated image's colours in the band towards the source's (mean and contrast per channel)."),
+            ],
+            outputs=[io.Image.Output(tooltip="The image with the source restored.")],
+        )
+
+    @classmethod
+    def execute(cls, image, source_image, mask, feather, falloff, colour_match) -> io.NodeOutput:
+        return io.NodeOutput(blending.paste_back(image, source_image, mask, feather, falloff, colour_match))
+
+
+class SCReferenceAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCReferenceAttention",
+            display_name="Reference Attention (identity)",
+            category=SAMPLING_CATEGORY,
+            description=(
+                "Reference-only self-attention: the reference latent, noised to each step's sigma, runs in the same "
+                "model batch and its self-attention keys/values are added to the image's, so identity and style "
+                "carry over while prompts and (masked) ControlNets set the rest. CFG-aware; works with any sampler. "
+                "SD1.x/SD2.x/SDXL UNets."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (it is cloned, never changed)."),
+                io.Latent.Input("reference", tooltip="VAE-encoded reference image; batch 1 or one per latent. Resized to the sampled latent (bilinear) if its size differs."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
+                               tooltip="How much the image attends to the reference; 0 returns the plain model."),
+                io.Float.Input("style_fidelity", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="Removes the reference from the negative prediction (1 = fully), so CFG pushes harder towards the reference."),
+                _percent("start_percent", 0.0, "Sampling progress at which reference attention starts."),
+                _percent("end_percent", 1.0, "Sampling progress at which reference attention ends."),
+                io.Mask.Input("mask", optional=True, tooltip="Where the reference applies (white); any size, batch 1 or one per latent. Empty = everywhere."),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched model; connect it to your sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, reference, strength, style_fidelity, start_percent, end_percent, mask=None) -> io.NodeOutput:
+        return io.NodeOutput(patch_reference_attention(
+            model, reference["samples"], strength, style_fidelity, mask, start_percent, end_percent))
+
+
+class SCCrossFrameAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCCrossFrameAttention",
+            display_name="Cross-Frame Attention",
+            category=SAMPLING_CATEGORY,
+            description=(
+                "Frames in a latent batch also attend to the self-attention keys/values of anchor frames, which "
+                "keeps identity and background consistent across frames. With one frame it does nothing. "
+                "SD1.x/SD2.x/SDXL UNets."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (it is cloned, never changed)."),
+                io.String.Input("anchor_frames", default="0",
+                                tooltip="Indices of the anchor frames in the batch, comma separated (e.g. '0' or '0, 8'); negative counts from the end."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Blend between plain self-attention (0) and attention that includes the anchors (1)."),
+            ],
+            outputs=[io.Model.Output(tooltip="The patched model; connect it to your sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, anchor_frames, strength) -> io.NodeOutput:
+        return io.NodeOutput(patch_cross_frame(model, anchor_frames, strength))
+
+
+BLENDING_NODES: list[type[io.ComfyNode]] = [
+    SCLatentBlend, SCPreserveRegion, SCPasteBack, SCReferenceAttention, SCCrossFrameAttention,
+]

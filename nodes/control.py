@@ -1,4 +1,187 @@
-"""Control nodes (thin V3 wrappers)."""
+"""Control nodes (thin V3 wrappers): masked control images, pose from an image, masked ControlNet."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.utils
 from comfy_api.latest import io
 
-CONTROL_NODES: list[type[io.ComfyNode]] = []
+from .models import annotators
+from .ops import control as control_ops
+from .ops import pose as pose_ops
+from .ops.shapes import as_mask, broadcast_batch, resize_mask
+from .sampling.masked_control import apply_masked_control
+
+CATEGORY = "selective_control/control"
+PoseKeypoint = io.Custom("POSE_KEYPOINT")
+
+
+class SCMaskedControlImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCMaskedControlImage",
+            display_name="Masked Control Image",
+            category=CATEGORY,
+            description=(
+                "Make a control image (edges, line art, depth, normals, pose) only for the masked subject, at the "
+                "input's exact size. mask_then_annotate puts the subject on a flat fill so the annotator sees only it; "
+                "annotate_then_mask annotates the whole image and keeps the mask's part. Annotator weights are read "
+                "from models/annotators (controlnet_aux layout), loaded once and cached; nothing is downloaded."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="The picture to annotate."),
+                io.Mask.Input("mask", tooltip="Where the control applies (resized to the image, bilinear; a batch of 1 "
+                                              "applies to every image)."),
+                io.Combo.Input("annotator", options=list(annotators.ANNOTATOR_NAMES), default="canny",
+                               tooltip="Which control image to make. canny and openpose need no files; the others "
+                                       "need their file in models/annotators/lllyasviel/Annotators/."),
+                io.Combo.Input("mode", options=list(control_ops.MODES), default="mask_then_annotate",
+                               tooltip="mask_then_annotate: annotate only the subject on a flat fill. "
+                                       "annotate_then_mask: annotate the whole image, then keep the mask's part."),
+                io.Int.Input("feather", default=0, min=0, max=512, step=1,
+                             tooltip="Soften the mask edge inwards over this many pixels (nothing outside the mask "
+                                     "gets control)."),
+                io.Combo.Input("fill", options=list(control_ops.NEUTRAL_FILLS), default="grey",
+                               tooltip="Colour that replaces everything outside the mask in mask_then_annotate mode."),
+                io.Int.Input("resolution", default=512, min=64, max=4096, step=64,
+                             tooltip="Shorter side the neural annotators run at; the result is resized back to the "
+                                     "input's size. canny and openpose run at the input's own size."),
+                io.Int.Input("canny_low", default=100, min=0, max=255, tooltip="Canny: lower hysteresis threshold."),
+                io.Int.Input("canny_high", default=200, min=0, max=255, tooltip="Canny: upper hysteresis threshold."),
+            ],
+            outputs=[
+                io.Image.Output("control_image", tooltip="The control image, input size, black outside the mask."),
+                io.Mask.Output("control_mask", tooltip="The (feathered) mask the control image was limited to; "
+                                                       "connect it to Apply ControlNet (Masked)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, mask, annotator, mode, feather, fill, resolution, canny_low, canny_high) -> io.NodeOutput:
+        def annotate(batch: torch.Tensor) -> torch.Tensor:
+            return annotators.annotate(annotator, batch, resolution, canny_low, canny_high)
+
+        control, control_mask = control_ops.masked_control_image(image, mask, annotate, mode, fill, float(feather))
+        return io.NodeOutput(control, control_mask)
+
+
+class SCPoseFromImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCPoseFromImage",
+            display_name="Pose From Image (mediapipe)",
+            category=CATEGORY,
+            description=(
+                "Body pose with mediapipe (its models ship inside the wheel: works offline), drawn as an OpenPose "
+                "COCO-18 skeleton in the standard colours, plus the keypoints (POSE_KEYPOINT, OpenPose JSON in pixels) "
+                "and one mask per person made from the pose (limbs as capsules, torso and head filled, grown by a "
+                "margin). For several people give one mask per person: with one image, each mask is one person."
+            ),
+            inputs=[
+                io.Image.Input("image", tooltip="Picture(s) with people."),
+                io.Mask.Input("person_masks", optional=True,
+                              tooltip="Optional: one mask (or box-shaped mask) per person. With a single image, a "
+                                      "batch of P masks gives P people; with B images, one mask per image (or one "
+                                      "for all). Without it, the most prominent person of each image is used."),
+                io.Float.Input("min_confidence", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Keypoints less visible than this are left out of the skeleton and the mask."),
+                io.Int.Input("mask_margin", default=8, min=0, max=256, step=1,
+                             tooltip="Grow each person mask by this many pixels."),
+            ],
+            outputs=[
+                io.Image.Output("pose_image", tooltip="Skeletons of all people on black, one image per input image."),
+                PoseKeypoint.Output("keypoints", tooltip="Per image: OpenPose-style people with 18 body keypoints "
+                                                         "(x, y in pixels, confidence; 0,0,0 when missing)."),
+                io.Mask.Output("pose_masks", tooltip="One mask per person (P for a single image with P masks, "
+                                                       "otherwise one per image)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image, min_confidence, mask_margin, person_masks=None) -> io.NodeOutput:
+        image = control_ops.as_rgb(image)
+        batch, height, width = image.shape[:3]
+        masks = None
+        if person_masks is not None:
+            masks = resize_mask(as_mask(person_masks, "person_masks"), height, width)
+            if batch > 1:  # one person per image
+                _, masks = broadcast_batch(image[..., 0], masks, ("image", "person_masks"))
+            masks = masks.cpu().numpy()
+        frames = control_ops.to_uint8(image)
+        progress = comfy.utils.ProgressBar(batch)
+        drawn, keypoints, person = [], [], []
+        with pose_ops.PoseDetector(min_detection_confidence=min(0.5, max(0.1, min_confidence))) as detector:
+            for b in range(batch):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                regions = [None] if masks is None else (list(masks) if batch == 1 else [masks[b]])
+                poses = np.stack([pose_ops.detect_in_region(detector, frames[b], r) for r in regions])
+                poses[poses[:, :, 2] < min_confidence] = 0
+                drawn.append(control_ops.draw_pose(poses, height, width, min_confidence))
+                keypoints.append(control_ops.pose_keypoint_dict(poses, height, width))
+                person += [control_ops.pose_person_mask(p, height, width, mask_margin, min_confidence) for p in poses]
+                progress.update(1)
+        pose_image = control_ops.from_uint8(np.stack(drawn))
+        return io.NodeOutput(pose_image, keypoints, torch.stack(person))
+
+
+class SCApplyControlNetMasked(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCApplyControlNetMasked",
+            display_name="Apply ControlNet (Masked)",
+            category=CATEGORY,
+            description=(
+                "Like core Apply ControlNet (Advanced), plus a mask: the ControlNet's (or T2I-Adapter's) residuals are "
+                "multiplied by the mask, resized to each injection resolution, at every step, so the control is fed "
+                "in only inside the mask. Chain several, each with its own image, strength, range and mask. A mask "
+                "of ones gives exactly core's result, an empty mask no effect. The incoming conditioning is copied."
+            ),
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Positive conditioning to add the control to."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning to add the control to."),
+                io.ControlNet.Input("control_net", tooltip="A ControlNet or T2I-Adapter from a core loader."),
+                io.Image.Input("image", tooltip="The control image (e.g. from Masked Control Image)."),
+                io.Mask.Input("mask", tooltip="Where the control acts, in the control image's frame (resized to it, "
+                                              "bilinear). A batch of 1 applies to every latent."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Control strength, as in core (0 leaves the conditioning unchanged)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the control starts."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="Sampling progress at which the control stops."),
+                io.Boolean.Input("exact_outside", default=False,
+                                 tooltip="Also keep the model's output outside the mask exactly as without this "
+                                         "control (the UNet otherwise spreads some influence past the mask edge): "
+                                         "runs each conditioning with and without the control and blends the "
+                                         "outputs by the mask. Costs one more model pass per masked control."),
+                io.Vae.Input("vae", optional=True, tooltip="Only for ControlNets that need a VAE (as in core)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="Positive conditioning with the masked control."),
+                io.Conditioning.Output(display_name="negative", tooltip="Negative conditioning with the masked control."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, control_net, image, mask, strength, start_percent, end_percent,
+                exact_outside=False, vae=None) -> io.NodeOutput:
+        image = control_ops.as_rgb(image)
+        mask = resize_mask(as_mask(mask), image.shape[1], image.shape[2])
+        if mask.shape[0] not in (1, image.shape[0]) and image.shape[0] != 1:
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)} and image {tuple(image.shape)}: give one mask, or one per "
+                "control image"
+            )
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
+        pos, neg = apply_masked_control(positive, negative, control_net, image, mask, strength, start_percent,
+                                        end_percent, vae, exact_outside)
+        return io.NodeOutput(pos, neg)
+
+
+CONTROL_NODES: list[type[io.ComfyNode]] = [SCMaskedControlImage, SCPoseFromImage, SCApplyControlNetMasked]

@@ -1,0 +1,232 @@
+"""Shared self-attention (attn1) patch machinery for UNet models (SD1.x, SD2.x, SDXL).
+
+ComfyUI lets a patch replace a transformer block's self-attention through
+``ModelPatcher.set_model_attn1_replace(patch, block_name, number, transformer_index)``; the patch
+receives the projected ``q, k, v`` (``[rows, tokens, heads*dim_head]``) and ``extra_options`` (the
+``transformer_options`` of the current model call plus ``n_heads``, ``dim_head``,
+``attn_precision``). Only one replace patch fits a block, so every pack feature that wants more
+keys/values in self-attention goes through one :class:`SelfAttentionDispatcher` per block that
+holds a tuple of *extensions* (reference attention, cross-frame attention, later regional
+attention). Each extension says, for the current call, which rows get which extra keys/values and
+with what weight; the dispatcher computes the attention once per group of rows and blends:
+
+    out = plain + weight * (attention(q, [k; k_extra], [v; v_extra]) - plain)
+
+With no extension active the dispatcher computes exactly what ComfyUI's own ``CrossAttention``
+computes (same function, same arguments), so an inactive patch is bit-identical to no patch.
+
+Helpers read ``transformer_options`` the same way for every feature: the token grid from the
+sequence length and ``activations_shape``/``original_shape``, the layout of the batch from
+``cond_or_uncond``, and rows that a wrapper appended to the batch (:data:`APPENDED_ROWS`), which
+every extension must leave alone. Every patch accepts and ignores unknown keyword arguments.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterable, Protocol, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# transformer_options key: how many rows a wrapper appended after the sampler's own rows
+# (reference-attention rows). Features that work on the sampler's rows use only the first
+# ``rows - appended`` rows.
+APPENDED_ROWS = "sc_appended_rows"
+
+
+# --------------------------------------------------------------------------- transformer_options
+
+
+def appended_rows(transformer_options: dict) -> int:
+    """Rows appended to the batch by a pack wrapper (0 if none)."""
+    return int(transformer_options.get(APPENDED_ROWS, 0))
+
+
+def batch_layout(transformer_options: dict, rows: int) -> tuple[list[int], int]:
+    """``(cond_or_uncond, items)``: one 0 (cond) / 1 (uncond) per chunk and latent items per chunk.
+
+    ComfyUI batches whole conds: ``rows`` (the sampler's rows, without appended ones) is
+    ``len(cond_or_uncond)`` chunks of the same latent batch, in that order. Never assume the
+    cond/uncond order: read it from here.
+    """
+    cond_or_uncond = list(transformer_options.get("cond_or_uncond") or [0])
+    chunks = len(cond_or_uncond)
+    if rows % chunks:
+        # A caller that did not batch by conds (e.g. a custom sampler): treat rows as one chunk.
+        return [cond_or_uncond[0]] * rows, 1
+    return cond_or_uncond, rows // chunks
+
+
+def row_latent_index(transformer_options: dict, rows: int, device=None) -> torch.Tensor:
+    """For each of the sampler's ``rows``, the index of its item in the latent batch."""
+    cond_or_uncond, items = batch_layout(transformer_options, rows)
+    return torch.arange(items, device=device).repeat(len(cond_or_uncond))
+
+
+def row_is_uncond(transformer_options: dict, rows: int, device=None) -> torch.Tensor:
+    """Bool per row: True where the row belongs to the negative (uncond) prediction."""
+    cond_or_uncond, items = batch_layout(transformer_options, rows)
+    flags = torch.tensor([c == 1 for c in cond_or_uncond], dtype=torch.bool, device=device)
+    return flags.repeat_interleave(items)
+
+
+def token_grid(seq_len: int, transformer_options: dict) -> tuple[int, int]:
+    """``(h, w)`` of the token grid of an attention call with ``seq_len`` tokens.
+
+    Uses ``activations_shape`` (set by SpatialTransformer) when it matches, else works it out
+    from the UNet input ``original_shape``: each downsample halves a side rounding up (stride-2
+    conv with padding 1), so the grid at level k is ceil applied k times.
+    """
+    shape = transformer_options.get("activations_shape")
+    if shape is not None and len(shape) == 4 and shape[2] * shape[3] == seq_len:
+        return int(shape[2]), int(shape[3])
+    original = transformer_options.get("original_shape")
+    if original is None or len(original) < 4:
+        raise ValueError(f"cannot place {seq_len} attention tokens on a grid: no original_shape in transformer_options")
+    h, w = int(original[-2]), int(original[-1])
+    while h * w > seq_len and h > 1 and w > 1:
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    if h * w != seq_len:
+        raise ValueError(f"{seq_len} attention tokens do not fit a downscaled {original[-2]}x{original[-1]} latent")
+    return h, w
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    """ComfyUI's active attention function, called exactly as ``CrossAttention.forward`` calls it."""
+    import comfy.ldm.modules.attention as comfy_attention  # looked up per call: ComfyUI may swap it
+
+    return comfy_attention.optimized_attention(
+        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+        transformer_options=extra_options,
+    )
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Extra self-attention keys/values for some rows of one attention call.
+
+    ``rows``: LongTensor ``[M]`` of row indices; ``k``/``v``: ``[M, T_extra, inner]`` appended after
+    each row's own keys/values; ``weight``: 1.0 (full extended attention), a float, or a tensor
+    broadcastable to ``[M, T, 1]`` (per row and per query token) blending plain -> extended.
+    """
+
+    rows: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    weight: float | torch.Tensor = 1.0
+
+    @property
+    def full(self) -> bool:
+        return isinstance(self.weight, (int, float)) and self.weight == 1.0
+
+
+class SelfAttentionExtension(Protocol):
+    def extend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> list[Extension]:
+        """The extensions to apply in this call (empty list: this feature is inactive here)."""
+
+
+class SelfAttentionDispatcher:
+    """The attn1 replace patch of one block: plain attention plus the extensions' extra keys."""
+
+    def __init__(self, extensions: Sequence[SelfAttentionExtension]):
+        self.extensions = tuple(extensions)
+
+    def __deepcopy__(self, memo):  # immutable; ModelPatcher.clone deep-copies model_options
+        return self
+
+    def with_extension(self, extension: SelfAttentionExtension) -> "SelfAttentionDispatcher":
+        return SelfAttentionDispatcher((*self.extensions, extension))
+
+    def __call__(self, q, k, v, extra_options, **kwargs):
+        groups: list[Extension] = []
+        for extension in self.extensions:
+            groups.extend(extension.extend(q, k, v, extra_options))
+        if not groups:
+            return attention(q, k, v, extra_options)
+        rows = q.shape[0]
+        covered = torch.zeros(rows, dtype=torch.int32, device=q.device)
+        for g in groups:
+            covered.index_add_(0, g.rows, torch.ones_like(g.rows, dtype=torch.int32))
+        # A row covered once by a full-weight extension needs only its extended attention;
+        # every other row needs the plain attention (as the result, or as the base of a blend).
+        replaced = torch.zeros(rows, dtype=torch.bool, device=q.device)
+        for g in groups:
+            if g.full:
+                replaced[g.rows] = covered[g.rows] == 1
+        out = None
+        plain_rows = (~replaced).nonzero().flatten()
+        if plain_rows.numel():
+            plain = attention(q[plain_rows], k[plain_rows], v[plain_rows], extra_options)
+            out = plain.new_empty((rows, *plain.shape[1:]))
+            out[plain_rows] = plain
+        base = None if out is None else out.clone()  # plain values, read by the blends below
+        for g in groups:
+            ki = torch.cat((k[g.rows], g.k.to(k.dtype)), dim=1)
+            vi = torch.cat((v[g.rows], g.v.to(v.dtype)), dim=1)
+            extended = attention(q[g.rows], ki, vi, extra_options)
+            if out is None:
+                out = extended.new_empty((rows, *extended.shape[1:]))
+            if g.full and bool(replaced[g.rows].all()):
+                out[g.rows] = extended
+            else:
+                weight = g.weight.to(extended.dtype) if torch.is_tensor(g.weight) else g.weight
+                out[g.rows] = out[g.rows] + (extended - base[g.rows]) * weight
+        return out
+
+
+# --------------------------------------------------------------------------- installing
+
+
+def attn1_block_keys(model_patcher) -> list[tuple[str, int, int]]:
+    """``(block_name, number, transformer_index)`` of every self-attention in a UNet.
+
+    These are the keys ``BasicTransformerBlock`` looks up in ``patches_replace["attn1"]``.
+    """
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    unet = model_patcher.get_model_object("diffusion_model")
+    if not hasattr(unet, "input_blocks") or not hasattr(unet, "output_blocks"):
+        raise ValueError(
+            f"this node patches UNet self-attention (SD1.x, SD2.x, SDXL); the connected model is a "
+            f"{type(unet).__name__}, which has no UNet input/output blocks"
+        )
+    keys = []
+    sections: list[tuple[str, Iterable]] = [
+        ("input", enumerate(unet.input_blocks)),
+        ("middle", [(0, unet.middle_block)] if getattr(unet, "middle_block", None) is not None else []),
+        ("output", enumerate(unet.output_blocks)),
+    ]
+    for name, blocks in sections:
+        for number, block in blocks:
+            for layer in block.modules():
+                if isinstance(layer, SpatialTransformer):
+                    keys.extend((name, number, i) for i in range(len(layer.transformer_blocks)))
+    if not keys:
+        raise ValueError("the connected model has no transformer blocks to patch")
+    return keys
+
+
+def install_self_attention_extension(model_patcher, extension: SelfAttentionExtension) -> None:
+    """Add ``extension`` to every self-attention block of ``model_patcher`` (a clone you own).
+
+    Keeps extensions already installed by this pack; a foreign attn1 replace patch on a block
+    is replaced (with a warning), because a block holds only one.
+    """
+    current = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    foreign = 0
+    for key in attn1_block_keys(model_patcher):
+        existing = current.get(key)
+        if isinstance(existing, SelfAttentionDispatcher):
+            patch = existing.with_extension(extension)
+        else:
+            foreign += existing is not None
+            patch = SelfAttentionDispatcher((extension,))
+        model_patcher.set_model_attn1_replace(patch, *key)
+    if foreign:
+        logger.warning("Selective Control: replaced %d self-attention patches of another node on this model", foreign)

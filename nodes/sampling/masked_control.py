@@ -1,0 +1,196 @@
+"""A ControlNet / T2I-Adapter whose residuals are multiplied by a mask at every injection point.
+
+``MaskedControl`` is a ``comfy.controlnet.ControlBase`` that wraps a copy of any control object
+(ControlNet, T2I-Adapter, Control-LoRA, ...). ComfyUI calls ``get_control`` once per model call
+for each cond batch; the wrapper asks the inner control for its residuals (the inner control
+applies its own hint, strength and start/end range as usual), multiplies each residual by the
+mask area-averaged to that residual's height x width, then adds the previous control of the
+chain the same way core ``control_merge`` does. So:
+
+- all-ones mask: residuals identical to core Apply ControlNet (Advanced) (x * 1.0 is exact);
+- all-zero mask: the inner control is not even run; the chain behaves as if it were absent;
+- residuals are exactly 0 wherever the mask does not touch a residual's cell.
+
+The UNet itself still mixes features across the image after injection (convolutions, GroupNorm
+statistics, self-attention), so pixels near or far outside the mask can change slightly; the
+control's *input* is strictly limited to the mask.
+
+The resized masks are computed once per residual shape and sampling run (dropped in
+``cleanup``). Masks are in image space, like the control image, and are centre-cropped to the
+latent's aspect with the same rule ComfyUI uses for the hint.
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.controlnet
+
+from ..ops.control import mask_for_residual
+from ..ops.shapes import as_mask
+
+
+class MaskedControl(comfy.controlnet.ControlBase):
+    """Wraps ``inner`` (a ControlBase with its hint set and no previous control) with a mask."""
+
+    def __init__(self, inner: comfy.controlnet.ControlBase, mask: torch.Tensor) -> None:
+        super().__init__()
+        if inner.previous_controlnet is not None:
+            raise ValueError("MaskedControl needs an inner control without a previous control; chain on the wrapper")
+        self.inner = inner
+        self.mask = as_mask(mask).detach()
+        self.empty = not bool((self.mask > 0).any())
+        # Shared with the inner control so ComfyUI's hook collection (which walks .extra_hooks
+        # and .previous_controlnet directly) sees them.
+        self.extra_hooks = inner.extra_hooks
+        self.timestep_percent_range = inner.timestep_percent_range
+        self.strength = inner.strength
+        self._resized: dict[tuple, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ ControlBase API
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options, **kwargs):
+        control_prev = None
+        if self.previous_controlnet is not None:
+            control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.empty:
+            return control_prev
+        own = self.inner.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if own is None:
+            return control_prev
+        latent_hw = (x_noisy.shape[-2], x_noisy.shape[-1])
+        masked: dict[str, list] = {}
+        for key, residuals in own.items():
+            done: dict[int, torch.Tensor] = {}  # shared tensors stay shared (multiplied once)
+            out = []
+            for x in residuals:
+                if x is None:
+                    out.append(None)
+                    continue
+                if id(x) not in done:
+                    done[id(x)] = x * self._weights(x, latent_hw, batched_number)
+                out.append(done[id(x)])
+            masked[key] = out
+        return _merge(masked, control_prev)
+
+    def _weights(self, x: torch.Tensor, latent_hw: tuple[int, int], batched_number: int) -> torch.Tensor:
+        """The mask for residual ``x`` (``[N,C,h,w]``), broadcastable, cached per shape."""
+        key = (tuple(x.shape[-2:]), x.shape[0], latent_hw, batched_number, x.device, x.dtype)
+        weights = self._resized.get(key)
+        if weights is None:
+            m = mask_for_residual(self.mask, latent_hw, tuple(x.shape[-2:]))  # [Bm,1,h,w]
+            n = x.shape[0]
+            per_cond = max(1, n // max(1, batched_number))
+            if m.shape[0] == per_cond and n != per_cond:
+                m = m.repeat(n // per_cond, 1, 1, 1)
+            elif m.shape[0] not in (1, n):
+                raise ValueError(
+                    f"masked ControlNet: the mask has batch {m.shape[0]} (shape {tuple(self.mask.shape)}) but the "
+                    f"latent batch is {per_cond} (control residual shape {tuple(x.shape)}); use a mask batch of 1 "
+                    "or one mask per latent"
+                )
+            if x.ndim == 5:  # video models: [N,C,T,h,w]
+                m = m.unsqueeze(2)
+            weights = m.to(device=x.device, dtype=x.dtype)
+            self._resized[key] = weights
+        return weights
+
+    def pre_run(self, model, percent_to_timestep_function):
+        self.inner.pre_run(model, percent_to_timestep_function)
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.pre_run(model, percent_to_timestep_function)
+
+    def cleanup(self):
+        self.inner.cleanup()
+        self._resized = {}
+        super().cleanup()
+
+    def get_models(self):
+        return self.inner.get_models() + super().get_models()
+
+    def inference_memory_requirements(self, dtype):
+        return self.inner.inference_memory_requirements(dtype) + super().inference_memory_requirements(dtype)
+
+    def copy(self):
+        return MaskedControl(self.inner.copy(), self.mask)
+
+
+def _merge(control: dict[str, list], control_prev: dict[str, list] | None) -> dict[str, list]:
+    """Add the previous control's residuals, exactly as ``ControlBase.control_merge`` does."""
+    out = {key: list(control.get(key, [])) for key in ("input", "middle", "output")}
+    for key, values in control.items():
+        out.setdefault(key, list(values))
+    if control_prev is None:
+        return out
+    for key in ("input", "middle", "output"):
+        o = out[key]
+        for i, prev in enumerate(control_prev.get(key, [])):
+            if i >= len(o):
+                o.append(prev)
+            elif prev is not None:
+                o[i] = prev if o[i] is None else prev + o[i]
+    return out
+
+
+def apply_masked_control(
+    positive: list,
+    negative: list,
+    control_net: comfy.controlnet.ControlBase,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    strength: float,
+    start_percent: float,
+    end_percent: float,
+    vae=None,
+    exact_outside: bool = False,
+) -> tuple[list, list]:
+    """Core Apply ControlNet (Advanced) plus a mask; conditioning lists and dicts are copied.
+
+    Like core, positive and negative entries that share a previous control share one new
+    control object (so ComfyUI can still batch them together).
+
+    ``exact_outside``: every conditioning entry is split in two with ComfyUI's conditioning
+    masks: one with this control, weighted by the mask, and one as it was, weighted by 1 - mask.
+    ComfyUI's sampler then blends the two model outputs by the mask, so outside the mask the
+    output is exactly the one without this control. Costs one more model pass per entry.
+    """
+    if strength == 0:
+        return positive, negative
+    mask = as_mask(mask)
+    empty, full = not bool((mask > 0).any()), bool((mask >= 1).all())
+    hint = image.movedim(-1, 1)
+    made: dict = {}  # previous control -> the new wrapper chained on it
+    out = []
+    for conditioning in (positive, negative):
+        entries = []
+        for tensor, options in conditioning:
+            previous = options.get("control", None)
+            if previous not in made:
+                inner = control_net.copy().set_cond_hint(hint, strength, (start_percent, end_percent), vae=vae)
+                inner.set_previous_controlnet(None)
+                wrapper = MaskedControl(inner, mask)
+                wrapper.set_previous_controlnet(previous)
+                made[previous] = wrapper
+            d = options.copy()
+            d["control"] = made[previous]
+            d["control_apply_to_uncond"] = False
+            if not exact_outside or full:
+                entries.append([tensor, d])
+                continue
+            if not empty:
+                entries.append([tensor, _with_cond_mask(d, mask)])
+            entries.append([tensor, _with_cond_mask(options.copy(), 1.0 - mask)])
+        out.append(entries)
+    return out[0], out[1]
+
+
+def _with_cond_mask(d: dict, weight: torch.Tensor) -> dict:
+    """``d`` with its conditioning mask multiplied by ``weight`` (resized to the existing mask)."""
+    existing = d.get("mask")
+    if existing is not None:
+        existing = as_mask(existing)
+        weight = torch.nn.functional.interpolate(
+            weight.unsqueeze(1), size=existing.shape[-2:], mode="bilinear", align_corners=False
+        ).squeeze(1).to(existing) * existing
+    d["mask"] = weight
+    d.setdefault("set_area_to_bounds", False)
+    return d

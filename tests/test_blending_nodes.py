@@ -1,0 +1,336 @@
+"""Blending nodes through ComfyUI's executor with the tiny SD1.5 UNet (core KSampler, VAE, ControlNet).
+
+Several KSamplers share one prompt (and one module-scoped run) to keep the file fast: the
+conditioning is encoded once and each assertion reads the sampler node it needs.
+"""
+import pytest
+import torch
+
+from harness import node_error_message, run_prompt
+from harness import tiny_models
+
+SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_sde", "uni_pc"]
+# A 32x32 px square at (16, 16) of a 64x64 image: latent cells [2:6, 2:6] lie fully inside.
+KEPT = (slice(None), slice(None), slice(2, 6), slice(2, 6))
+
+
+def graph(seed=7, batch=1, sampler="euler", steps=4, cfg=5.0):
+    return {
+        "ckpt": {"class_type": "TinyCheckpointLoader", "inputs": {"architecture": "sd15"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a person in a red coat"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry"}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "sample": sampler_node(["ckpt", 0], ["empty", 0], seed=seed, sampler=sampler, steps=steps, cfg=cfg),
+    }
+
+
+def sampler_node(model, latent, seed=7, sampler="euler", steps=4, cfg=5.0, denoise=1.0, positive=("pos", 0), negative=("neg", 0)):
+    return {"class_type": "KSampler", "inputs": {
+        "model": model, "positive": list(positive), "negative": list(negative), "latent_image": latent, "seed": seed,
+        "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": "normal", "denoise": denoise}}
+
+
+def solid(prompt, node, value, width=64, height=64):
+    prompt[node] = {"class_type": "SolidMask", "inputs": {"value": value, "width": width, "height": height}}
+    return [node, 0]
+
+
+def box_mask(prompt, node="mask", x=16, y=16, width=32, height=32):
+    """A 64x64 mask, white in the given box."""
+    prompt[node] = {"class_type": "MaskComposite", "inputs": {
+        "destination": solid(prompt, node + "_bg", 0.0), "source": solid(prompt, node + "_fg", 1.0, width, height),
+        "x": x, "y": y, "operation": "add"}}
+    return [node, 0]
+
+
+def latents(result, node):
+    return result.output(node)["samples"]
+
+
+# --------------------------------------------------------------------------- preserve region
+
+
+@pytest.fixture(scope="module")
+def preserve_run():
+    prompt = graph()
+    prompt["source"] = sampler_node(["ckpt", 0], ["empty", 0], seed=99)
+    mask = box_mask(prompt)
+    for sampler in SAMPLERS:
+        prompt[f"keep_{sampler}"] = {"class_type": "SCPreserveRegion", "inputs": {
+            "model": ["ckpt", 0], "source": ["source", 0], "mask": mask, "feather": 16.0,
+            "start_percent": 0.0, "end_percent": 1.0, "falloff": "none"}}
+        prompt[f"out_{sampler}"] = sampler_node([f"keep_{sampler}", 0], ["empty", 0], sampler=sampler)
+    prompt["keep_none"] = {"class_type": "SCPreserveRegion", "inputs": {
+        **prompt["keep_euler"]["inputs"], "mask": solid(prompt, "no_mask", 0.0)}}
+    prompt["out_none"] = sampler_node(["keep_none", 0], ["empty", 0])
+    return run_prompt(prompt, outputs=["sample", "source", "out_none", *(f"out_{s}" for s in SAMPLERS)])
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_preserve_region_keeps_the_source_in_the_kept_area(preserve_run, sampler):
+    final, source = latents(preserve_run, f"out_{sampler}"), latents(preserve_run, "source")
+    assert torch.isfinite(final).all()
+    # Latents of the random tiny UNet reach ~300; the kept cells match to 2e-4 of that scale.
+    assert (final[KEPT] - source[KEPT]).abs().max() <= 2e-4 * source.abs().max()
+    assert (final[..., 7, :] - source[..., 7, :]).abs().mean() > 1.0  # beyond the band: generated, not copied
+
+
+def test_preserve_region_with_an_empty_mask_is_the_plain_model_and_leaves_the_model_untouched(preserve_run):
+    assert torch.equal(latents(preserve_run, "out_none"), latents(preserve_run, "sample"))
+    options = tiny_models.unet("sd15").model_options
+    assert "sampler_post_cfg_function" not in options
+    assert not options["transformer_options"].get("patches_replace") and not tiny_models.unet("sd15").wrappers
+
+
+def test_preserve_region_with_a_size_mismatch_says_what_to_do():
+    prompt = graph()
+    prompt["small"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 1}}
+    prompt["keep"] = {"class_type": "SCPreserveRegion", "inputs": {
+        "model": ["ckpt", 0], "source": ["small", 0], "mask": box_mask(prompt), "feather": 0.0,
+        "start_percent": 0.0, "end_percent": 1.0, "falloff": "none"}}
+    prompt["sample"]["inputs"]["model"] = ["keep", 0]
+    message = node_error_message(prompt, outputs=["sample"])
+    assert "ValueError" in message and "(1, 4, 4, 4)" in message and "(1, 4, 8, 8)" in message
+
+
+# --------------------------------------------------------------------------- paste back
+
+
+def test_paste_back_restores_the_kept_pixels_exactly_and_nothing_beyond_the_band():
+    prompt = graph()
+    prompt["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}}
+    prompt["decode_src"] = {"class_type": "VAEDecode", "inputs": {"samples": ["empty", 0], "vae": ["ckpt", 2]}}
+    prompt["paste"] = {"class_type": "SCPasteBack", "inputs": {
+        "image": ["decode", 0], "source_image": ["decode_src", 0], "mask": box_mask(prompt),
+        "feather": 6.0, "falloff": "smoothstep", "colour_match": True}}
+    out = run_prompt(prompt, outputs=["paste", "decode", "decode_src"])
+    pasted, result, source = out.output("paste"), out.output("decode"), out.output("decode_src")
+    assert (pasted[:, 16:48, 16:48] - source[:, 16:48, 16:48]).abs().max() == 0
+    outside = torch.ones(64, 64, dtype=torch.bool)
+    outside[10:54, 10:54] = False  # farther than the 6 px band
+    assert (pasted[:, outside] - result[:, outside]).abs().max() == 0
+    band = pasted[:, 13, 16:48]
+    assert (band - result[:, 13, 16:48]).abs().max() > 0 and (band - source[:, 13, 16:48]).abs().max() > 0
+
+
+# --------------------------------------------------------------------------- reference attention
+
+
+def reference_node(prompt, node, reference, strength=1.0, mask=None):
+    inputs = {"model": ["ckpt", 0], "reference": reference, "strength": strength, "style_fidelity": 0.5,
+              "start_percent": 0.0, "end_percent": 1.0}
+    if mask is not None:
+        inputs["mask"] = mask
+    prompt[node] = {"class_type": "SCReferenceAttention", "inputs": inputs}
+    return [node, 0]
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    """img2img (denoise 0.6) of the base sample, with references: itself, an unrelated sample, masks."""
+    prompt = graph()
+    prompt["other"] = sampler_node(["ckpt", 0], ["empty", 0], seed=99)
+    i2i = {"latent": ["sample", 0], "denoise": 0.6, "seed": 11}
+    prompt["plain"] = sampler_node(["ckpt", 0], **i2i)
+    variants = {
+        "same": reference_node(prompt, "ref_same", ["sample", 0]),
+        "unrelated": reference_node(prompt, "ref_other", ["other", 0]),
+        "zero": reference_node(prompt, "ref_zero", ["other", 0], strength=0.0),
+        "full_mask": reference_node(prompt, "ref_full", ["other", 0], mask=solid(prompt, "white", 1.0)),
+        "empty_mask": reference_node(prompt, "ref_empty", ["other", 0], mask=solid(prompt, "black", 0.0)),
+        "left_mask": reference_node(prompt, "ref_left", ["other", 0], mask=box_mask(prompt, "left", 0, 0, 32, 64)),
+    }
+    for name, model in variants.items():
+        prompt[name] = sampler_node(model, **i2i)
+    prompt["cn"] = {"class_type": "TinyControlNetLoader", "inputs": {"architecture": "sd15"}}
+    prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0xFFFFFF}}
+    prompt["control"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["hint", 0], "vae": ["ckpt", 2],
+        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    prompt["controlled"] = sampler_node(["ref_other", 0], **i2i, positive=("control", 0), negative=("control", 1))
+    result = run_prompt(prompt, outputs=["plain", "controlled", *variants])
+    return {name: latents(result, name) for name in ["plain", "controlled", *variants]}
+
+
+def change(run, name):
+    return float((run[name] - run["plain"]).abs().mean())
+
+
+def test_reference_attention_strength_0_is_the_plain_model_bit_for_bit(reference_run):
+    assert torch.equal(reference_run["zero"], reference_run["plain"])
+
+
+def test_reference_attention_changes_less_when_the_target_is_the_reference(reference_run):
+    assert change(reference_run, "unrelated") > 0.1
+    assert change(reference_run, "same") < 0.3 * change(reference_run, "unrelated")
+
+
+def test_reference_attention_mask_limits_it(reference_run):
+    run = reference_run
+    assert (run["full_mask"] - run["unrelated"]).abs().max() <= 1e-5 * run["plain"].abs().max()  # white = no mask
+    assert change(run, "empty_mask") <= 1e-5 * float(run["plain"].abs().max())  # black = no effect
+    diff = (run["left_mask"] - run["plain"]).abs()
+    left, right = float(diff[..., :4].mean()), float(diff[..., 4:].mean())
+    assert left > 2 * right, (left, right)
+    assert change(run, "left_mask") < change(run, "unrelated")
+
+
+def test_reference_attention_keeps_controlnet_working(reference_run):
+    controlled = reference_run["controlled"]
+    assert torch.isfinite(controlled).all()
+    # The residuals reached the target rows (a batch mismatch would make ComfyUI skip them silently).
+    assert (controlled - reference_run["unrelated"]).abs().max() > 1e-2
+
+
+# --------------------------------------------------------------------------- cross-frame attention
+
+_RECORDS: dict[str, list[float]] = {}
+
+
+class Attn1RecorderNode:
+    """Test-only node: records how different frame 0 and frame 1 are after every self-attention."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "tag": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, tag):
+        records = _RECORDS.setdefault(tag, [])
+
+        def record(n, extra_options, **kwargs):
+            a, b = n[0].float(), n[1].float()  # frames 0 and 1 of the first cond chunk
+            records.append(float((a - b).norm() / (a.norm() + b.norm())))
+            return n
+
+        patched = model.clone()
+        patched.set_model_attn1_output_patch(record)
+        return (patched,)
+
+
+@pytest.fixture(scope="module")
+def cross_frame_run():
+    import nodes
+
+    nodes.NODE_CLASS_MAPPINGS["TestAttn1Recorder"] = Attn1RecorderNode
+    _RECORDS.clear()
+    prompt = graph()
+    prompt["xf_1"] = {"class_type": "SCCrossFrameAttention", "inputs": {"model": ["ckpt", 0], "anchor_frames": "0", "strength": 1.0}}
+    prompt["one"] = sampler_node(["xf_1", 0], ["empty", 0])
+    prompt["two_frames"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}}
+    prompt["rec_plain"] = {"class_type": "TestAttn1Recorder", "inputs": {"model": ["ckpt", 0], "tag": "plain"}}
+    prompt["xf_2"] = {"class_type": "SCCrossFrameAttention", "inputs": {"model": ["ckpt", 0], "anchor_frames": "0", "strength": 1.0}}
+    prompt["rec_xf"] = {"class_type": "TestAttn1Recorder", "inputs": {"model": ["xf_2", 0], "tag": "cross_frame"}}
+    prompt["two_plain"] = sampler_node(["rec_plain", 0], ["two_frames", 0])
+    prompt["two_xf"] = sampler_node(["rec_xf", 0], ["two_frames", 0])
+    result = run_prompt(prompt, outputs=["sample", "one", "two_plain", "two_xf"])
+    return {name: latents(result, name) for name in ["sample", "one", "two_plain", "two_xf"]}
+
+
+def test_cross_frame_attention_with_one_frame_is_the_identity(cross_frame_run):
+    assert torch.equal(cross_frame_run["one"], cross_frame_run["sample"])
+
+
+def test_cross_frame_attention_makes_two_noisy_frames_more_alike(cross_frame_run):
+    """Measured where the patch acts: frame-to-frame distance of every self-attention output over
+    the whole 4-step run. (The random tiny UNet's later layers scramble that into the final latent,
+    so the final-latent distance is not a meaningful measure for it.)"""
+    plain, patched = _RECORDS["plain"], _RECORDS["cross_frame"]
+    assert len(plain) == len(patched) > 0
+    assert patched[0] < 0.995 * plain[0]  # first call: same inputs, only the patch differs
+    ratio = (sum(patched) / len(patched)) / (sum(plain) / len(plain))
+    assert ratio < 0.97, ratio  # measured 0.954 with this tiny model and seed
+    assert torch.isfinite(cross_frame_run["two_xf"]).all()
+
+
+def test_cross_frame_extended_attention_is_attention_over_the_anchor_keys_too():
+    from harness import pack_import
+
+    attention = pack_import("nodes.sampling.attention")
+    cross_frame = pack_import("nodes.sampling.cross_frame")
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 10, 8, generator=gen) for _ in range(3))  # 2 chunks x 3 frames
+    options = {"cond_or_uncond": [1, 0], "n_heads": 2, "attn_precision": None}
+    patch = attention.SelfAttentionDispatcher((cross_frame.CrossFrameExtension((0, 2), 1.0),))
+    out = patch(q, k, v, options, unknown_future_argument=True)
+
+    def sdpa(rows, keys):
+        qh, kh, vh = (t.view(t.shape[0], -1, 2, 4).transpose(1, 2) for t in (q[rows], k[keys], v[keys]))
+        kh, vh = kh.transpose(0, 1).flatten(1, 2)[None], vh.transpose(0, 1).flatten(1, 2)[None]
+        return torch.nn.functional.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(1, -1, 8)[0]
+
+    for chunk in (0, 3):
+        expect = {0: [0, 2], 1: [1, 0, 2], 2: [2, 0]}  # own keys first, then the other anchors
+        for frame, keys in expect.items():
+            got = out[chunk + frame]
+            want = sdpa([chunk + frame], [chunk + key for key in keys])
+            assert torch.allclose(got, want, atol=1e-5), (chunk, frame)
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+def test_attention_patches_together_run_with_every_sampler():
+    """Reference attention on top of cross-frame attention, two frames, each core sampler."""
+    prompt = graph(batch=2)
+    prompt["xf"] = {"class_type": "SCCrossFrameAttention", "inputs": {"model": ["ckpt", 0], "anchor_frames": "0", "strength": 0.8}}
+    prompt["ref"] = {"class_type": "SCReferenceAttention", "inputs": {
+        "model": ["xf", 0], "reference": ["ref_latent", 0], "strength": 1.0, "style_fidelity": 0.5,
+        "start_percent": 0.0, "end_percent": 1.0}}
+    prompt["ref_latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["hint", 0], "vae": ["ckpt", 2]}}
+    prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x3060C0}}
+    outputs = []
+    for sampler in SAMPLERS:
+        prompt[f"plain_{sampler}"] = sampler_node(["ckpt", 0], ["empty", 0], sampler=sampler)
+        prompt[f"both_{sampler}"] = sampler_node(["ref", 0], ["empty", 0], sampler=sampler)
+        outputs += [f"plain_{sampler}", f"both_{sampler}"]
+    result = run_prompt(prompt, outputs=outputs)
+    for sampler in SAMPLERS:
+        plain, both = latents(result, f"plain_{sampler}"), latents(result, f"both_{sampler}")
+        assert both.shape == plain.shape == (2, 4, 8, 8)
+        assert torch.isfinite(both).all(), sampler
+        assert (both - plain).abs().mean() > 1e-2, sampler
+
+
+def test_attention_patch_errors_say_what_to_do():
+    prompt = graph()
+    prompt["xf"] = {"class_type": "SCCrossFrameAttention", "inputs": {"model": ["ckpt", 0], "anchor_frames": "zero", "strength": 1.0}}
+    prompt["sample"]["inputs"]["model"] = ["xf", 0]
+    assert "like '0' or '0, 8'" in node_error_message(prompt, outputs=["sample"])
+    prompt["empty"]["inputs"]["batch_size"] = 2
+    prompt["xf"]["inputs"]["anchor_frames"] = "5"
+    assert "anchor frame 5 does not exist: the batch has 2 frames" in node_error_message(prompt, outputs=["sample"])
+
+
+# --------------------------------------------------------------------------- latent blend
+
+
+def test_latent_blend_node_and_its_shape_error():
+    prompt = graph()
+    prompt["a"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["blend"] = {"class_type": "SCLatentBlend", "inputs": {
+        "samples_a": ["a", 0], "samples_b": ["sample", 0], "mask": box_mask(prompt), "feather": 0.0}}
+    out = run_prompt(prompt, outputs=["blend", "sample"])
+    blended, b = latents(out, "blend"), latents(out, "sample")
+    assert torch.equal(blended[KEPT], b[KEPT])
+    assert blended[..., 0, :].abs().max() == 0 and blended[..., :, 7].abs().max() == 0
+    prompt["a"]["inputs"]["width"] = 96
+    message = node_error_message(prompt, outputs=["blend"])
+    assert "(1, 4, 8, 12)" in message and "(1, 4, 8, 8)" in message
+
+
+def test_token_grid_from_activations_or_the_original_shape():
+    from harness import pack_import
+
+    attention = pack_import("nodes.sampling.attention")
+    assert attention.token_grid(12, {"activations_shape": [2, 64, 3, 4], "original_shape": [2, 4, 9, 13]}) == (3, 4)
+    for tokens, grid in ((117, (9, 13)), (35, (5, 7)), (12, (3, 4))):
+        assert attention.token_grid(tokens, {"original_shape": [2, 4, 9, 13]}) == grid  # downsampling rounds up
+    with pytest.raises(ValueError, match="do not fit"):
+        attention.token_grid(50, {"original_shape": [2, 4, 9, 13]})
+    rows = {"cond_or_uncond": [1, 0]}
+    assert attention.row_is_uncond(rows, 6).tolist() == [True] * 3 + [False] * 3
+    assert attention.row_latent_index(rows, 6).tolist() == [0, 1, 2, 0, 1, 2]
