@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from .models import annotators
 from .ops import control as control_ops
 from .ops import pose as pose_ops
-from .ops.shapes import as_mask, broadcast_batch, resize_mask
+from .ops.shapes import as_mask, as_rgb, broadcast_batch, resize_mask
 from .sampling.masked_control import apply_masked_control
 
 CATEGORY = "selective_control/control"
@@ -103,7 +103,7 @@ class SCPoseFromImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, min_confidence, mask_margin, person_masks=None) -> io.NodeOutput:
-        image = control_ops.as_rgb(image)
+        image = as_rgb(image)
         batch, height, width = image.shape[:3]
         masks = None
         if person_masks is not None:
@@ -170,7 +170,7 @@ class SCApplyControlNetMasked(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, control_net, image, mask, strength, start_percent, end_percent,
                 exact_outside=False, vae=None) -> io.NodeOutput:
-        image = control_ops.as_rgb(image)
+        image = as_rgb(image)
         mask = resize_mask(as_mask(mask), image.shape[1], image.shape[2])
         if mask.shape[0] not in (1, image.shape[0]) and image.shape[0] != 1:
             raise ValueError(

@@ -15,7 +15,7 @@ from .models import list_models
 from .models import clip_matcher as clip_models
 from .models import rembg_models, sam as sam_models
 from .ops import finding as ops
-from .ops.control import as_rgb
+from .ops.shapes import as_rgb
 from .ops.shapes import as_image, fit_mask_to_image
 
 CATEGORY = "selective_control/finding"

@@ -23,25 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from .masks import feather, grow
-from .shapes import as_image, as_mask, fit_mask_to_image, resize_image
+from .shapes import as_mask, as_rgb, fit_mask_to_image, resize_image
 
 MODES: tuple[str, ...] = ("mask_then_annotate", "annotate_then_mask")
 NEUTRAL_FILLS: dict[str, float] = {"grey": 0.5, "black": 0.0, "white": 1.0}
 
 # --------------------------------------------------------------------------- image / mask plumbing
-
-
-def as_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
-    """``[B,H,W,3]`` float image: alpha is dropped, one channel is repeated to three."""
-    image = as_image(image, name)
-    channels = image.shape[-1]
-    if channels == 3:
-        return image
-    if channels == 4:
-        return image[..., :3]
-    if channels == 1:
-        return image.expand(*image.shape[:3], 3)
-    raise ValueError(f"{name} must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
 
 
 def fill_outside(image: torch.Tensor, mask: torch.Tensor, fill: str = "grey") -> torch.Tensor:

@@ -44,6 +44,19 @@ def as_image(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     return image
 
 
+def as_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """``[B,H,W,3]`` float image: alpha is dropped, one channel is repeated to three."""
+    image = as_image(image, name)
+    channels = image.shape[-1]
+    if channels == 3:
+        return image
+    if channels == 4:
+        return image[..., :3]
+    if channels == 1:
+        return image.expand(*image.shape[:3], 3)
+    raise ValueError(f"{name} must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
+
+
 def broadcast_batch(
     a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", "b")
 ) -> tuple[torch.Tensor, torch.Tensor]:
