@@ -8,12 +8,15 @@ from .control import CONTROL_NODES
 from .evaluation import EVALUATION_NODES
 from .finding import FINDING_NODES
 from .masks import MASK_NODES
+from .regions import REGION_NODES
+from .training import TRAINING_NODES
 
 
 class SelectiveControlExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*MASK_NODES, *FINDING_NODES, *CONTROL_NODES, *BLENDING_NODES, *EVALUATION_NODES]
+        return [*MASK_NODES, *FINDING_NODES, *CONTROL_NODES, *REGION_NODES, *BLENDING_NODES, *EVALUATION_NODES,
+                *TRAINING_NODES]
 
 
 async def comfy_entrypoint() -> SelectiveControlExtension:
