@@ -6,12 +6,18 @@ same image (scikit-image's coffee, 400x600) and the same CLIP scoring of the mas
 - guided: one image embedding, prompts from CLIP's patch similarity (FinderSettings defaults);
 - automatic: SamAutomaticMaskGenerator at its defaults (32x32 = 1,024 point prompts).
 The embedding cache is cleared before each run, so both pay for the image encoder.
+Random weights make SAM's own quality predictions (predicted IoU, stability) meaningless, and at
+SAM's defaults (0.88 / 0.95) they drop every mask, which would leave CLIP scoring out of the
+comparison. Both modes therefore run with the same open filters (``--pred-iou-thresh 0
+--stability-thresh 0`` by default), so every decoded mask is deduplicated and scored, as many
+masks would be with real weights; this is the harder case for the automatic generator's count.
 
 Run from the repo root: ``.venv/bin/python benchmarks/finding.py``. Last line: JSON with the
 speed ratio (automatic time / guided time) and the number of masks each scored.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -24,6 +30,10 @@ from harness import boot, pack_import  # noqa: E402
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.0)
+    parser.add_argument("--stability-thresh", type=float, default=0.0)
+    args = parser.parse_args()
     boot()
     import comfy.model_management
     import comfy.sd1_clip
@@ -48,10 +58,11 @@ def main() -> None:
     runs = {}
     for mode in ("guided", "automatic"):
         model.embeddings.clear()
-        segmenter = sam_models.SAMSegmenter(model)  # SAM's default thresholds and 32x32 grid
+        segmenter = sam_models.SAMSegmenter(model, 32, args.pred_iou_thresh, args.stability_thresh)  # 32x32 grid
+        settings = ops.FinderSettings(pred_iou_thresh=args.pred_iou_thresh, stability_thresh=args.stability_thresh)
         start = time.perf_counter()
         with torch.no_grad():
-            result = ops.find_in_image(image, segmenter, matcher, texts, names, 0.5, ops.FinderSettings(), mode)
+            result = ops.find_in_image(image, segmenter, matcher, texts, names, 0.5, settings, mode)
         seconds = time.perf_counter() - start
         runs[mode] = (seconds, result)
         print(f"{mode:>9}: {seconds:7.1f} s  prompts {result.prompts or 1024:5d}  decoded {result.decoded:5d}  "
@@ -59,7 +70,8 @@ def main() -> None:
     guided, amg = runs["guided"], runs["automatic"]
     print(json.dumps({"ratio": round(amg[0] / guided[0], 2), "seconds_guided": round(guided[0], 2),
                       "seconds_amg": round(amg[0], 2), "masks_guided": len(guided[1].labels),
-                      "masks_amg": len(amg[1].labels), "prompts_guided": guided[1].prompts, "prompts_amg": 1024}))
+                      "masks_amg": len(amg[1].labels), "prompts_guided": guided[1].prompts, "prompts_amg": 1024,
+                      "thresholds": [args.pred_iou_thresh, args.stability_thresh]}))
 
 
 if __name__ == "__main__":
