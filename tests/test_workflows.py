@@ -1,0 +1,324 @@
+"""Every shipped workflow (workflows/*.json): valid against the node definitions, then run end to end.
+
+Validity (fast, no models): the harness converter (tests/harness/workflow.ui_to_api) turns each
+file into the prompt the frontend would queue, so an unknown node type, an unknown input or a
+widgets_values list that no longer matches a node's inputs fails here; every widget value is
+then checked against object_info (combo choices, INT/FLOAT ranges, types), every model file a
+loader names must be declared in the node's ``properties.models`` with a URL and a real model
+folder (what the frontend's missing-model dialog offers), and every workflow explains itself in
+a Note.
+
+Execution: the converted prompt runs through ComfyUI's executor with stand-ins, chosen so the
+rest of the graph is exactly the shipped one:
+- loaders are rewritten in the prompt: CheckpointLoaderSimple -> TinyCheckpointLoader (sd15),
+  ControlNetLoader -> TinyControlNetLoader (tests/harness/tiny_models.py), SCLoadSAM -> a real
+  segment-anything with a one-block encoder, SCLoadCLIPMatcher -> the colour CLIP double of
+  tests/test_finding_ops.py (the product class list becomes "red" to match it);
+- u2net.onnx is the real u2netp.onnx from .test-assets, written under the name the workflows use;
+- lineart / depth annotators need weights that are not on this machine: they become canny;
+- KSampler steps drop to 2; images are small synthetic or scikit-image photos in the input folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from harness import REPO_ROOT, pack_import, run_prompt, workspace, write_model_file
+from harness.workflow import VIRTUAL_NODE_TYPES, _ordered_inputs, _widget_kind, object_info, ui_to_api
+
+WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
+U2NETP = REPO_ROOT / ".test-assets" / "u2netp.onnx"
+EXPECTED = {"selective_controlnet", "local_control", "product_photoshoot", "pose_identity", "multi_instance",
+            "video_consistency"}
+LOADER_STANDINS = {"CheckpointLoaderSimple": ("TinyCheckpointLoader", {"architecture": "sd15"}),
+                   "ControlNetLoader": ("TinyControlNetLoader", {"architecture": "sd15"}),
+                   "SCLoadSAM": ("WorkflowTestSAM", {}), "SCLoadCLIPMatcher": ("WorkflowTestColourCLIP", {})}
+# Combo inputs whose choices are the user's own files (input images, input subfolders).
+USER_FILE_COMBOS = {("LoadImage", "image"), ("LoadImageDataSetFromFolder", "folder")}
+
+
+@pytest.fixture(scope="module")
+def info() -> dict:
+    return object_info()
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _declared_models(node: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in (node.get("properties") or {}).get("models") or []}
+
+
+def test_the_six_workflows_are_shipped():
+    assert {p.stem for p in WORKFLOWS} == EXPECTED
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_matches_the_node_definitions(info, path):
+    import folder_paths
+
+    workflow = _load(path)
+    prompt = ui_to_api(workflow, info, source=str(path))  # unknown nodes / inputs / widget counts raise
+    assert prompt, path
+    notes = [n for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes), f"{path.name}: explain it in Notes"
+    by_id = {str(n["id"]): n for n in workflow["nodes"]}
+    problems = []
+    for node_id, entry in prompt.items():
+        node, definition = by_id[node_id], info[entry["class_type"]]
+        models = _declared_models(node)
+        for name, spec, _ in _ordered_inputs(definition):
+            kind = _widget_kind(spec, frozenset())
+            if kind is None or name not in entry["inputs"] or isinstance(entry["inputs"][name], list):
+                continue
+            value, opts = entry["inputs"][name], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+            where = f"node {node_id} ({entry['class_type']}).{name}={value!r}"
+            if kind == "COMBO":
+                choices = spec[0] if isinstance(spec[0], list) else opts.get("options", [])
+                if value in models:
+                    model = models[value]
+                    if not model.get("url", "").startswith("https://") or model.get("directory") not in folder_paths.folder_names_and_paths:
+                        problems.append(f"{where}: properties.models entry needs an https url and a model folder: {model}")
+                elif (entry["class_type"], name) not in USER_FILE_COMBOS and value not in choices:
+                    problems.append(f"{where}: not one of {choices[:12]} (a model file must be declared in properties.models)")
+            elif kind in ("INT", "FLOAT"):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "INT" and not isinstance(value, int)):
+                    problems.append(f"{where}: not a {kind}")
+                elif value < opts.get("min", -math.inf) or value > opts.get("max", math.inf):
+                    problems.append(f"{where}: outside [{opts.get('min')}, {opts.get('max')}]")
+            elif kind == "BOOLEAN" and not isinstance(value, bool):
+                problems.append(f"{where}: not a BOOLEAN")
+            elif kind == "STRING" and not isinstance(value, str):
+                problems.append(f"{where}: not a STRING")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_renamed_input_or_changed_widget_list_fails(info):
+    from harness.workflow import WorkflowError
+
+    workflow = _load(REPO_ROOT / "workflows" / "selective_controlnet.json")
+    feather = next(n for n in workflow["nodes"] if n["type"] == "SCFeatherMask")
+    feather["widgets_values"] = feather["widgets_values"][:-1]
+    with pytest.raises(WorkflowError, match="SCFeatherMask.*inputs changed"):
+        ui_to_api(workflow, info)
+    workflow = _load(REPO_ROOT / "workflows" / "selective_controlnet.json")
+    next(n for n in workflow["nodes"] if n["type"] == "SCFeatherMask")["inputs"][0]["name"] = "matte"
+    with pytest.raises(WorkflowError, match="unknown input 'matte'"):
+        ui_to_api(workflow, info)
+
+
+# --------------------------------------------------------------------------- running them
+
+
+class WorkflowTestSAM:
+    """Test-only: segment-anything's own classes with a one-block encoder, in place of SCLoadSAM."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("SC_SAM_MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        from test_finding_nodes import TestSAMLoader
+
+        return TestSAMLoader().load()
+
+
+class WorkflowTestColourCLIP:
+    """Test-only: the colour CLIP double (test_finding_ops.ColourMatcher), in place of SCLoadCLIPMatcher."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("SC_CLIP_MATCHER",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self):
+        from test_finding_nodes import TestColourMatcherLoader
+
+        return TestColourMatcherLoader().load()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def standins():
+    import nodes
+
+    if not U2NETP.is_file():
+        pytest.skip("no .test-assets/u2netp.onnx: run scripts/setup.sh (it extracts the real weights)")
+    write_model_file("rembg", "u2net.onnx", U2NETP.read_bytes())
+    nodes.NODE_CLASS_MAPPINGS.update(WorkflowTestSAM=WorkflowTestSAM, WorkflowTestColourCLIP=WorkflowTestColourCLIP)
+    yield
+    nodes.NODE_CLASS_MAPPINGS.pop("WorkflowTestSAM")
+    nodes.NODE_CLASS_MAPPINGS.pop("WorkflowTestColourCLIP")
+
+
+def _save_input(name: str, pixels: np.ndarray) -> np.ndarray:
+    path = workspace().input / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    return pixels
+
+
+def _photo(size: tuple[int, int] = (64, 64)) -> np.ndarray:
+    return np.asarray(Image.fromarray(data.coffee()).resize(size))  # a cup on a table: u2netp finds it
+
+
+def _astronaut(size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(data.astronaut()).resize((size, size)))
+
+
+def prepare(name: str, info: dict) -> dict:
+    """The shipped workflow as the frontend would queue it, with the documented stand-ins."""
+    path = REPO_ROOT / "workflows" / f"{name}.json"
+    prompt = ui_to_api(_load(path), info, source=str(path))
+    for entry in prompt.values():
+        kind = entry["class_type"]
+        if kind in LOADER_STANDINS:
+            entry["class_type"], entry["inputs"] = LOADER_STANDINS[kind][0], dict(LOADER_STANDINS[kind][1])
+        elif kind == "SCMaskedControlImage" and entry["inputs"]["annotator"] in ("lineart", "depth_midas"):
+            entry["inputs"]["annotator"] = "canny"
+        elif kind == "KSampler":
+            entry["inputs"]["steps"] = 2
+    return prompt
+
+
+def _ids(prompt: dict, class_type: str) -> list[str]:
+    return sorted((k for k, v in prompt.items() if v["class_type"] == class_type), key=int)
+
+
+def _saved(result, prompt: dict) -> list[np.ndarray]:
+    files = []
+    for node_id in _ids(prompt, "SaveImage"):
+        for image in result.ui[node_id]["images"]:
+            path = workspace().output / image["subfolder"] / image["filename"]
+            assert path.is_file(), path
+            files.append(np.asarray(Image.open(path).convert("RGB")))
+    return files
+
+
+def _controls(result, prompt: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(result.output(i, 0), result.output(i, 1)) for i in _ids(prompt, "SCMaskedControlImage")]
+
+
+def _assert_control_only_inside(control: torch.Tensor, mask: torch.Tensor) -> None:
+    assert control.shape[:3] == mask.shape
+    outside = mask <= 0
+    assert outside.any() and (~outside).any(), "the mask should cover part of the picture"
+    assert control[outside].abs().max() == 0  # no control outside the mask
+
+
+def test_selective_controlnet_runs(info):
+    _save_input("sc_subject.png", _photo())
+    prompt = prepare("selective_controlnet", info)
+    result = run_prompt(prompt)
+    [(control, mask)] = _controls(result, prompt)
+    _assert_control_only_inside(control, mask)
+    [feather] = _ids(prompt, "SCFeatherMask")
+    soft = result.output(feather)
+    assert ((soft > 0) & (soft < 1)).any()  # feathered edge
+    [image] = _saved(result, prompt)
+    assert image.shape == (64, 64, 3)
+
+
+def test_local_control_runs_two_controls_in_disjoint_masks(info):
+    _save_input("sc_person.png", _photo())
+    prompt = prepare("local_control", info)
+    result = run_prompt(prompt)
+    controls = _controls(result, prompt)
+    assert len(controls) == 2
+    for control, mask in controls:
+        _assert_control_only_inside(control, mask)
+    (_, mask_a), (_, mask_b) = controls
+    assert torch.minimum(mask_a, mask_b).max() == 0  # person and background do not overlap
+    assert [i.shape for i in _saved(result, prompt)] == [(64, 64, 3)]
+
+
+def _colour_photo(name: str, rgb: tuple[int, int, int]) -> np.ndarray:
+    pixels = np.full((192, 256, 3), rgb, np.uint8)
+    return _save_input(f"catalog/{name}", pixels)
+
+
+def test_product_photoshoot_skips_photos_without_the_product_and_keeps_its_pixels(info):
+    photos = {"a_red.png": _colour_photo("a_red.png", (230, 20, 20)),
+              "b_blue.png": _colour_photo("b_blue.png", (20, 20, 230)),
+              "c_red.png": _colour_photo("c_red.png", (200, 30, 30))}
+    prompt = prepare("product_photoshoot", info)
+    assert not _ids(prompt, "LoraLoader")  # shipped bypassed
+    [find] = _ids(prompt, "SCFindObjects")
+    prompt[find]["inputs"].update(class_names="red", negative_names="white, black", threshold=0.5,
+                                  pred_iou_thresh=0.0, stability_thresh=0.0, max_prompts=2)
+    result = run_prompt(prompt)
+    [filt] = _ids(prompt, "SCFilterByFound")
+    images, masks, indices, count = (result.output(filt, i) for i in range(4))
+    loaded = result.output(_ids(prompt, "RebatchImages")[0])
+    loaded = loaded[0] if isinstance(loaded, list) else loaded
+    blue = [i for i in range(loaded.shape[0]) if loaded[i, 4, 4, 2] > 0.5]
+    assert len(blue) == 1 and count == 2 and sorted(json.loads(indices) + blue) == [0, 1, 2]
+    saved = _saved(result, prompt)
+    assert len(saved) == 2 and all(s.shape == (192, 256, 3) for s in saved)  # the blue photo is skipped
+    [paste] = _ids(prompt, "SCPasteBack")
+    pasted = result.output(paste)
+    inside = masks >= 1
+    assert inside.any()
+    assert torch.equal(pasted[inside], images[inside])  # exact product pixels
+    assert len(photos) == 3
+
+
+def test_pose_identity_runs_and_reports_metrics(info):
+    _save_input("sc_pose.png", _astronaut(128))
+    _save_input("sc_identity.png", _astronaut(128)[:, ::-1])
+    prompt = prepare("pose_identity", info)
+    result = run_prompt(prompt)
+    [pose] = _ids(prompt, "SCPoseFromImage")
+    skeleton, mask = result.output(pose, 0), result.output(pose, 2)
+    assert skeleton.shape == (1, 128, 128, 3) and skeleton.max() > 0
+    assert 0.05 < mask.mean() < 0.9
+    [seam] = _ids(prompt, "SCSeamScore")
+    [score] = _ids(prompt, "SCPreservationScore")
+    assert math.isfinite(result.output(seam, 0)) and result.output(seam, 0) > 0
+    assert 0 < result.output(score, 3) <= 1  # mean change inside the person
+    assert json.loads(result.output(score, 4))
+    assert [i.shape for i in _saved(result, prompt)] == [(128, 128, 3)]
+
+
+def test_multi_instance_gives_each_person_a_pose_and_a_mask(info):
+    frame = _astronaut(128)
+    _save_input("sc_two_people.png", np.concatenate([frame, frame[:, ::-1]], axis=1))
+    prompt = prepare("multi_instance", info)
+    for entry in prompt.values():  # the shipped 512x512 canvas and boxes at a quarter of the size
+        if entry["class_type"] in ("ImageScale", "SolidMask", "MaskComposite"):
+            entry["inputs"].update({k: v // 4 for k, v in entry["inputs"].items() if k in ("width", "height", "x")})
+    result = run_prompt(prompt)
+    poses = _ids(prompt, "SCPoseFromImage")
+    assert len(poses) == 2
+    left, right = (result.output(p, 2)[0] for p in poses)
+    assert left.shape == (128, 128)
+    assert left[:, :64].sum() > 0 and left[:, 64:].sum() == 0  # each mask stays in its person's box
+    assert right[:, 64:].sum() > 0 and right[:, :64].sum() == 0
+    assert [i.shape for i in _saved(result, prompt)] == [(128, 128, 3)]
+
+
+def test_video_consistency_samples_every_frame(info):
+    base = _photo()
+    for i in range(3):
+        _save_input(f"sc_frame_{i:03d}.png", np.roll(base, 2 * i, axis=1))
+    prompt = prepare("video_consistency", info)
+    result = run_prompt(prompt)
+    [(control, mask)] = _controls(result, prompt)
+    assert control.shape == (3, 64, 64, 3)
+    _assert_control_only_inside(control, mask)
+    frames = _saved(result, prompt)
+    assert len(frames) == 3 and all(f.shape == (64, 64, 3) for f in frames)
