@@ -59,7 +59,10 @@ def _skip_reason() -> str | None:
 
 
 def _declared_models(workflow: dict) -> list[dict]:
+    """properties.models / models, plus extra.selective_control.model_files (.onnx files the
+    frontend cannot list, see tests/test_workflows.py)."""
     models = list(workflow.get("models") or [])
+    models += ((workflow.get("extra") or {}).get("selective_control") or {}).get("model_files") or []
     for node in workflow.get("nodes") or []:
         models += (node.get("properties") or {}).get("models") or []
     return [m for m in models if isinstance(m, dict) and m.get("name") and m.get("directory")]
@@ -88,6 +91,12 @@ def _input_images(workflow: dict, source: str) -> set[str]:
     return names
 
 
+def _input_folders(workflow: dict) -> set[str]:
+    """Input subfolders the workflow's folder loaders (LoadImageDataSetFromFolder) name."""
+    return {n["widgets_values"][0] for n in workflow.get("nodes") or []
+            if n.get("type") == "LoadImageDataSetFromFolder" and n.get("widgets_values")}
+
+
 def _prepare(root: Path) -> None:
     """User settings, model placeholders, and the input images the workflows name (the file
     shipped next to the workflow when there is one, else a grey placeholder)."""
@@ -101,6 +110,11 @@ def _prepare(root: Path) -> None:
             assert (root / "models").resolve() in target.parents, f"{path.name}: model path {model} leaves the models folder"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
+        for name in _input_folders(workflow):
+            folder = (root / "input" / name).resolve()
+            assert (root / "input").resolve() in folder.parents, f"{path.name}: input folder {name!r} leaves the input folder"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / "placeholder.png")
         for name in _input_images(workflow, str(path)):
             target = (root / "input" / name).resolve()
             assert (root / "input").resolve() in target.parents, f"{path.name}: input image {name!r} leaves the input folder"

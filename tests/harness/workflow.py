@@ -17,6 +17,8 @@
   bypassed nodes (mode 4: the input at the output's index if its type fits, else the first
   input of exactly the consumer's type, else the first compatible one); a link that ends
   at a muted node (mode 2) is dropped, widget value included, as the frontend does;
+- widgets a core frontend extension adds without saving them (PreviewAny's ``preview``) are
+  sent with their value after loading;
 - virtual nodes (Note, MarkdownNote, PrimitiveNode, Reroute, ...), muted and bypassed
   nodes are left out. Subgraphs and legacy group nodes are refused with a clear error.
 """
@@ -40,6 +42,9 @@ WIDGET_TYPES = frozenset(
 )
 # Frontend-only node types: never sent to the server.
 VIRTUAL_NODE_TYPES = frozenset({"PrimitiveNode", "Reroute", "Note", "MarkdownNote"})
+# Widgets a core frontend extension adds that are not saved in widgets_values (serialize: false)
+# but are sent with the prompt; the value is the one they have after loading the workflow.
+PROMPT_ONLY_WIDGETS = {"PreviewAny": {"preview": ""}}  # Comfy.PreviewAny's read-only MARKDOWN
 MODE_MUTED = 2  # LGraphEventMode.NEVER
 MODE_BYPASS = 4  # LGraphEventMode.BYPASS
 _MEDIA_UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload")
@@ -385,6 +390,7 @@ class _Converter:
             known = {name for name, _, _ in _ordered_inputs(info)}
             inputs = {name: ({"__value__": value} if isinstance(value, list) else value)
                       for name, value in widgets[node_id].items()}
+            inputs.update(PROMPT_ONLY_WIDGETS.get(node["type"], {}))
             for slot, entry in enumerate(node.get("inputs") or []):
                 name = entry.get("name")
                 if name not in known:
