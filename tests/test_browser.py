@@ -240,3 +240,12 @@ def test_template_browser_lists_the_shipped_workflows(browser):
     for path in SHIPPED:
         assert browser["served"][path.name] == json.loads(path.read_text(encoding="utf-8")), (
             f"/api/workflow_templates/{comfy.PACK_FOLDER_NAME}/{path.name} does not serve the file")
+
+
+def test_pack_extension_colours_nodes_and_previews_masks(browser):
+    ext = browser["report"]["extension"]
+    assert not ext.get("error"), ext.get("error")
+    assert ext["color"] == "#2e4a3a"  # js/selective_control.js NODE_COLOR
+    assert ext["menu"] == ["Preview mask: mask"]
+    assert ext["preview_wired"], "Preview mask did not wire MaskToImage -> PreviewImage"
+    assert not ext["console_errors"], _brief(ext["console_errors"])

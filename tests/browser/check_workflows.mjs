@@ -204,6 +204,43 @@ async function main() {
       report.workflows.push(closePhase(entry, started));
     }
 
+    // The pack's extension (js/selective_control.js): colour, "Preview mask" and "Add region".
+    phase = 'extension';
+    {
+      const started = Date.now();
+      const ext = {};
+      try {
+        Object.assign(ext, await page.evaluate(() => {
+          const app = window.app, LiteGraph = window.LiteGraph;
+          app.graph.clear();
+          const feather = LiteGraph.createNode('SCFeatherMask');
+          feather.pos = [100, 100];
+          app.graph.add(feather);
+          const options = [];
+          feather.getExtraMenuOptions?.(app.canvas, options);
+          const entry = options.find((o) => o?.content === 'Preview mask: mask');
+          entry?.callback();
+          const toImage = app.graph.nodes.find((n) => n.type === 'MaskToImage');
+          const preview = app.graph.nodes.find((n) => n.type === 'PreviewImage');
+          const linked = (from, slot, to) => (from?.outputs?.[slot]?.links || []).some((id) => {
+            const link = app.graph.links?.[id] ?? app.graph.links?.get?.(id);
+            return link?.target_id === to?.id;
+          });
+          const result = {
+            color: feather.color ?? null,
+            menu: options.filter(Boolean).map((o) => o.content).filter((c) => typeof c === 'string' && c.includes('mask')),
+            preview_wired: !!(toImage && preview && linked(feather, 0, toImage) && linked(toImage, 0, preview)),
+            region_node: 'SCRegion' in LiteGraph.registered_node_types,
+          };
+          app.graph.clear();
+          return result;
+        }));
+      } catch (e) {
+        ext.error = String(e.stack || e);
+      }
+      report.extension = closePhase(ext, started);
+    }
+
     if (opts.queue) {
       const file = opts.files.find((f) => basename(f) === opts.queue);
       phase = `queue:${opts.queue}`;
