@@ -1,13 +1,22 @@
-"""Evaluation nodes: numbers (and a chart) for how well a regional edit kept and changed what it should."""
+"""Evaluation nodes: numbers (and a chart) for how well a regional edit kept, changed, followed prompts and poses."""
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import torch
+
+import comfy.model_management
 from comfy_api.latest import io, ui
 
+from .control import PoseKeypoint
+from .finding import ClipMatcher
 from .ops import charts, metrics
+from .ops import control as control_ops
+from .ops import finding as finding_ops
+from .ops import pose as pose_ops
+from .ops.shapes import as_mask, as_rgb, resize_mask
 
 CATEGORY = "selective_control/evaluation"
 MASK_MEANINGS = ("edited area", "kept area")
@@ -109,4 +118,135 @@ class SCSeamScore(io.ComfyNode):
         return io.NodeOutput(_mean(scores["seam_ratio"]), _report(scores), chart, ui=ui.PreviewImage(chart, cls=cls))
 
 
-EVALUATION_NODES: list[type[io.ComfyNode]] = [SCPreservationScore, SCSeamScore]
+def _short(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class SCRegionScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCRegionScore",
+            display_name="Region Score (CLIP)",
+            category=CATEGORY,
+            description=(
+                "Checks that every region shows its own prompt and not its neighbours': CLIP compares each region's "
+                "masked crop with every region's text. The diagonal is each region's CLIP score; a row whose "
+                "largest value is off the diagonal means another region's prompt leaked into it."
+            ),
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("image", tooltip="The result to inspect (each image of a batch is scored)."),
+                io.Mask.Input("region_masks", tooltip="One mask per region (a batch of masks), resized to the image."),
+                io.String.Input("region_texts", multiline=True, default="",
+                                tooltip="One text per line, in the order of the masks (e.g. 'a red car')."),
+                ClipMatcher.Input("clip_matcher", tooltip="CLIP from 'Load CLIP Matcher (Selective Control)'."),
+            ],
+            outputs=[
+                io.Float.Output("mean_clip_score", tooltip="Mean cosine similarity of each crop to its own text."),
+                io.Float.Output("worst_margin", tooltip="Smallest (own score - best other score); below 0 = leaked."),
+                io.String.Output("report", tooltip="JSON per image: the texts, the crop x text matrix and per-region scores."),
+                io.Image.Output("heatmap", tooltip="The crop x text matrix (batch mean) as a heatmap."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, image: torch.Tensor, region_masks: torch.Tensor, region_texts: str,
+                clip_matcher) -> io.NodeOutput:
+        texts = [line.strip() for line in region_texts.splitlines() if line.strip()]
+        images = as_rgb(image)
+        masks = resize_mask(as_mask(region_masks, "region_masks"), images.shape[1], images.shape[2]) > 0.5
+        if len(texts) != masks.shape[0]:
+            raise ValueError(f"{masks.shape[0]} region masks but {len(texts)} region texts; give one text per line, "
+                             "in the order of the masks")
+        comfy.model_management.load_models_gpu([clip_matcher])
+        matcher, settings = clip_matcher.model, finding_ops.FinderSettings()
+        text_embeds = matcher.encode_text(texts)
+        matrices, reports = [], []
+        for item in images:
+            crops = finding_ops.masked_crops(item, masks, settings.crop_size, settings.crop_padding)
+            matrix = metrics.leakage_matrix(matcher.encode_images(crops), text_embeds).cpu()
+            matrices.append(matrix)
+            reports.append({"texts": texts, "matrix": matrix.tolist(), "regions": metrics.region_report(matrix, texts)})
+        mean = torch.stack(matrices).mean(0)
+        labels = [_short(t) for t in texts]
+        heatmap = charts.heatmap("CLIP similarity: region crop (row) x region text (column)", mean.tolist(),
+                                 [f"region {i}: {t}" for i, t in enumerate(labels)], labels)
+        margins = [r["margin"] for report in reports for r in report["regions"]]
+        worst = min((m for m in margins if not math.isnan(m)), default=math.nan)
+        text = json.dumps(reports, indent=1, default=str).replace("NaN", '"nan"')
+        return io.NodeOutput(float(mean.diagonal().mean()), worst, text, heatmap, ui=ui.PreviewImage(heatmap, cls=cls))
+
+
+def _target_region(pose: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A box-shaped mask around a target person's keypoints, to find that person in the result."""
+    region = np.zeros((height, width), dtype=np.float32)
+    visible = pose[pose[:, 2] > 0, :2]
+    if visible.shape[0]:
+        x0, y0 = np.clip(np.floor(visible.min(0)).astype(int), 0, [width - 1, height - 1])
+        x1, y1 = np.clip(np.ceil(visible.max(0)).astype(int) + 1, 1, [width, height])
+        region[y0:y1, x0:x1] = 1.0
+    return region
+
+
+class SCPoseScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCPoseScore",
+            display_name="Pose Score (PCK)",
+            category=CATEGORY,
+            description=(
+                "How closely the people in a result follow a target pose: the pose is detected in the result with "
+                "the same mediapipe detector as 'Pose From Image' and compared keypoint by keypoint: PCK (share of "
+                "keypoints within a threshold of the person's size) and the mean error in pixels."
+            ),
+            is_output_node=True,
+            inputs=[
+                PoseKeypoint.Input("target_pose", tooltip="The wanted pose (POSE_KEYPOINT, e.g. from 'Pose From Image'); "
+                                                          "one entry for all images or one per image."),
+                io.Image.Input("image", tooltip="The result whose people should stand in the target pose."),
+                io.Float.Input("threshold", default=0.1, min=0.001, max=1.0, step=0.005,
+                               tooltip="A keypoint counts as right within this fraction of the person's box size."),
+                io.Float.Input("min_confidence", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Detected keypoints less visible than this count as missing."),
+            ],
+            outputs=[
+                io.Float.Output("pck", tooltip="Mean PCK over people and images (1 = every keypoint in place)."),
+                io.Float.Output("mean_error_px", tooltip="Mean keypoint distance in pixels (found keypoints only)."),
+                io.String.Output("report", tooltip="JSON per image and person: PCK, error, keypoints compared."),
+                io.Image.Output("chart", tooltip="PCK per person as a bar chart."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, target_pose, image: torch.Tensor, threshold: float, min_confidence: float) -> io.NodeOutput:
+        images = as_rgb(image)
+        batch, height, width = images.shape[:3]
+        targets = target_pose if isinstance(target_pose, list) else [target_pose]
+        if len(targets) not in (1, batch):
+            raise ValueError(f"{len(targets)} target poses for {batch} images; give one for all or one per image")
+        frames = control_ops.to_uint8(images)
+        scores: dict[str, list[float]] = {"pck": [], "mean_error_px": []}
+        reports, labels = [], []
+        with pose_ops.PoseDetector(min_detection_confidence=min(0.5, max(0.1, min_confidence))) as detector:
+            for b in range(batch):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                target = metrics.poses_from_keypoints(targets[b if len(targets) > 1 else 0], height, width).numpy()
+                regions = [None] if len(target) == 1 else [_target_region(p, height, width) for p in target]
+                found = np.stack([pose_ops.detect_in_region(detector, frames[b], r) for r in regions]) if len(target) \
+                    else np.zeros((0, 18, 3))
+                found[found[..., 2] < min_confidence] = 0
+                people = metrics.pose_errors(torch.from_numpy(target), torch.from_numpy(found), threshold)
+                reports.append(people)
+                for p, person in enumerate(people):
+                    labels.append(f"image {b} person {p}")
+                    for key in scores:
+                        scores[key].append(person[key])
+        chart = charts.bar_chart(f"PCK@{threshold:g} per person", labels, {"pck": scores["pck"]})
+        text = json.dumps(reports, indent=1).replace("NaN", '"nan"')
+        return io.NodeOutput(_mean(scores["pck"]), _mean(scores["mean_error_px"]), text, chart,
+                             ui=ui.PreviewImage(chart, cls=cls))
+
+
+EVALUATION_NODES: list[type[io.ComfyNode]] = [SCPreservationScore, SCRegionScore, SCPoseScore, SCSeamScore]

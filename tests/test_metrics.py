@@ -121,3 +121,39 @@ def test_preservation_node_through_comfyui():
     assert '"psnr_outside": "inf"' in report[0]
     assert chart[0].shape[-1] == 3 and chart[0].shape[1] > 100
     assert out.ui["score"]["images"], "the chart is previewed on the node"
+
+
+def test_leakage_matrix_and_region_report():
+    crops = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    texts = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # normalised inside
+    matrix = metrics.leakage_matrix(crops, texts)
+    assert torch.allclose(matrix, torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    report = metrics.region_report(matrix, ["cat", "dog"])
+    assert report[1]["best_other_text"] == "cat" and report[1]["margin"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="one text per region"):
+        metrics.leakage_matrix(crops, texts[:1])
+
+
+def test_pose_errors_count_missing_keypoints_as_wrong():
+    target = torch.zeros(1, 18, 3)
+    target[0, :4] = torch.tensor([[0.0, 0.0, 1.0], [100.0, 0.0, 1.0], [0.0, 100.0, 1.0], [50.0, 50.0, 1.0]])
+    found = target.clone()
+    found[0, 1, :2] += torch.tensor([6.0, 8.0])  # 10 px off: outside 0.05 x 100 px
+    found[0, 3] = 0.0  # not found
+    person = metrics.pose_errors(target, found, threshold=0.05)[0]
+    assert person["pck"] == pytest.approx(2 / 4)
+    assert person["mean_error_px"] == pytest.approx(10 / 3)
+    assert person["bbox_size_px"] == 100.0 and person["keypoints_matched"] == 3
+
+
+def test_pose_keypoints_are_scaled_from_their_canvas():
+    flat = [0.0] * 54
+    flat[0:3] = [50.0, 20.0, 0.9]
+    pose = metrics.poses_from_keypoints({"people": [{"pose_keypoints_2d": flat}], "canvas_width": 100,
+                                         "canvas_height": 50}, 100, 200)
+    assert pose[0, 0].tolist() == pytest.approx([100.0, 40.0, 0.9])
+    flat[0:2] = [0.5, 0.4]  # normalised coordinates
+    pose = metrics.poses_from_keypoints({"people": [{"pose_keypoints_2d": flat}]}, 100, 200)
+    assert pose[0, 0, :2].tolist() == pytest.approx([100.0, 40.0])
+    with pytest.raises(ValueError, match="'people' list"):
+        metrics.poses_from_keypoints([], 10, 10)

@@ -121,3 +121,88 @@ def seam_score(image: torch.Tensor, mask: torch.Tensor, band_px: int = 4) -> dic
     band_energy, ring_energy = _weighted_mean(energy, band), _weighted_mean(energy, ring)
     ratio = band_energy / ring_energy.clamp_min(1e-12)
     return {"seam_ratio": ratio.tolist(), "band_energy": band_energy.tolist(), "surrounding_energy": ring_energy.tolist()}
+
+
+def leakage_matrix(crop_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """``[N,N]`` cosine similarity of each region's crop (row) to each region's text (column).
+
+    The diagonal is each region's CLIP score against its own text; a large off-diagonal value
+    means a region also looks like another region's description (the prompt leaked).
+    """
+    if crop_embeds.shape[0] != text_embeds.shape[0]:
+        raise ValueError(f"{crop_embeds.shape[0]} region crops but {text_embeds.shape[0]} texts; give one text per region")
+    return F.normalize(crop_embeds.float(), dim=-1) @ F.normalize(text_embeds.float().to(crop_embeds.device), dim=-1).T
+
+
+def region_report(matrix: torch.Tensor, texts: list[str]) -> list[dict]:
+    """Per region: its own score, the most similar other text and the margin (own minus best other; < 0 = leaked)."""
+    rows = []
+    for i, text in enumerate(texts):
+        own = float(matrix[i, i])
+        others = [(float(matrix[i, j]), texts[j]) for j in range(len(texts)) if j != i]
+        best, best_text = max(others) if others else (math.nan, None)
+        rows.append({"text": text, "clip_score": own, "best_other_text": best_text, "best_other_score": best,
+                     "margin": own - best if others else math.nan})
+    return rows
+
+
+def pose_bbox_size(pose: torch.Tensor) -> float:
+    """Larger side of the box around a ``[18,3]`` pose's visible keypoints (0 when fewer than two)."""
+    visible = pose[pose[:, 2] > 0, :2]
+    if visible.shape[0] < 2:
+        return 0.0
+    return float((visible.amax(0) - visible.amin(0)).max())
+
+
+def pose_errors(target: torch.Tensor, detected: torch.Tensor, threshold: float = 0.1) -> list[dict]:
+    """Per person of ``[P,18,3]`` poses (x px, y px, confidence; 0 = missing): PCK and mean pixel error.
+
+    PCK: fraction of the target's visible keypoints found within ``threshold`` x the target's
+    bbox size (its larger side); a keypoint the result lacks counts as wrong. The mean error is
+    over keypoints visible in both (NaN when there are none).
+    """
+    if target.shape != detected.shape or target.shape[-2:] != (18, 3):
+        raise ValueError(f"poses must both be [people, 18, 3], got {tuple(target.shape)} and {tuple(detected.shape)}")
+    out = []
+    for want, got in zip(target.double(), detected.double()):
+        wanted, found = want[:, 2] > 0, got[:, 2] > 0
+        both = wanted & found
+        distance = torch.linalg.vector_norm(want[:, :2] - got[:, :2], dim=-1)
+        size = pose_bbox_size(want)
+        correct = both & (distance <= threshold * size)
+        count = int(wanted.sum())
+        out.append({
+            "pck": float(correct.sum()) / count if count else math.nan,
+            "mean_error_px": float(distance[both].mean()) if both.any() else math.nan,
+            "keypoints_target": count,
+            "keypoints_matched": int(both.sum()),
+            "bbox_size_px": size,
+        })
+    return out
+
+
+def poses_from_keypoints(keypoints: dict, height: int, width: int) -> torch.Tensor:
+    """``[P,18,3]`` poses in ``height x width`` pixels from one image's POSE_KEYPOINT dict (OpenPose JSON).
+
+    Coordinates are scaled from the dict's canvas size; all-normalised coordinates (<= 1, as
+    some editors write) are taken as fractions of the canvas.
+    """
+    if not isinstance(keypoints, dict) or "people" not in keypoints:
+        raise ValueError("pose keypoints must be OpenPose JSON with a 'people' list (e.g. from 'Pose From Image')")
+    poses = []
+    for person in keypoints["people"]:
+        flat = person.get("pose_keypoints_2d") or []
+        if len(flat) < 54:
+            raise ValueError(f"a person has {len(flat) // 3} body keypoints; COCO-18 poses (18 keypoints) are needed")
+        poses.append(torch.tensor(flat[:54], dtype=torch.float64).view(18, 3))
+    if not poses:
+        return torch.zeros(0, 18, 3, dtype=torch.float64)
+    pose = torch.stack(poses)
+    canvas_h = float(keypoints.get("canvas_height") or height)
+    canvas_w = float(keypoints.get("canvas_width") or width)
+    visible = pose[..., 2] > 0
+    if visible.any() and float(pose[..., :2][visible].abs().max()) <= 1.0:
+        canvas_h, canvas_w = 1.0, 1.0
+    pose[..., 0] *= width / canvas_w
+    pose[..., 1] *= height / canvas_h
+    return pose
