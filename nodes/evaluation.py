@@ -28,13 +28,21 @@ def _mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
+def _finite(value):
+    """Non-finite floats as strings, recursively, so any JSON reader accepts the report."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _report(scores: dict[str, list[float]]) -> str:
     """JSON text per image; inf and NaN are written as strings so any JSON reader accepts it."""
-    def clean(v: float) -> float | str:
-        return v if math.isfinite(v) else str(v)
-
     count = len(next(iter(scores.values())))
-    return json.dumps([{k: clean(v[i]) for k, v in scores.items()} for i in range(count)], indent=1)
+    return json.dumps(_finite([{k: v[i] for k, v in scores.items()} for i in range(count)]), indent=1)
 
 
 class SCPreservationScore(io.ComfyNode):
@@ -174,8 +182,7 @@ class SCRegionScore(io.ComfyNode):
                                  [f"region {i}: {t}" for i, t in enumerate(labels)], labels)
         margins = [r["margin"] for report in reports for r in report["regions"]]
         worst = min((m for m in margins if not math.isnan(m)), default=math.nan)
-        text = json.dumps(reports, indent=1, default=str).replace("NaN", '"nan"')
-        return io.NodeOutput(float(mean.diagonal().mean()), worst, text, heatmap, ui=ui.PreviewImage(heatmap, cls=cls))
+        return io.NodeOutput(float(mean.diagonal().mean()), worst, json.dumps(_finite(reports), indent=1), heatmap, ui=ui.PreviewImage(heatmap, cls=cls))
 
 
 def _target_region(pose: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -244,8 +251,7 @@ class SCPoseScore(io.ComfyNode):
                     for key in scores:
                         scores[key].append(person[key])
         chart = charts.bar_chart(f"PCK@{threshold:g} per person", labels, {"pck": scores["pck"]})
-        text = json.dumps(reports, indent=1).replace("NaN", '"nan"')
-        return io.NodeOutput(_mean(scores["pck"]), _mean(scores["mean_error_px"]), text, chart,
+        return io.NodeOutput(_mean(scores["pck"]), _mean(scores["mean_error_px"]), json.dumps(_finite(reports), indent=1), chart,
                              ui=ui.PreviewImage(chart, cls=cls))
 
 
