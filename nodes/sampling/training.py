@@ -1,0 +1,236 @@
+"""Training loop glue: a T2I-Adapter trained with the mask in the loop on a ComfyUI model.
+
+Each step: pick a batch, draw sigma from the model's own ``model_sampling`` (percent range),
+noise the latents with ``model_sampling.noise_scaling``, run the adapter through
+``MaskedControl`` (the same wrapper inference uses, so features are masked by the same
+``mask_for_residual`` code), run the frozen UNet through ``BaseModel.apply_model`` (whose
+output is ``model_sampling.calculate_denoised``, i.e. z0'), then
+``loss = MSE(eps', eps) + lambda * masked_sobel_loss(z0', z0, M)``. Only the adapter's weights
+change; the input adapter is not modified (a deep copy is trained).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import comfy.controlnet
+import comfy.model_management
+import comfy.model_sampling
+import comfy.t2i_adapter.adapter
+
+from ..ops import training as ops
+from ..ops.control import mask_for_residual
+from ..ops.shapes import as_mask
+from .masked_control import MaskedControl
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 50
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    sobel_weight: float = 1.0
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    seed: int = 0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TrainResult:
+    adapter: comfy.controlnet.T2IAdapter
+    noise_loss: list[float] = field(default_factory=list)
+    sobel_loss: list[float] = field(default_factory=list)
+    interrupted: bool = False
+
+    def history(self) -> dict:
+        return {"noise_loss": self.noise_loss, "sobel_loss": self.sobel_loss,
+                "steps_done": len(self.noise_loss), "interrupted": self.interrupted}
+
+
+def fresh_adapter(model_patcher, seed: int = 0) -> comfy.controlnet.T2IAdapter:
+    """A randomly initialised standard (SD1.5-layout) T2I-Adapter sized from the model's UNet,
+    in the format core ControlNetLoader reads back (``conv_in`` / ``body.*``)."""
+    config = model_patcher.model.model_config.unet_config
+    channels = config.get("model_channels")
+    if list(config.get("channel_mult", [])) != [1, 2, 4, 4] or config.get("adm_in_channels"):
+        raise ValueError("a fresh T2I-Adapter needs an SD1.5-layout UNet (channel_mult 1,2,4,4, no ADM); "
+                         "load an existing adapter with Load ControlNet Model instead")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = comfy.t2i_adapter.adapter.Adapter(cin=64 * 3, channels=[channels, channels * 2, channels * 4, channels * 4],
+                                                nums_rb=2, ksize=1, sk=True, use_conv=False, xl=False)
+    return comfy.controlnet.T2IAdapter(net, net.input_channels, 8, "nearest-exact")
+
+
+def trainable_copy(adapter, device) -> comfy.controlnet.T2IAdapter:
+    """A T2IAdapter with its own float32 copy of the weights (the input is left as it is)."""
+    if not isinstance(adapter, comfy.controlnet.T2IAdapter):
+        raise ValueError(f"SCTrainLocalControl trains T2I-Adapters; got {type(adapter).__name__}. Load a T2I-Adapter "
+                         "file with Load ControlNet Model or use the fresh adapter option")
+    with torch.inference_mode(False):  # nodes run in inference mode; trainable weights must be normal tensors
+        net = copy.deepcopy(adapter.t2i_model)
+        for module in net.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None:
+                    module._parameters[name] = torch.nn.Parameter(p.detach().clone().float().to(device))
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = b.detach().clone().to(device)
+    return comfy.controlnet.T2IAdapter(net, adapter.channels_in, adapter.compression_ratio, adapter.upscale_algorithm,
+                                       device=device)
+
+
+def _model_kwargs(base_model, conditioning: list, batch: int, device, x: torch.Tensor) -> dict:
+    """UNet keyword inputs (c_crossattn, y, ...) for conditioning entry 0, repeated to ``batch``."""
+    tensor, options = conditioning[0]
+    extra = {k: v for k, v in options.items() if k not in ("control", "mask", "area", "strength", "hooks")}
+    conds = base_model.extra_conds(cross_attn=tensor.to(device), device=device, noise=x, **extra)
+    return {k: c.process_cond(batch_size=batch, device=device, area=None).cond.to(device) for k, c in conds.items()}
+
+
+class _Step:
+    """Forward pass and both losses for one batch (shared by training, evaluation and the benchmark)."""
+
+    def __init__(self, model_patcher, conditioning: list):
+        self.patcher = model_patcher
+        self.base = model_patcher.model
+        self.sampling = self.base.model_sampling
+        if isinstance(self.sampling, comfy.model_sampling.CONST):
+            raise ValueError("SCTrainLocalControl supports eps / v-prediction models (SD1.5, SDXL), not flow models")
+        self.device = model_patcher.load_device
+        self.conditioning = conditioning
+
+    def sigmas(self, batch: int, start: float, end: float, generator: torch.Generator) -> torch.Tensor:
+        lo, hi = sorted((min(max(start, 1e-3), 1 - 1e-3), min(max(end, 1e-3), 1 - 1e-3)))
+        percents = lo + (hi - lo) * torch.rand(batch, generator=generator)
+        return torch.tensor([float(self.sampling.percent_to_sigma(float(p))) for p in percents], device=self.device)
+
+    def losses(self, adapter, z0, hint, mask, noise, sigma, sobel: bool = True):
+        """(noise loss, sobel loss or None, z0') for latents ``z0``, control image ``hint`` [B,H,W,3], MASK ``mask``."""
+        x_t = self.sampling.noise_scaling(sigma, noise, z0)
+        control = None
+        if adapter is not None:
+            inner = adapter.copy().set_cond_hint(hint.movedim(-1, 1), 1.0, (0.0, 1.0))
+            control = MaskedControl(inner, mask).get_control(x_t, sigma, None, 1, {})
+        kwargs = _model_kwargs(self.base, self.conditioning, z0.shape[0], self.device, x_t)
+        z0_pred = self.base.apply_model(x_t, sigma, control=control, transformer_options={}, **kwargs)
+        noise_loss = F.mse_loss(ops.eps_from_z0(x_t, z0_pred, sigma), noise)
+        sobel_loss = None
+        if sobel:
+            latent_mask = mask_for_residual(mask, tuple(z0.shape[-2:]), tuple(z0.shape[-2:])).to(z0)
+            sobel_loss = ops.masked_sobel_loss(z0_pred, z0, latent_mask)
+        return noise_loss, sobel_loss, z0_pred
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module, checkpointing: bool):
+    """The UNet's parameters without gradients (restored afterwards), optionally checkpointed."""
+    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
+
+    saved = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    blocks = find_all_highest_child_module_with_forward(module) if checkpointing else []
+    for block in blocks:
+        patch(block)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            unpatch(block)
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def check_dataset(latents: torch.Tensor, hints: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Broadcast batches of 1 and check sizes; control images must be 8x the latent size."""
+    masks = as_mask(masks)
+    n = max(latents.shape[0], hints.shape[0], masks.shape[0])
+    for name, t in (("latents", latents), ("control images", hints), ("masks", masks)):
+        if t.shape[0] not in (1, n):
+            raise ValueError(f"{name} have batch {t.shape[0]} but the dataset has {n} items; use 1 or {n}")
+    if tuple(hints.shape[1:3]) != (latents.shape[2] * 8, latents.shape[3] * 8):
+        raise ValueError(f"control images are {tuple(hints.shape[1:3])} but the latents need "
+                         f"{(latents.shape[2] * 8, latents.shape[3] * 8)} (8x the latent); resize them first")
+
+    def expand(t):
+        return t.expand(n, *t.shape[1:]) if t.shape[0] == 1 else t
+
+    return expand(latents), expand(hints), expand(masks)
+
+
+def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: torch.Tensor, masks: torch.Tensor,
+                        conditioning: list, config: TrainConfig,
+                        on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
+    """Train a copy of ``adapter``; returns it with the loss history. An interrupt (ComfyUI's
+    cancel) stops after the last finished step and returns those weights."""
+    comfy.model_management.load_models_gpu([model_patcher])
+    step = _Step(model_patcher, conditioning)
+    device = step.device
+    latents, hints, masks = check_dataset(latents, hints, masks)
+    latents = latents.to(device, torch.float32)
+    trained = trainable_copy(adapter, device)
+    result = TrainResult(trained)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in trained.t2i_model.parameters()]
+    with torch.inference_mode(False), torch.enable_grad(), _frozen(step.base.diffusion_model,
+                                                                   config.gradient_checkpointing):
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+        n = latents.shape[0]
+        for i in range(config.steps):
+            try:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+            except comfy.model_management.InterruptProcessingException:
+                _LOG.info("local-control training interrupted after %d steps; returning those weights", i)
+                result.interrupted = True
+                break
+            index = torch.randperm(n, generator=generator)[: config.batch_size]
+            z0 = latents[index].clone()
+            noise = torch.randn(z0.shape, generator=generator).to(device)
+            sigma = step.sigmas(len(index), config.start_percent, config.end_percent, generator)
+            noise_loss, sobel_loss, _ = step.losses(trained, z0, hints[index], masks[index], noise, sigma,
+                                                    sobel=config.sobel_weight > 0)
+            loss = noise_loss if sobel_loss is None else noise_loss + config.sobel_weight * sobel_loss
+            if not math.isfinite(loss.item()):
+                raise ValueError(f"training diverged at step {i + 1} (loss {loss.item()}); lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            trained.t2i_model.to(device)  # T2IAdapter.get_control parks the net on the CPU after its forward
+            loss.backward()
+            optimizer.step()
+            result.noise_loss.append(noise_loss.item())
+            result.sobel_loss.append(0.0 if sobel_loss is None else sobel_loss.item())
+            if on_step is not None:
+                on_step(i + 1, result.noise_loss[-1], result.sobel_loss[-1])
+    for p in params:
+        p.requires_grad_(False)
+    trained.t2i_model.cpu()
+    return result
+
+
+def evaluate(model_patcher, adapter, latents, hints, masks, conditioning, sigmas: torch.Tensor, seed: int = 0):
+    """Mean (noise loss, sobel loss) over the dataset at fixed noise and the given sigmas."""
+    comfy.model_management.load_models_gpu([model_patcher])
+    step = _Step(model_patcher, conditioning)
+    latents, hints, masks = check_dataset(latents, hints, masks)
+    generator = torch.Generator().manual_seed(seed)
+    noise_total = sobel_total = 0.0
+    with torch.no_grad():
+        for sigma in sigmas:
+            noise = torch.randn(latents.shape, generator=generator).to(step.device)
+            s = torch.full((latents.shape[0],), float(sigma), device=step.device)
+            noise_loss, sobel_loss, _ = step.losses(adapter, latents.to(step.device), hints, masks, noise, s)
+            noise_total += noise_loss.item()
+            sobel_total += sobel_loss.item()
+    return noise_total / len(sigmas), sobel_total / len(sigmas)
