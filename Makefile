@@ -16,7 +16,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/masks.py
+	$(PY) benchmarks/run_all.py
 
 readme: setup
 	$(PY) scripts/node_docs.py --write
