@@ -3,4 +3,127 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-REGION_NODES: list[type[io.ComfyNode]] = []
+from .ops import regions as region_ops
+from .ops.shapes import as_mask
+from .sampling import regions as regional
+
+CATEGORY = "selective_control/regions"
+Regions = io.Custom("SC_REGIONS")
+MODES = ("attention", "instances")
+
+
+class SCRegion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCRegion",
+            display_name="Region (prompt + mask)",
+            category=CATEGORY,
+            description=(
+                "One region: a prompt that applies where the mask is, with a weight and optionally its own "
+                "ControlNet / T2I-Adapter (image, strength, mask). Chain Region nodes through 'regions' to build the "
+                "list for Apply Regions; the incoming list is never changed (a new list is returned)."
+            ),
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="The region's prompt (CLIP Text Encode of the same model)."),
+                io.Mask.Input("mask", tooltip="Where the prompt applies; any size (resized to the latent), soft "
+                                              "values weight the prompt."),
+                io.Float.Input("weight", default=1.0, min=0.0, max=10.0, step=0.05,
+                               tooltip="How strongly the region prompt counts where regions overlap or against the "
+                                       "base prompt."),
+                Regions.Input("regions", optional=True, tooltip="Regions so far (from another Region node) to append "
+                                                                "this one to."),
+                io.ControlNet.Input("control_net", optional=True,
+                                    tooltip="Optional ControlNet or T2I-Adapter just for this region."),
+                io.Image.Input("control_image", optional=True, tooltip="The control image for this region's "
+                                                                       "ControlNet (e.g. its pose)."),
+                io.Float.Input("control_strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Strength of this region's ControlNet."),
+                io.Mask.Input("control_mask", optional=True,
+                              tooltip="Where this region's ControlNet acts (default: the region mask)."),
+            ],
+            outputs=[Regions.Output("regions_out", display_name="regions",
+                                    tooltip="The region list with this region appended.")],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, mask, weight, regions=None, control_net=None, control_image=None,
+                control_strength=1.0, control_mask=None) -> io.NodeOutput:
+        if (control_net is None) != (control_image is None):
+            raise ValueError("a region's control needs both control_net and control_image; connect both or neither")
+        region = regional.Region(
+            conditioning=conditioning, mask=as_mask(mask, "mask"), weight=float(weight), control_net=control_net,
+            control_image=control_image, control_strength=float(control_strength),
+            control_mask=None if control_mask is None else as_mask(control_mask, "control_mask"),
+        )
+        return io.NodeOutput((*(regions or ()), region))
+
+
+class SCCombineRegions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCCombineRegions",
+            display_name="Combine Regions",
+            category=CATEGORY,
+            description="Join two region lists (a's regions first) into a new list for Apply Regions.",
+            inputs=[
+                Regions.Input("regions_a", tooltip="First list of regions (from Region nodes)."),
+                Regions.Input("regions_b", tooltip="Second list of regions, appended after the first."),
+            ],
+            outputs=[Regions.Output("regions", tooltip="Both lists, a then b.")],
+        )
+
+    @classmethod
+    def execute(cls, regions_a, regions_b) -> io.NodeOutput:
+        return io.NodeOutput((*regions_a, *regions_b))
+
+
+class SCApplyRegions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCApplyRegions",
+            display_name="Apply Regions",
+            category=CATEGORY,
+            description=(
+                "Give each region its own prompt (and control) inside one ordinary sampler run: connect the outputs "
+                "to any core sampler (KSampler, KSamplerAdvanced, SamplerCustomAdvanced). attention: one UNet pass, "
+                "cross-attention masked so each position sees the base prompt plus its own regions' prompts at every "
+                "layer. instances: every region is its own path (prompt + ControlNet) and the paths are blended by "
+                "the masks each step, all in one batched UNet call; uncovered pixels follow the base prompt."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to sample with (SD1.x, SD2.x or SDXL UNet)."),
+                io.Conditioning.Input("positive", tooltip="The base prompt: applies everywhere (attention) or "
+                                                          "where no region is (instances)."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt, passed on (used for every region)."),
+                Regions.Input("regions", tooltip="The regions, from Region / Combine Regions nodes."),
+                io.Combo.Input("mode", options=list(MODES), default="attention",
+                               tooltip="attention: one pass, masked cross-attention (fast). instances: one path per "
+                                       "region with its own control, composited each step (FineControlNet)."),
+                io.Int.Input("feather", default=16, min=0, max=512, step=1,
+                             tooltip="Soften the region mask edges over this many pixels (mask pixels)."),
+                io.Float.Input("self_attention_locality", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Attention mode: cut self-attention between different regions by this "
+                                       "fraction to reduce leakage (0 = off, 1 = regions never see each other)."),
+                io.Image.Input("image", optional=True, tooltip="Optional picture to draw the region preview over."),
+            ],
+            outputs=[
+                io.Model.Output("model_out", display_name="model", tooltip="The patched model; connect to the sampler."),
+                io.Conditioning.Output("positive_out", display_name="positive", tooltip="Positive conditioning for the sampler."),
+                io.Conditioning.Output("negative_out", display_name="negative", tooltip="Negative conditioning for the sampler."),
+                io.Image.Output("preview", tooltip="Region colours over the image (or a grey canvas)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, regions, mode, feather, self_attention_locality,
+                image=None) -> io.NodeOutput:
+        regions = list(regions or ())
+        model, positive, negative, masks = regional.apply_regions(
+            model, positive, negative, regions, mode, feather, self_attention_locality)
+        return io.NodeOutput(model, positive, negative, region_ops.preview(masks, image))
+
+
+REGION_NODES: list[type[io.ComfyNode]] = [SCRegion, SCCombineRegions, SCApplyRegions]

@@ -97,12 +97,21 @@ def token_grid(seq_len: int, transformer_options: dict) -> tuple[int, int]:
 # --------------------------------------------------------------------------- attention
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-    """ComfyUI's active attention function, called exactly as ``CrossAttention.forward`` calls it."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ComfyUI's active attention function, called exactly as ``CrossAttention.forward`` calls it.
+
+    ``mask``: optional additive logit bias ``[rows, q_tokens, k_tokens]`` (every backend takes it).
+    """
     import comfy.ldm.modules.attention as comfy_attention  # looked up per call: ComfyUI may swap it
 
+    if mask is None:
+        return comfy_attention.optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+            transformer_options=extra_options,
+        )
     return comfy_attention.optimized_attention(
-        q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+        q, k, v, extra_options["n_heads"], mask=mask.to(q.dtype), attn_precision=extra_options.get("attn_precision"),
         transformer_options=extra_options,
     )
 
@@ -113,13 +122,15 @@ class Extension:
 
     ``rows``: LongTensor ``[M]`` of row indices; ``k``/``v``: ``[M, T_extra, inner]`` appended after
     each row's own keys/values; ``weight``: 1.0 (full extended attention), a float, or a tensor
-    broadcastable to ``[M, T, 1]`` (per row and per query token) blending plain -> extended.
+    broadcastable to ``[M, T, 1]`` (per row and per query token) blending plain -> extended;
+    ``bias``: optional additive logit bias ``[M, T, T + T_extra]`` for the extended attention.
     """
 
     rows: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     weight: float | torch.Tensor = 1.0
+    bias: torch.Tensor | None = None
 
     @property
     def full(self) -> bool:
@@ -169,7 +180,7 @@ class SelfAttentionDispatcher:
         for g in groups:
             ki = torch.cat((k[g.rows], g.k.to(k.dtype)), dim=1)
             vi = torch.cat((v[g.rows], g.v.to(v.dtype)), dim=1)
-            extended = attention(q[g.rows], ki, vi, extra_options)
+            extended = attention(q[g.rows], ki, vi, extra_options, mask=g.bias)
             if out is None:
                 out = extended.new_empty((rows, *extended.shape[1:]))
             if g.full and bool(replaced[g.rows].all()):

@@ -1,0 +1,146 @@
+"""Regional conditioning maths (pure torch): masks on token grids, attention biases, instance blends, preview.
+
+A region is a prompt plus a soft mask. Attention mode turns the masks into an additive bias on
+cross-attention logits: a latent position gets ``log(weight * coverage)`` on each region's
+tokens (``-inf`` where the region does not touch it, so its attention weight there is exactly
+zero) and 0 on the base prompt's tokens. Instances mode blends whole model outputs with the
+masks, exactly as ComfyUI blends masked conds: ``sum(w_i m_i o_i) / sum(w_i m_i)``, with a
+background path weighted by the uncovered part ``max(0, 1 - sum m_i)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .masks import mask_to_latent
+from .shapes import as_mask, resize_mask
+
+# Preview colours (RGB 0..1), one per region in order, repeating.
+PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.20, 0.20), (0.20, 0.55, 0.95), (0.25, 0.80, 0.30), (0.95, 0.75, 0.15),
+    (0.70, 0.30, 0.85), (0.10, 0.80, 0.80), (0.95, 0.45, 0.70), (0.55, 0.40, 0.25),
+)
+NEUTRAL_CANVAS = 0.5
+
+
+def match_batch(mask: torch.Tensor, items: int, name: str = "region mask") -> torch.Tensor:
+    """``mask`` ``[Bm,...]`` broadcast to ``items`` latents: a batch of 1 applies to all, else one per latent."""
+    if mask.shape[0] == items:
+        return mask
+    if mask.shape[0] == 1:
+        return mask.expand(items, *mask.shape[1:])
+    raise ValueError(
+        f"{name} has batch {mask.shape[0]} but the latent batch is {items}; use a mask batch of 1 or one mask per latent"
+    )
+
+
+def latent_masks(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int]) -> list[torch.Tensor]:
+    """Each ``[Bm,H,W]`` mask resized to the latent (bilinear, as ComfyUI resizes conditioning masks)."""
+    return [resize_mask(as_mask(m), *latent_hw) for m in masks]
+
+
+def grid_masks(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int], grid_hw: tuple[int, int]) -> list[torch.Tensor]:
+    """Masks on a token grid: resized to the latent, then area-averaged to the grid (untouched cells stay 0)."""
+    return [mask_to_latent(m, *grid_hw) for m in latent_masks(masks, latent_hw)]
+
+
+def cross_attention_bias(
+    grid: Sequence[torch.Tensor], weights: Sequence[float], base_len: int, region_lens: Sequence[int],
+    context_len: int, items: int,
+) -> torch.Tensor:
+    """``[items, tokens, context_len]`` additive logit bias for cross-attention.
+
+    ``grid``: one ``[Bm,h,w]`` mask per region on the query's token grid. The context is the base
+    prompt's ``base_len`` tokens followed by each region's tokens, the whole repeated
+    ``context_len // total`` times (ComfyUI pads batched contexts by repeating them).
+    """
+    total = base_len + sum(region_lens)
+    if context_len % total:
+        raise ValueError(f"context of {context_len} tokens is not a repeat of the {total} region tokens")
+    tokens = grid[0].shape[-2] * grid[0].shape[-1] if grid else 0
+    columns = [torch.zeros(items, tokens, base_len, device=grid[0].device)]
+    for m, w, n in zip(grid, weights, region_lens):
+        m = match_batch(m, items).reshape(items, tokens, 1).float()
+        columns.append(torch.log(m * float(w)).expand(items, tokens, n))
+    bias = torch.cat(columns, dim=2)
+    return bias.repeat(1, 1, context_len // total)
+
+
+def partition(grid: Sequence[torch.Tensor], items: int) -> torch.Tensor:
+    """``[R+1, items, tokens]`` soft region membership per token (regions, then the uncovered part), summing to 1."""
+    flat = torch.stack([match_batch(m, items).reshape(items, -1).float() for m in grid])
+    covered = flat.sum(0)
+    background = (1.0 - covered).clamp(min=0.0)
+    parts = torch.cat((flat, background.unsqueeze(0)))
+    return parts / parts.sum(0, keepdim=True).clamp(min=1e-12)
+
+
+def locality_bias(grid: Sequence[torch.Tensor], strength: float, items: int) -> torch.Tensor:
+    """``[items, tokens, tokens]`` self-attention bias cutting attention between different regions.
+
+    Attention from token p to token q is scaled by ``1 - strength * differ(p, q)`` where
+    ``differ = 1 - sum_r a_r(p) a_r(q)`` (``a``: soft membership, background included); at
+    strength 1 with hard masks a token sees only tokens of its own region.
+    """
+    a = partition(grid, items)  # [R+1, B, T]
+    same = torch.einsum("rbp,rbq->bpq", a, a)
+    scale = (1.0 - strength * (1.0 - same)).clamp(min=0.0)
+    return torch.log(scale)
+
+
+def instance_weights(masks: Sequence[torch.Tensor], strengths: Sequence[float]) -> torch.Tensor:
+    """``[N+1, B, h, w]`` blend weights: instance i gets ``w_i * m_i``, the background ``max(0, 1 - sum m_i)``."""
+    stacked = torch.stack([m.float() for m in masks])
+    background = (1.0 - stacked.sum(0)).clamp(min=0.0)
+    scaled = stacked * torch.tensor(list(strengths), dtype=stacked.dtype, device=stacked.device).view(-1, 1, 1, 1)
+    return torch.cat((scaled, background.unsqueeze(0)))
+
+
+def blend(outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_j w_j o_j / sum_j w_j`` over paths, as ComfyUI's ``calc_cond_batch`` sums masked conds.
+
+    ``outputs``: ``[P, B, C, h, w]``; ``weights``: ``[P, B, h, w]``. The tiny count ComfyUI starts
+    from (1e-37) is kept so an all-zero weight gives 0, not NaN.
+    """
+    w = weights.unsqueeze(2).to(outputs)
+    return (outputs * w).sum(0) / (w.sum(0) + 1e-37)
+
+
+def feather_masks(masks: Sequence[torch.Tensor], pixels: int) -> list[torch.Tensor]:
+    """Soften every mask's edge over ``pixels`` (centred on the edge; 0 leaves masks unchanged)."""
+    from .masks import feather
+
+    return [as_mask(m) if pixels <= 0 else feather(m, float(pixels), "centred") for m in masks]
+
+
+def preview(masks: Sequence[torch.Tensor], image: torch.Tensor | None, height: int = 512, width: int = 512,
+            alpha: float = 0.55) -> torch.Tensor:
+    """``[B,H,W,3]`` image: each region's colour laid over ``image`` (or a grey canvas) with its mask."""
+    if image is None:
+        batch = max([as_mask(m).shape[0] for m in masks] or [1])
+        canvas = torch.full((batch, height, width, 3), NEUTRAL_CANVAS)
+    else:
+        canvas = image[..., :3].float().clone()
+    out = canvas
+    for index, mask in enumerate(masks):
+        m = resize_mask(as_mask(mask).float(), out.shape[1], out.shape[2]).to(out)
+        if m.shape[0] != out.shape[0]:  # the preview shows the first mask of a mismatched batch
+            m = m[:1].expand(out.shape[0], *m.shape[1:])
+        colour = torch.tensor(PALETTE[index % len(PALETTE)], dtype=out.dtype, device=out.device)
+        a = (m * alpha).unsqueeze(-1)
+        out = out * (1 - a) + colour * a
+    return out.clamp(0.0, 1.0)
+
+
+def lcm_length(lengths: Sequence[int]) -> int:
+    """The context length ComfyUI pads a batch of contexts to (their least common multiple)."""
+    return math.lcm(*lengths)
+
+
+def pad_context(context: torch.Tensor, length: int) -> torch.Tensor:
+    """Repeat a ``[B,T,D]`` context to ``length`` tokens (ComfyUI's padding; attention is unchanged)."""
+    if length % context.shape[1]:
+        raise ValueError(f"cannot pad a context of {context.shape[1]} tokens to {length}")
+    return context.repeat(1, length // context.shape[1], 1)

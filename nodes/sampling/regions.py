@@ -1,0 +1,246 @@
+"""Regional conditioning in attention mode: one UNet pass per cond, cross-attention masked per region.
+
+``apply_attention_regions`` returns a positive conditioning whose context is the base prompt's
+tokens followed by every region's tokens, and a model clone with one attn2 replace patch
+(:class:`RegionalCrossAttention`) on every transformer block. The patch adds a logit bias to the
+cond rows' cross-attention: 0 on the base tokens, ``log(weight * coverage)`` on a region's tokens
+(coverage: the region mask area-averaged to that block's token grid), so a position a region
+does not touch gives its tokens exactly zero attention, at every resolution. Uncond rows (their
+own context, possibly padded by ComfyUI to a common length) are computed unchanged.
+
+Optional self-attention locality (a :class:`SelfAttentionDispatcher` extension) scales attention
+between tokens of different regions by ``1 - locality``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..ops import regions as region_ops
+from .attention import (
+    Extension, appended_rows, attention, attn1_block_keys, batch_layout, install_self_attention_extension, token_grid,
+)
+from .masked_control import apply_masked_control
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One region: its prompt (core CONDITIONING), mask, weight and optional control."""
+
+    conditioning: list
+    mask: torch.Tensor
+    weight: float = 1.0
+    control_net: object | None = None
+    control_image: torch.Tensor | None = None
+    control_strength: float = 1.0
+    control_mask: torch.Tensor | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not bool((self.mask > 0).any()) or self.weight <= 0
+
+    @property
+    def context(self) -> torch.Tensor:
+        """The region prompt's token embeddings (its first conditioning entry)."""
+        if not self.conditioning:
+            raise ValueError("a region's conditioning is empty; connect a CLIP Text Encode output")
+        if len(self.conditioning) > 1:
+            logger.warning("Selective Control: a region's conditioning has %d entries; only the first is used",
+                           len(self.conditioning))
+        return self.conditioning[0][0]
+
+
+def model_context_dim(model) -> int | None:
+    """The text-embedding width the model's cross-attention expects (None if unknown)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    return None if config is None else config.unet_config.get("context_dim")
+
+
+def check_context_dims(model, positive: list, regions: list[Region]) -> None:
+    """Raise a clear error when a prompt was encoded for another model family."""
+    expected = model_context_dim(model)
+    base_dims = {t.shape[-1] for t, _ in positive}
+    for dim in base_dims:
+        if expected is not None and dim != expected:
+            raise ValueError(f"the base positive conditioning has width {dim} but the model expects {expected}: "
+                             "encode the prompt with this model's CLIP")
+    for index, region in enumerate(regions):
+        dim = region.context.shape[-1]
+        if (expected is not None and dim != expected) or dim not in base_dims:
+            raise ValueError(
+                f"region {index + 1}'s conditioning has width {dim} but the model expects {expected or base_dims} "
+                "(e.g. an SDXL prompt into an SD1.5 model): encode every region prompt with this model's CLIP"
+            )
+
+
+def usable_regions(regions: list[Region]) -> list[Region]:
+    """Regions that can act (non-empty mask, positive weight); others are dropped with a warning."""
+    kept = [r for r in regions if not r.empty]
+    if len(kept) < len(regions):
+        logger.warning("Selective Control: ignoring %d region(s) with an empty mask or zero weight",
+                       len(regions) - len(kept))
+    return kept
+
+
+def _match_rows(context: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    if context.shape[0] == rows:
+        return context
+    if context.shape[0] == 1:
+        return context.expand(rows, *context.shape[1:])
+    raise ValueError(f"{name} has a batch of {context.shape[0]} prompts but the base prompt has {rows}")
+
+
+def joined_positive(positive: list, regions: list[Region]) -> tuple[list, dict[int, tuple[int, tuple[int, ...]]]]:
+    """Base entries with all region tokens appended; ``layouts``: total length -> (base, region lengths)."""
+    lengths = tuple(r.context.shape[1] for r in regions)
+    layouts = {}
+    out = []
+    for tensor, options in positive:
+        parts = [tensor] + [_match_rows(r.context, tensor.shape[0], f"region {i + 1}").to(tensor)
+                            for i, r in enumerate(regions)]
+        joined = torch.cat(parts, dim=1)
+        layouts[joined.shape[1]] = (tensor.shape[1], lengths)
+        out.append([joined, options.copy()])
+    return out, layouts
+
+
+def chunk_rows(cond_or_uncond: list[int], items: int, want: int, device) -> torch.Tensor:
+    """Row indices of the chunks whose flag is ``want``."""
+    return torch.tensor([c * items + i for c, flag in enumerate(cond_or_uncond) if flag == want for i in range(items)],
+                        dtype=torch.long, device=device)
+
+
+def latent_hw(extra_options: dict) -> tuple[int, int]:
+    shape = extra_options.get("original_shape")
+    if shape is None or len(shape) < 4:
+        raise ValueError("regional attention needs original_shape in transformer_options")
+    return int(shape[-2]), int(shape[-1])
+
+
+@dataclass
+class _GridCache:
+    """Region masks per (latent size, token grid, device): computed once per run and resolution."""
+
+    masks: tuple[torch.Tensor, ...]
+    cache: dict = field(default_factory=dict)
+
+    def get(self, latent: tuple[int, int], grid: tuple[int, int], device) -> list[torch.Tensor]:
+        key = (latent, grid, device)
+        if key not in self.cache:
+            self.cache[key] = [m.to(device) for m in region_ops.grid_masks(self.masks, latent, grid)]
+        return self.cache[key]
+
+
+class RegionalCrossAttention:
+    """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only."""
+
+    def __init__(self, masks: list[torch.Tensor], weights: list[float],
+                 layouts: dict[int, tuple[int, tuple[int, ...]]]) -> None:
+        self.grids = _GridCache(tuple(masks))
+        self.weights = tuple(weights)
+        self.layouts = dict(layouts)
+
+    def __deepcopy__(self, memo):  # shared by model clones; the cache only holds derived masks
+        return self
+
+    def layout(self, context_len: int) -> tuple[int, tuple[int, ...]] | None:
+        fits = [total for total in self.layouts if context_len % total == 0]
+        return self.layouts[max(fits)] if fits else None
+
+    def __call__(self, q, k, v, extra_options, **kwargs):
+        rows = q.shape[0] - appended_rows(extra_options)
+        cond_or_uncond, items = batch_layout(extra_options, rows)
+        layout = self.layout(k.shape[1])
+        if layout is None or 0 not in cond_or_uncond:
+            return attention(q, k, v, extra_options)
+        grid = self.grids.get(latent_hw(extra_options), token_grid(q.shape[1], extra_options), q.device)
+        bias = region_ops.cross_attention_bias(grid, self.weights, layout[0], layout[1], k.shape[1], items)
+        cond = chunk_rows(cond_or_uncond, items, 0, q.device)
+        bias = bias.repeat(cond.numel() // items, 1, 1)
+        if cond.numel() == q.shape[0]:
+            return attention(q, k, v, extra_options, mask=bias)
+        masked = attention(q[cond], k[cond], v[cond], extra_options, mask=bias)
+        plain_rows = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
+        plain_rows[cond] = False
+        plain = attention(q[plain_rows], k[plain_rows], v[plain_rows], extra_options)
+        out = masked.new_empty((q.shape[0], *masked.shape[1:]))
+        out[cond] = masked
+        out[plain_rows] = plain
+        return out
+
+
+class RegionLocality:
+    """Self-attention extension: attention between tokens of different regions scaled by ``1 - strength``."""
+
+    def __init__(self, masks: list[torch.Tensor], strength: float) -> None:
+        self.grids = _GridCache(tuple(masks))
+        self.strength = float(strength)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def extend(self, q, k, v, extra_options) -> list[Extension]:
+        rows = q.shape[0] - appended_rows(extra_options)
+        cond_or_uncond, items = batch_layout(extra_options, rows)
+        if 0 not in cond_or_uncond:
+            return []
+        grid = self.grids.get(latent_hw(extra_options), token_grid(q.shape[1], extra_options), q.device)
+        cond = chunk_rows(cond_or_uncond, items, 0, q.device)
+        bias = region_ops.locality_bias(grid, self.strength, items).repeat(cond.numel() // items, 1, 1)
+        empty = k.new_zeros((cond.numel(), 0, k.shape[-1]))
+        return [Extension(rows=cond, k=empty, v=empty, weight=1.0, bias=bias)]
+
+
+def install_cross_attention(model_patcher, patch) -> None:
+    """Put ``patch`` on every transformer block's cross-attention of ``model_patcher`` (a clone you own)."""
+    current = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    foreign = 0
+    for key in attn1_block_keys(model_patcher):  # attn1 and attn2 share the block keys
+        foreign += key in current
+        model_patcher.set_model_attn2_replace(patch, *key)
+    if foreign:
+        logger.warning("Selective Control: replaced %d cross-attention patches of another node on this model", foreign)
+
+
+def apply_region_controls(positive: list, negative: list, regions: list[Region], masks: list[torch.Tensor]):
+    """Each region's ControlNet, limited to its control mask (default: the region mask), as masked controls."""
+    for region, mask in zip(regions, masks):
+        if region.control_net is None or region.control_image is None:
+            continue
+        control_mask = mask if region.control_mask is None else region.control_mask
+        positive, negative = apply_masked_control(positive, negative, region.control_net, region.control_image,
+                                                  control_mask, region.control_strength, 0.0, 1.0)
+    return positive, negative
+
+
+def apply_attention_regions(model, positive: list, negative: list, regions: list[Region], masks: list[torch.Tensor],
+                            locality: float = 0.0):
+    """``(model, positive, negative)`` for any core sampler: regions by masked cross-attention."""
+    joined, layouts = joined_positive(positive, regions)
+    out = model.clone()
+    install_cross_attention(out, RegionalCrossAttention(masks, [r.weight for r in regions], layouts))
+    if locality > 0:
+        install_self_attention_extension(out, RegionLocality(masks, locality))
+    joined, negative = apply_region_controls(joined, [[t, o.copy()] for t, o in negative], regions, masks)
+    return out, joined, negative
+
+
+def apply_regions(model, positive: list, negative: list, regions: list[Region], mode: str, feather: int,
+                  locality: float = 0.0):
+    """``(model, positive, negative, masks)``: the sampler inputs for ``mode`` and the feathered masks used."""
+    if mode not in ("attention", "instances"):
+        raise ValueError(f"unknown regions mode {mode!r}; use attention or instances")
+    regions = usable_regions(list(regions))
+    if not regions:
+        return model, positive, negative, []
+    check_context_dims(model, positive, regions)
+    masks = region_ops.feather_masks([r.mask for r in regions], feather)
+    if mode == "attention":
+        return (*apply_attention_regions(model, positive, negative, regions, masks, locality), masks)
+    from .instances import apply_instance_regions
+
+    return (*apply_instance_regions(model, positive, negative, regions, masks), masks)

@@ -1,0 +1,207 @@
+"""Regional conditioning (attention mode): masked cross-attention probed on the tiny UNets' own calls."""
+import pytest
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.sample
+from harness import node_error_message, pack_import, run_prompt, tiny_models
+
+regional = pack_import("nodes.sampling.regions")
+region_ops = pack_import("nodes.ops.regions")
+
+SIZE = 64  # mask / image pixels; latent 8x8
+POOLED = {"sd15": None, "sdxl": tiny_models.SDXL_POOLED_DIM}
+
+
+def cond(arch="sd15", seed=0, batch=1):
+    g = torch.Generator().manual_seed(seed)
+    options = {}
+    if POOLED[arch]:
+        options["pooled_output"] = torch.randn(batch, POOLED[arch], generator=g)
+    return [[torch.randn(batch, 77, tiny_models.CONTEXT_DIM[arch], generator=g), options]]
+
+
+def half(side="left", size=SIZE):
+    mask = torch.zeros(1, size, size)
+    if side == "left":
+        mask[:, :, : size // 2] = 1.0
+    else:
+        mask[:, :, size // 2:] = 1.0
+    return mask
+
+
+def sample(model, positive, negative, steps=2, sampler="euler", cfg=5.0, batch=1, size=SIZE, seed=5):
+    latent = torch.zeros(batch, 4, size // 8, size // 8)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed)
+
+
+def regions_of(*specs):
+    return [regional.Region(conditioning=c, mask=m, weight=w) for c, m, w in specs]
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_one_region_covering_everything_equals_the_plain_prompt(arch):
+    model = tiny_models.unet(arch)
+    pos, neg = cond(arch, 0), cond(arch, 1)
+    plain = sample(model, pos, neg)
+    regions = regions_of((pos, torch.ones(1, SIZE, SIZE), 1.0))
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0)
+    assert p[0][0].shape[1] == 154
+    assert torch.allclose(sample(m, p, n), plain, rtol=1e-4, atol=1e-3)
+
+
+def test_zero_and_empty_regions_are_the_plain_prompt():
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    m, p, n, masks = regional.apply_regions(model, pos, neg, [], "attention", 16)
+    assert m is model and p is pos and masks == []
+    empty = regions_of((cond("sd15", 3), torch.zeros(1, SIZE, SIZE), 1.0))
+    m, p, n, masks = regional.apply_regions(model, pos, neg, empty, "attention", 16)
+    assert m is model and p is pos
+
+
+class AttentionProbe:
+    """Replaces optimized_attention: records the softmax weights of every masked (cross-)attention call."""
+
+    def __init__(self, original):
+        self.original = original
+        self.calls = []
+
+    def __call__(self, q, k, v, heads, mask=None, **kwargs):
+        if mask is not None and kwargs.get("transformer_options", {}).get("sc_probe_skip") is None:
+            b, tq, inner = q.shape
+            d = inner // heads
+            qh = q.reshape(b, tq, heads, d).transpose(1, 2)
+            kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
+            sim = qh @ kh.transpose(-1, -2) * d ** -0.5 + mask.unsqueeze(1)
+            self.calls.append((tq, sim.softmax(-1)))
+        return self.original(q, k, v, heads, mask=mask, **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_hard_masks_give_exactly_zero_attention_outside_the_region(arch, monkeypatch):
+    model = tiny_models.unet(arch)
+    pos, neg = cond(arch, 0), cond(arch, 1)
+    regions = regions_of((cond(arch, 2), half("left"), 1.0), (cond(arch, 3), half("right"), 2.0))
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0)
+    probe = AttentionProbe(comfy_attention.optimized_attention)
+    monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
+    sample(m, p, n, steps=1)
+    blocks = len(pack_import("nodes.sampling.attention").attn1_block_keys(model))
+    assert len(probe.calls) >= blocks
+    grids = set()
+    for tokens, weights in probe.calls:
+        side = int(tokens ** 0.5)
+        grids.add(side)
+        grid = weights.reshape(*weights.shape[:2], side, side, weights.shape[-1])
+        left, right = grid[:, :, :, : side // 2], grid[:, :, :, side // 2:]
+        a, b = slice(77, 154), slice(154, 231)
+        assert torch.count_nonzero(right[..., a]) == 0  # outside A: exactly zero on A's tokens
+        assert torch.count_nonzero(left[..., b]) == 0
+        assert bool((left[..., a].sum(-1) > 0.05).all()) and bool((right[..., b].sum(-1) > 0.05).all())
+        assert bool((grid[..., :77].sum(-1) > 0).all())  # the base prompt is seen everywhere
+    assert grids == {8, 4}  # every attention resolution of the tiny UNet
+
+
+def test_uncond_rows_and_soft_masks():
+    """Uncond rows are untouched; a soft mask scales the region's share of attention."""
+    bias = region_ops.cross_attention_bias([torch.full((1, 2, 2), 0.5)], [2.0], 3, [2], 10, 1)
+    assert bias.shape == (1, 4, 10)
+    assert torch.equal(bias[0, 0, :5], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]))  # log(0.5 * 2) = 0
+    assert torch.equal(bias[..., 5:], bias[..., :5])  # repeated like ComfyUI pads contexts
+
+
+def test_masks_of_other_size_and_batch():
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    big = torch.nn.functional.interpolate(half("left").unsqueeze(1), size=(96, 160)).squeeze(1)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), big, 1.0)), "attention", 4)
+    out = sample(m, p, n, batch=2)
+    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    per_latent = torch.cat([half("left"), half("right")])
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent, 1.0)),
+                                        "attention", 0)
+    assert torch.isfinite(sample(m, p, n, batch=2)).all()
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent[:1].repeat(3, 1, 1), 1.0)),
+                                        "attention", 0)
+    with pytest.raises(ValueError, match="mask batch of 1 or one mask per latent"):
+        sample(m, p, n, batch=2)
+
+
+def test_sdxl_conditioning_into_sd15_is_a_clear_error():
+    model = tiny_models.unet("sd15")
+    with pytest.raises(ValueError, match="SDXL prompt into an SD1.5 model"):
+        regional.apply_regions(model, cond("sd15", 0), cond("sd15", 1),
+                               regions_of((cond("sdxl", 2), half("left"), 1.0)), "attention", 0)
+
+
+def test_self_attention_locality_cuts_attention_between_regions(monkeypatch):
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 1.0))
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=1.0)
+    probe = AttentionProbe(comfy_attention.optimized_attention)
+    monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
+    out = sample(m, p, n, steps=1)
+    assert torch.isfinite(out).all()
+    self_calls = [w for tokens, w in probe.calls if w.shape[-1] == tokens]
+    assert self_calls
+    for w in self_calls:
+        side = int(w.shape[-1] ** 0.5)
+        g = w.reshape(*w.shape[:2], side, side, side, side)
+        assert torch.count_nonzero(g[:, :, :, : side // 2, :, side // 2:]) == 0
+
+
+# --------------------------------------------------------------------------- through the executor
+
+
+def region_graph(mode="attention", sampler="euler", steps=2, feather=8):
+    prompt = {
+        "ckpt": {"class_type": "TinyCheckpointLoader", "inputs": {"architecture": "sd15"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a garden"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry"}},
+        "cat": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a cat"}},
+        "dog": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a dog"}},
+        "full": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
+        "bg": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}},
+        "left": {"class_type": "MaskComposite", "inputs": {"destination": ["bg", 0], "source": ["full", 0],
+                                                          "x": 0, "y": 0, "operation": "add"}},
+        "right": {"class_type": "MaskComposite", "inputs": {"destination": ["bg", 0], "source": ["full", 0],
+                                                           "x": 32, "y": 0, "operation": "add"}},
+        "r1": {"class_type": "SCRegion", "inputs": {"conditioning": ["cat", 0], "mask": ["left", 0], "weight": 1.0,
+                                                    "control_strength": 1.0}},
+        "r2": {"class_type": "SCRegion", "inputs": {"conditioning": ["dog", 0], "mask": ["right", 0], "weight": 1.0,
+                                                    "control_strength": 1.0}},
+        "both": {"class_type": "SCCombineRegions", "inputs": {"regions_a": ["r1", 0], "regions_b": ["r2", 0]}},
+        "apply": {"class_type": "SCApplyRegions", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "regions": ["both", 0],
+            "mode": mode, "feather": feather, "self_attention_locality": 0.0}},
+        "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["apply", 0], "positive": ["apply", 1], "negative": ["apply", 2], "latent_image": ["empty", 0],
+            "seed": 3, "steps": steps, "cfg": 5.0, "sampler_name": sampler, "scheduler": "normal", "denoise": 1.0}},
+        "plain": {"class_type": "KSampler", "inputs": {
+            "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["empty", 0],
+            "seed": 3, "steps": steps, "cfg": 5.0, "sampler_name": sampler, "scheduler": "normal", "denoise": 1.0}},
+    }
+    return prompt
+
+
+def test_nodes_through_the_executor():
+    result = run_prompt(region_graph(), outputs=["sample", "plain", "apply", "both"])
+    regions = result.output("both")
+    assert len(regions) == 2 and len(result.output("r1")) == 1  # r1's list was not changed by the append
+    samples, plain = result.output("sample")["samples"], result.output("plain")["samples"]
+    assert samples.shape == plain.shape and not torch.allclose(samples, plain, atol=1e-3)
+    preview = result.output("apply", 3)
+    assert preview.shape == (1, 512, 512, 3)
+    red, blue = preview[0, 256, 64], preview[0, 256, 448]
+    assert red[0] > red[2] and blue[2] > blue[0]  # region 1 red on the left, region 2 blue on the right
+
+
+def test_region_control_needs_both_inputs():
+    prompt = region_graph()
+    prompt["img"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}}
+    prompt["r1"]["inputs"]["control_image"] = ["img", 0]
+    assert "control_net and control_image" in node_error_message(prompt, outputs=["r1"])
