@@ -129,6 +129,12 @@ def test_masks_of_other_size_and_batch():
         sample(m, p, n, batch=2)
 
 
+def test_instances_mode_says_it_is_unavailable():
+    with pytest.raises(ValueError, match="use mode 'attention'"):
+        regional.apply_regions(tiny_models.unet("sd15"), cond("sd15", 0), cond("sd15", 1),
+                               regions_of((cond("sd15", 2), half("left"), 1.0)), "instances", 0)
+
+
 def test_sdxl_conditioning_into_sd15_is_a_clear_error():
     model = tiny_models.unet("sd15")
     with pytest.raises(ValueError, match="SDXL prompt into an SD1.5 model"):

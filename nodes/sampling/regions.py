@@ -241,6 +241,5 @@ def apply_regions(model, positive: list, negative: list, regions: list[Region], 
     masks = region_ops.feather_masks([r.mask for r in regions], feather)
     if mode == "attention":
         return (*apply_attention_regions(model, positive, negative, regions, masks, locality), masks)
-    from .instances import apply_instance_regions
-
-    return (*apply_instance_regions(model, positive, negative, regions, masks), masks)
+    raise ValueError("instances mode is not implemented in this version of the pack; use mode 'attention' "
+                     "(per-region ControlNets work there as masked controls)")
