@@ -123,40 +123,6 @@ def test_a_renamed_input_or_changed_widget_list_fails(info):
 # --------------------------------------------------------------------------- running them
 
 
-class WorkflowTestSAM:
-    """Test-only: segment-anything's own classes with a one-block encoder, in place of SCLoadSAM."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("SC_SAM_MODEL",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self):
-        from test_finding_nodes import TestSAMLoader
-
-        return TestSAMLoader().load()
-
-
-class WorkflowTestColourCLIP:
-    """Test-only: the colour CLIP double (test_finding_ops.ColourMatcher), in place of SCLoadCLIPMatcher."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("SC_CLIP_MATCHER",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self):
-        from test_finding_nodes import TestColourMatcherLoader
-
-        return TestColourMatcherLoader().load()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def standins():
     import nodes
@@ -164,7 +130,10 @@ def standins():
     if not U2NETP.is_file():
         pytest.skip("no .test-assets/u2netp.onnx: run scripts/setup.sh (it extracts the real weights)")
     write_model_file("rembg", "u2net.onnx", U2NETP.read_bytes())
-    nodes.NODE_CLASS_MAPPINGS.update(WorkflowTestSAM=WorkflowTestSAM, WorkflowTestColourCLIP=WorkflowTestColourCLIP)
+    from test_finding_nodes import TestColourMatcherLoader, TestSAMLoader
+
+    # The finding tests' own stand-ins: a one-block-encoder SAM and the colour CLIP double.
+    nodes.NODE_CLASS_MAPPINGS.update(WorkflowTestSAM=TestSAMLoader, WorkflowTestColourCLIP=TestColourMatcherLoader)
     yield
     nodes.NODE_CLASS_MAPPINGS.pop("WorkflowTestSAM")
     nodes.NODE_CLASS_MAPPINGS.pop("WorkflowTestColourCLIP")
