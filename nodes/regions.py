@@ -59,6 +59,9 @@ class SCRegion(io.ComfyNode):
         return io.NodeOutput((*(regions or ()), region))
 
 
+COMBINE_SLOTS = 8  # the frontend extension shows the connected slots plus one free one
+
+
 class SCCombineRegions(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -66,17 +69,22 @@ class SCCombineRegions(io.ComfyNode):
             node_id="SCCombineRegions",
             display_name="Combine Regions",
             category=CATEGORY,
-            description="Join two region lists (a's regions first) into a new list for Apply Regions.",
+            description=(
+                f"Join up to {COMBINE_SLOTS} region lists, in slot order, into a new list for Apply Regions. "
+                "A new slot appears when the last one is connected."
+            ),
             inputs=[
-                Regions.Input("regions_a", tooltip="First list of regions (from Region nodes)."),
-                Regions.Input("regions_b", tooltip="Second list of regions, appended after the first."),
+                Regions.Input(f"regions_{i}", optional=i > 1,
+                              tooltip="Regions (from Region or Combine Regions nodes); joined in slot order.")
+                for i in range(1, COMBINE_SLOTS + 1)
             ],
-            outputs=[Regions.Output("regions", tooltip="Both lists, a then b.")],
+            outputs=[Regions.Output("regions", tooltip="All connected lists, slot 1 first.")],
         )
 
     @classmethod
-    def execute(cls, regions_a, regions_b) -> io.NodeOutput:
-        return io.NodeOutput((*regions_a, *regions_b))
+    def execute(cls, **lists) -> io.NodeOutput:
+        ordered = (lists.get(f"regions_{i}") for i in range(1, COMBINE_SLOTS + 1))
+        return io.NodeOutput(tuple(region for regions in ordered if regions for region in regions))
 
 
 class SCApplyRegions(io.ComfyNode):

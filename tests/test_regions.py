@@ -36,6 +36,13 @@ def sample(model, positive, negative, steps=2, sampler="euler", cfg=5.0, batch=1
     return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed)
 
 
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, relative: float = 1e-5) -> None:
+    """Float-rounding equality: the random tiny UNets give latents in the hundreds, so compare to their scale."""
+    error = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert error <= relative * scale, f"max difference {error:.3g} vs scale {scale:.3g}"
+
+
 def regions_of(*specs):
     return [regional.Region(conditioning=c, mask=m, weight=w) for c, m, w in specs]
 
@@ -48,7 +55,7 @@ def test_one_region_covering_everything_equals_the_plain_prompt(arch):
     regions = regions_of((pos, torch.ones(1, SIZE, SIZE), 1.0))
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0)
     assert p[0][0].shape[1] == 154
-    assert torch.allclose(sample(m, p, n), plain, rtol=1e-4, atol=1e-3)
+    assert_close_to_scale(sample(m, p, n), plain)
 
 
 def test_zero_and_empty_regions_are_the_plain_prompt():
@@ -179,7 +186,7 @@ def region_graph(mode="attention", sampler="euler", steps=2, feather=8):
                                                     "control_strength": 1.0}},
         "r2": {"class_type": "SCRegion", "inputs": {"conditioning": ["dog", 0], "mask": ["right", 0], "weight": 1.0,
                                                     "control_strength": 1.0}},
-        "both": {"class_type": "SCCombineRegions", "inputs": {"regions_a": ["r1", 0], "regions_b": ["r2", 0]}},
+        "both": {"class_type": "SCCombineRegions", "inputs": {"regions_1": ["r1", 0], "regions_3": ["r2", 0]}},
         "apply": {"class_type": "SCApplyRegions", "inputs": {
             "model": ["ckpt", 0], "positive": ["pos", 0], "negative": ["neg", 0], "regions": ["both", 0],
             "mode": mode, "feather": feather, "self_attention_locality": 0.0}},
