@@ -136,10 +136,150 @@ def test_masks_of_other_size_and_batch():
         sample(m, p, n, batch=2)
 
 
-def test_instances_mode_says_it_is_unavailable():
-    with pytest.raises(ValueError, match="use mode 'attention'"):
-        regional.apply_regions(tiny_models.unet("sd15"), cond("sd15", 0), cond("sd15", 1),
-                               regions_of((cond("sd15", 2), half("left"), 1.0)), "instances", 0)
+# --------------------------------------------------------------------------- instances mode
+
+
+class CallCounter:
+    """Counts forward calls (and rows) of a module, e.g. the UNet or a ControlNet."""
+
+    def __init__(self, module):
+        self.rows = []
+        self.handle = module.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.rows.append((args[0] if args else kwargs["x"]).shape[0])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def counted_sample(model, positive, negative, controlnets=(), **kwargs):
+    """``(latent, UNet call rows, ControlNet call rows)`` of one sampling run."""
+    unet = CallCounter(model.model.diffusion_model)
+    nets = [CallCounter(c.control_model) for c in controlnets]
+    try:
+        out = sample(model, positive, negative, **kwargs)
+    finally:
+        unet.__exit__()
+        for n in nets:
+            n.__exit__()
+    return out, unet.rows, [r for n in nets for r in n.rows]
+
+
+def hint(seed: int, batch: int = 1) -> torch.Tensor:
+    return torch.rand(batch, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def third(index: int) -> torch.Tensor:
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, :, index * 18:index * 18 + 22] = 1.0  # 3 overlapping vertical bands; x >= 58 is uncovered
+    return mask
+
+
+def instance_regions(arch: str, controlled: bool = True, weights=(1.0, 2.0, 0.5)):
+    net = tiny_models.controlnet(arch)
+    return [regional.Region(conditioning=cond(arch, 10 + i), mask=third(i), weight=w,
+                            control_net=net if controlled else None, control_image=hint(20 + i) if controlled else None,
+                            control_strength=0.5 + 0.25 * i) for i, w in enumerate(weights)]
+
+
+def core_masked_conds(positive, regions):
+    """The same setup with core nodes only: ConditioningSetMask per prompt, core ControlNet per region cond."""
+    import nodes
+
+    background = region_ops.background([r.mask for r in regions])
+    out = nodes.ConditioningSetMask().append(positive, background, "default", 1.0)[0]
+    for r in regions:
+        c = nodes.ConditioningSetMask().append(r.conditioning, r.mask, "default", r.weight)[0]
+        if r.control_net is not None:
+            c = nodes.ControlNetApplyAdvanced().apply_controlnet(c, [], r.control_net, r.control_image,
+                                                                 r.control_strength, 0.0, 1.0)[0]
+        out = out + c
+    return out
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_instances_equal_core_masked_conds_with_a_controlnet_per_cond_in_fewer_calls(arch):
+    model = tiny_models.unet(arch)
+    pos, neg = cond(arch, 0), cond(arch, 1)
+    regions = instance_regions(arch)
+    net = [tiny_models.controlnet(arch)]
+    core, core_unet, core_net = counted_sample(model, core_masked_conds(pos, regions), neg, net, steps=3)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
+    ours, our_unet, our_net = counted_sample(m, p, n, net, steps=3)
+    assert_close_to_scale(ours, core, 1e-5)
+    # core: background + negative batched, then one call per region cond (each has its own ControlNet)
+    assert core_unet == [2, 1, 1, 1] * 3 and core_net == [1, 1, 1] * 3
+    # instances: background, 3 regions and the negative in one UNet call, the 3 ControlNets in one call
+    assert our_unet == [5] * 3 and our_net == [3] * 3
+
+
+def test_instances_without_the_wrappers_are_core_masked_conds():
+    """The conditioning alone (e.g. into a model that was not patched) still gives the same result."""
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    regions = instance_regions("sd15")
+    core = sample(model, core_masked_conds(pos, regions), neg)
+    _, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
+    assert_close_to_scale(sample(model, p, n), core)
+
+
+def test_instances_with_a_control_mask_and_a_controlnet_on_the_base_prompt():
+    import nodes
+
+    model = tiny_models.unet("sd15")
+    net = tiny_models.controlnet("sd15")
+    pos, neg = nodes.ControlNetApplyAdvanced().apply_controlnet(cond("sd15", 0), cond("sd15", 1), net, hint(30),
+                                                                0.7, 0.0, 1.0)
+    regions = instance_regions("sd15")
+    regions[1] = regional.Region(**{**regions[1].__dict__, "control_mask": half("left")})
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
+    batched, unet_rows, _ = counted_sample(m, p, n)
+    unbatched = sample(model, p, n)  # ComfyUI alone on the same conditioning: the reference maths
+    assert_close_to_scale(batched, unbatched, 1e-5)
+    assert unet_rows == [5, 5]  # the negative shares the call: it carries the same base ControlNet
+
+
+def test_instances_split_the_batch_when_memory_is_short(monkeypatch):
+    import comfy.model_management
+
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, instance_regions("sd15", controlled=False), "instances", 0)
+    whole, whole_rows, _ = counted_sample(m, p, n)
+    one_row = model.model.memory_required([1, 4, SIZE // 8, SIZE // 8])
+    free = one_row * 2.5  # room for one row only, with ComfyUI's 1.5x margin
+
+    def short_memory(device=None, torch_free_too=False):
+        return (free, free) if torch_free_too else free
+
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", short_memory)
+    split, split_rows, _ = counted_sample(m, p, n)
+    assert whole_rows == [5, 5] and split_rows == [1] * 10
+    assert_close_to_scale(split, whole)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_one_instance_covering_everything_equals_the_plain_prompt(arch):
+    model = tiny_models.unet(arch)
+    pos, neg = cond(arch, 0), cond(arch, 1)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((pos, torch.ones(1, SIZE, SIZE), 1.0)),
+                                        "instances", 0)
+    assert_close_to_scale(sample(m, p, n), sample(model, pos, neg))
+
+
+def test_instances_with_cfg_one_and_a_latent_batch():
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    regions = instance_regions("sd15")
+    core = sample(model, core_masked_conds(pos, regions), neg, cfg=1.0, batch=2)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
+    ours, rows, _ = counted_sample(m, p, n, cfg=1.0, batch=2)
+    assert_close_to_scale(ours, core, 1e-5)
+    assert rows == [8, 8]  # (background + 3 regions) x 2 latents, no negative at cfg 1
 
 
 def test_sdxl_conditioning_into_sd15_is_a_clear_error():

@@ -9,7 +9,6 @@ background path weighted by the uncovered part ``max(0, 1 - sum m_i)``.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -90,22 +89,24 @@ def locality_bias(grid: Sequence[torch.Tensor], strength: float, items: int) -> 
     return torch.log(scale)
 
 
-def instance_weights(masks: Sequence[torch.Tensor], strengths: Sequence[float]) -> torch.Tensor:
-    """``[N+1, B, h, w]`` blend weights: instance i gets ``w_i * m_i``, the background ``max(0, 1 - sum m_i)``."""
-    stacked = torch.stack([m.float() for m in masks])
-    background = (1.0 - stacked.sum(0)).clamp(min=0.0)
-    scaled = stacked * torch.tensor(list(strengths), dtype=stacked.dtype, device=stacked.device).view(-1, 1, 1, 1)
-    return torch.cat((scaled, background.unsqueeze(0)))
+def background(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``max(0, 1 - sum m_i)``: where no region reaches, at the largest mask size (masks resized to it)."""
+    masks = [as_mask(m).float() for m in masks]
+    height = max(m.shape[-2] for m in masks)
+    width = max(m.shape[-1] for m in masks)
+    batch = max(m.shape[0] for m in masks)
+    covered = sum(match_batch(resize_mask(m, height, width), batch) for m in masks)
+    return (1.0 - covered).clamp(min=0.0)
 
 
 def blend(outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_j w_j o_j / sum_j w_j`` over paths, as ComfyUI's ``calc_cond_batch`` sums masked conds.
+    """``sum_j w_j o_j / sum_j w_j`` over the first (path) dimension, as ComfyUI's ``calc_cond_batch`` sums masked conds.
 
-    ``outputs``: ``[P, B, C, h, w]``; ``weights``: ``[P, B, h, w]``. The tiny count ComfyUI starts
-    from (1e-37) is kept so an all-zero weight gives 0, not NaN.
+    ``weights`` broadcast against ``outputs``. The tiny count ComfyUI starts from (1e-37) is kept
+    so an all-zero weight gives 0, not NaN.
     """
-    w = weights.unsqueeze(2).to(outputs)
-    return (outputs * w).sum(0) / (w.sum(0) + 1e-37)
+    weights = weights.to(outputs)
+    return (outputs * weights).sum(0) / (weights.sum(0) + 1e-37)
 
 
 def feather_masks(masks: Sequence[torch.Tensor], pixels: int) -> list[torch.Tensor]:
@@ -132,15 +133,3 @@ def preview(masks: Sequence[torch.Tensor], image: torch.Tensor | None, height: i
         a = (m * alpha).unsqueeze(-1)
         out = out * (1 - a) + colour * a
     return out.clamp(0.0, 1.0)
-
-
-def lcm_length(lengths: Sequence[int]) -> int:
-    """The context length ComfyUI pads a batch of contexts to (their least common multiple)."""
-    return math.lcm(*lengths)
-
-
-def pad_context(context: torch.Tensor, length: int) -> torch.Tensor:
-    """Repeat a ``[B,T,D]`` context to ``length`` tokens (ComfyUI's padding; attention is unchanged)."""
-    if length % context.shape[1]:
-        raise ValueError(f"cannot pad a context of {context.shape[1]} tokens to {length}")
-    return context.repeat(1, length // context.shape[1], 1)

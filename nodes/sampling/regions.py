@@ -22,6 +22,7 @@ from ..ops import regions as region_ops
 from .attention import (
     Extension, appended_rows, attention, attn1_block_keys, batch_layout, install_self_attention_extension, token_grid,
 )
+from .instances import apply_instance_regions
 from .masked_control import apply_masked_control
 
 logger = logging.getLogger(__name__)
@@ -241,5 +242,4 @@ def apply_regions(model, positive: list, negative: list, regions: list[Region], 
     masks = region_ops.feather_masks([r.mask for r in regions], feather)
     if mode == "attention":
         return (*apply_attention_regions(model, positive, negative, regions, masks, locality), masks)
-    raise ValueError("instances mode is not implemented in this version of the pack; use mode 'attention' "
-                     "(per-region ControlNets work there as masked controls)")
+    return (*apply_instance_regions(model, positive, negative, regions, masks), masks)

@@ -1,0 +1,505 @@
+"""Regional conditioning in instances mode (FineControlNet): one path per region, one batched UNet call.
+
+What the sampler receives is plain core conditioning: the base prompt masked to the part no
+region covers (``1 - sum of region masks``, clamped), and one entry per region with the region's
+prompt, its mask, its weight as the cond strength and its own ControlNet. Run by ComfyUI alone,
+that *is* core masked conds with a ControlNet per cond: N + 1 model calls per step, blended by
+``sum(mult_i * out_i) / sum(mult_i)``.
+
+The model clone adds two wrappers that compute the same maths in one call:
+
+1. ``CALC_COND_BATCH`` (:class:`CollapseInstances`): every step, the group's entries are taken out
+   of the cond list, each is prepared with ComfyUI's own ``get_area_and_mult`` (its processed
+   model conds and its blend weight ``mult``), and the carrier (the base entry) goes on alone,
+   weighted by the paths' total weight. The prepared paths travel to the model call in
+   ``transformer_options`` under :data:`PATHS_KEY`, keyed by the carrier's uuid. Negative entries
+   without a ControlNet get the carrier's :class:`InstanceControl` so they share the call too.
+2. ``APPLY_MODEL`` (:class:`InstanceBatch`): the carrier's rows are replaced by one chunk per
+   path (its own text, pooled output, ...), the UNet runs once on the expanded batch (split only
+   when it would not fit in free memory), and the paths are blended back into the carrier's rows.
+
+:class:`InstanceControl` (a ``ControlBase``) computes every region's ControlNet for the expanded
+batch: one batched call per ControlNet model, each row with its own region's hint, text and
+strength (and control mask, if given); rows without a control get zeros. A ControlNet that was
+on the base prompt before the regions stays chained before it and runs on every row.
+
+Entries with an area, hooks or GLIGEN patches are left to ComfyUI unchanged (correct, unbatched).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+import comfy.controlnet
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.samplers
+
+from ..ops import regions as region_ops
+from ..ops.control import mask_for_residual
+from ..ops.shapes import as_mask, resize_mask
+from .attention import appended_rows
+from .masked_control import _merge, apply_masked_control
+
+logger = logging.getLogger(__name__)
+
+GROUP_KEY = "sc_instance_group"  # conditioning option: the InstanceGroup an entry belongs to
+ROLE_KEY = "sc_instance_role"  # "carrier" for the base entry, the region index for a region entry
+PATHS_KEY = "sc_instance_paths"  # transformer_options: carrier uuid -> list[Path] for this call
+WRAPPER_KEY = "selective_control.instances"
+MEMORY_MARGIN = 1.5  # the same safety factor ComfyUI's cond batching uses
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One region as instances mode needs it: its control (optional), hint, strength and control mask."""
+
+    control_net: comfy.controlnet.ControlBase | None
+    hint: torch.Tensor | None  # [B,3,H,W]
+    strength: float
+    control_mask: torch.Tensor | None
+
+
+class InstanceGroup:
+    """Identity of one Apply Regions result; marks its entries in the conditioning."""
+
+    def __init__(self, specs: list[InstanceSpec]) -> None:
+        self.specs = tuple(specs)
+
+    def __deepcopy__(self, memo):  # conditioning options get deep-copied by some nodes; keep identity
+        return self
+
+
+@dataclass(frozen=True)
+class Path:
+    """One prepared path of a carrier for this step: processed model conds, blend weight, region index."""
+
+    conditioning: dict  # name -> comfy.conds.CONDRegular, processed for the latent batch
+    mult: torch.Tensor  # [B,C,h,w]
+    role: object  # "carrier" or the region index
+
+
+# --------------------------------------------------------------------------- expanded batches
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """How the sampler's rows map to the expanded batch: one entry per expanded chunk."""
+
+    items: int  # latent items per chunk
+    sources: tuple[int, ...]  # for each expanded chunk, the sampler chunk it comes from
+    paths: tuple[Path | None, ...]  # for each expanded chunk, the path it computes (None: the chunk itself)
+    extra_rows: int  # rows appended after the sampler's chunks by another wrapper (kept as they are)
+
+    @property
+    def rows(self) -> int:
+        return len(self.sources) * self.items + self.extra_rows
+
+
+def expansion(transformer_options: dict, rows: int) -> Expansion | None:
+    """The expansion for a model call, or None when no chunk of it carries instance paths."""
+    paths_by_uuid = transformer_options.get(PATHS_KEY)
+    uuids = transformer_options.get("uuids")
+    if not paths_by_uuid or not uuids:
+        return None
+    extra = appended_rows(transformer_options)
+    chunks = len(uuids)
+    if (rows - extra) % chunks:
+        return None
+    sources, paths = [], []
+    for chunk, uuid in enumerate(uuids):
+        for path in paths_by_uuid.get(uuid, (None,)):
+            sources.append(chunk)
+            paths.append(path)
+    if len(sources) == chunks:
+        return None
+    return Expansion((rows - extra) // chunks, tuple(sources), tuple(paths), extra)
+
+
+def _chunk_rows(tensor: torch.Tensor, items: int, chunk: int) -> torch.Tensor:
+    return tensor[chunk * items:(chunk + 1) * items]
+
+
+def expand_rows(plan: Expansion, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor with one row per sampler row, laid out for the expanded batch (paths repeat their chunk)."""
+    pieces = [_chunk_rows(tensor, plan.items, chunk) for chunk in plan.sources]
+    if plan.extra_rows:
+        pieces.append(tensor[tensor.shape[0] - plan.extra_rows:])
+    return torch.cat(pieces)
+
+
+def expand_conds(plan: Expansion, conds: dict, rows: int) -> dict:
+    """Model conds for the expanded batch: each path's own conds, other chunks' rows as they were.
+
+    Joined with ComfyUI's own ``CONDRegular.concat`` so text contexts of different lengths are
+    padded exactly as core pads them. Values that are not per-row tensors pass through.
+    """
+    out = dict(conds)
+    for name, value in conds.items():
+        if not torch.is_tensor(value) or value.ndim == 0 or value.shape[0] != rows:
+            continue
+        template = next((p.conditioning[name] for p in plan.paths if p is not None and name in p.conditioning), None)
+        if template is None:
+            out[name] = expand_rows(plan, value)
+            continue
+        pieces = [type(template)(_chunk_rows(value, plan.items, chunk)) if path is None or name not in path.conditioning
+                  else path.conditioning[name] for chunk, path in zip(plan.sources, plan.paths)]
+        if plan.extra_rows:
+            pieces.append(type(template)(value[rows - plan.extra_rows:]))
+        out[name] = pieces[0].concat(pieces[1:]).to(device=value.device, dtype=value.dtype)
+    return out
+
+
+def expand_transformer_options(plan: Expansion, transformer_options: dict) -> dict:
+    out = transformer_options.copy()
+    for key in ("cond_or_uncond", "uuids"):
+        if key in transformer_options:
+            out[key] = [transformer_options[key][chunk] for chunk in plan.sources]
+    return out
+
+
+def collapse(plan: Expansion, output: torch.Tensor) -> torch.Tensor:
+    """Back to the sampler's rows: each carrier chunk is its paths blended by their weights."""
+    chunks: dict[int, list[tuple[torch.Tensor, Path | None]]] = {}
+    for index, (chunk, path) in enumerate(zip(plan.sources, plan.paths)):
+        chunks.setdefault(chunk, []).append((_chunk_rows(output, plan.items, index), path))
+    pieces = []
+    for chunk in sorted(chunks):
+        parts = chunks[chunk]
+        if parts[0][1] is None:
+            pieces.append(parts[0][0])
+            continue
+        outputs = torch.stack([o for o, _ in parts])
+        weights = torch.stack([p.mult.to(o) for o, p in parts])
+        pieces.append(region_ops.blend(outputs, weights))
+    if plan.extra_rows:
+        pieces.append(output[output.shape[0] - plan.extra_rows:])
+    return torch.cat(pieces)
+
+
+# --------------------------------------------------------------------------- the wrappers
+
+
+def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[Path] | None:
+    """The group's paths for this step, or None when ComfyUI must run the entries itself."""
+    paths = []
+    for entry in members:
+        prepared = comfy.samplers.get_area_and_mult(entry, x_in, timestep)
+        if prepared is None:  # outside its own timestep range this step
+            continue
+        if prepared.area is not None or prepared.hooks is not None or prepared.patches is not None:
+            return None
+        if bool((prepared.mult > 0).any()):
+            paths.append(Path(prepared.conditioning, prepared.mult, entry[ROLE_KEY]))
+    return paths
+
+
+def _collapse_entries(entries: list[dict], x_in, timestep, paths_by_uuid: dict) -> tuple[list[dict], list]:
+    """``entries`` with each instance group replaced by its carrier; returns it and the carriers' controls."""
+    groups: dict[InstanceGroup, list[dict]] = {}
+    out = []
+    for entry in entries:
+        group = entry.get(GROUP_KEY)
+        if group is None:
+            out.append(entry)
+        else:
+            groups.setdefault(group, []).append(entry)
+    controls = []
+    for members in groups.values():
+        members.sort(key=lambda e: -1 if e[ROLE_KEY] == "carrier" else e[ROLE_KEY])
+        carrier = members[0]
+        paths = _prepare_paths(members, x_in, timestep) if carrier[ROLE_KEY] == "carrier" else None
+        if paths is None or len(paths) < 2:  # nothing to batch: ComfyUI runs the entries as they are
+            out.extend(members)
+            continue
+        merged = {k: v for k, v in carrier.items()
+                  if k not in (GROUP_KEY, "mask_strength", "strength", "timestep_start", "timestep_end")}
+        merged["mask"] = torch.stack([p.mult for p in paths]).sum(0)[:, 0]
+        paths_by_uuid[carrier["uuid"]] = paths
+        controls.append(carrier["control"])
+        out.append(merged)
+    return out, controls
+
+
+class CollapseInstances:
+    """CALC_COND_BATCH wrapper: instance groups become one carrier entry with its prepared paths."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, model, conds, x_in, timestep, model_options):
+        if not any(entry.get(GROUP_KEY) is not None for entries in conds if entries for entry in entries):
+            return executor(model, conds, x_in, timestep, model_options)
+        paths_by_uuid: dict = {}
+        collapsed, controls = [], []
+        for entries in conds:
+            if entries is None:
+                collapsed.append(None)
+                continue
+            entries, found = _collapse_entries(entries, x_in, timestep, paths_by_uuid)
+            collapsed.append(entries)
+            controls.extend(found)
+        if controls:  # entries with the carrier's previous control (or none) share its call
+            shared = controls[0]
+            collapsed = [None if entries is None else
+                         [dict(e, control=shared) if e.get("control") is shared.previous_controlnet
+                          and GROUP_KEY not in e else e for e in entries] for entries in collapsed]
+        options = model_options.copy()
+        options["transformer_options"] = {**model_options.get("transformer_options", {}), PATHS_KEY: paths_by_uuid}
+        return executor(model, collapsed, x_in, timestep, options)
+
+
+class InstanceBatch:
+    """APPLY_MODEL wrapper: expand carrier rows into their paths, run once, blend them back."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                 **kwargs):
+        plan = expansion(transformer_options, x.shape[0])
+        if plan is None:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        conds = expand_conds(plan, {"c_concat": c_concat, "c_crossattn": c_crossattn, **kwargs}, x.shape[0])
+        x_e, t_e = expand_rows(plan, x), expand_rows(plan, t)
+        options = expand_transformer_options(plan, transformer_options)
+        output = run_in_parts(executor, plan, x_e, t_e, conds, control, options)
+        return collapse(plan, output)
+
+
+def _fitting_chunks(model, plan: Expansion, x: torch.Tensor) -> int:
+    """How many expanded chunks fit in one UNet call (all of them unless free memory says otherwise)."""
+    chunks = len(plan.sources)
+    if plan.extra_rows:  # appended rows are attended to by every row: they cannot be split off
+        return chunks
+    free = comfy.model_management.get_free_memory(x.device)
+    for count in range(chunks, 0, -1):
+        shape = [count * plan.items, *x.shape[1:]]
+        if model.memory_required(shape) * MEMORY_MARGIN < free:
+            return count
+    return 1
+
+
+def _slice_control(control: dict | None, rows: slice) -> dict | None:
+    if control is None:
+        return None
+    return {key: [None if r is None else r[rows] for r in residuals] for key, residuals in control.items()}
+
+
+def run_in_parts(executor, plan: Expansion, x, t, conds: dict, control, transformer_options: dict) -> torch.Tensor:
+    """The UNet on the expanded batch: one call, or whole-chunk parts when it would not fit in memory."""
+    step = _fitting_chunks(executor.class_obj, plan, x)
+    chunks = len(plan.sources)
+    if step >= chunks:
+        return executor(x, t, conds.pop("c_concat"), conds.pop("c_crossattn"), control, transformer_options, **conds)
+    logger.info("Selective Control: instances batch of %d chunks split into parts of %d to fit in memory",
+                chunks, step)
+    outputs = []
+    for first in range(0, chunks, step):
+        rows = slice(first * plan.items, min(chunks, first + step) * plan.items)
+        part = {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == x.shape[0] else v
+                for k, v in conds.items()}
+        options = transformer_options.copy()
+        for key in ("cond_or_uncond", "uuids"):
+            if key in transformer_options:
+                options[key] = transformer_options[key][first:first + step]
+        outputs.append(executor(x[rows], t[rows], part.pop("c_concat"), part.pop("c_crossattn"),
+                                _slice_control(control, rows), options, **part))
+    return torch.cat(outputs)
+
+
+# --------------------------------------------------------------------------- the batched ControlNet
+
+
+class InstanceControl(comfy.controlnet.ControlBase):
+    """Every region's ControlNet for the expanded batch, one batched call per ControlNet model.
+
+    Outside an instances call (no paths in ``transformer_options``) it is just its previous
+    control, so ComfyUI running the entries unbatched gives the same result.
+    """
+
+    def __init__(self, group: InstanceGroup) -> None:
+        super().__init__()
+        self.group = group
+        self._model = None
+        self._percent_to_timestep = None
+        self._copies: dict[tuple, comfy.controlnet.ControlBase] = {}
+        self._weights: dict[tuple, torch.Tensor] = {}
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options, **kwargs):
+        plan = expansion(transformer_options, x_noisy.shape[0])
+        if plan is None:
+            if self.previous_controlnet is None:
+                return None
+            return self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        x_e, t_e = expand_rows(plan, x_noisy), expand_rows(plan, t)
+        cond_e = expand_conds(plan, cond, x_noisy.shape[0])
+        options = expand_transformer_options(plan, transformer_options)
+        previous = None
+        if self.previous_controlnet is not None:
+            previous = self.previous_controlnet.get_control(x_e, t_e, cond_e, len(plan.sources), options)
+        return _merge(self._instance_residuals(plan, x_e, t_e, cond_e, options), previous)
+
+    def _instance_residuals(self, plan: Expansion, x, t, cond: dict, options: dict) -> dict[str, list]:
+        """Residuals of every region's control on its own rows, zeros on all other rows."""
+        by_net: dict[int, list[tuple[int, int]]] = {}  # ControlNet -> (expanded chunk, region index)
+        for index, path in enumerate(plan.paths):
+            if path is not None and path.role != "carrier" and self.group.specs[path.role].control_net is not None:
+                by_net.setdefault(id(self.group.specs[path.role].control_net), []).append((index, path.role))
+        out: dict[str, list] = {}
+        for members in by_net.values():
+            rows = torch.cat([torch.arange(i * plan.items, (i + 1) * plan.items) for i, _ in members]).to(x.device)
+            regions = tuple(role for _, role in members)
+            inner = self._batched_copy(regions, plan.items)
+            part = {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == x.shape[0] else v
+                    for k, v in cond.items()}
+            residuals = inner.get_control(x[rows], t[rows], part, 1, options)
+            for key, values in (residuals or {}).items():
+                target = out.setdefault(key, [])
+                while len(target) < len(values):
+                    target.append(None)
+                for level, r in enumerate(values):
+                    if r is None:
+                        continue
+                    weighted = r * self._row_weights(regions, plan.items, r, x.shape[-2:])
+                    if target[level] is None:
+                        target[level] = weighted.new_zeros((plan.rows, *weighted.shape[1:]))
+                    target[level] = target[level].index_add(0, rows, weighted)
+        return out
+
+    def _batched_copy(self, regions: tuple[int, ...], items: int) -> comfy.controlnet.ControlBase:
+        """A copy of the regions' shared ControlNet whose hint holds one image per row (strength 1)."""
+        key = (regions, items)
+        if key not in self._copies:
+            specs = [self.group.specs[r] for r in regions]
+            size = specs[0].hint.shape[-2:]
+            hints = [_per_item(_hint_at(s.hint, size), items, f"region {r + 1}'s control image")
+                     for s, r in zip(specs, regions)]
+            copy = specs[0].control_net.copy().set_cond_hint(torch.cat(hints), 1.0, (0.0, 1.0))
+            copy.set_previous_controlnet(None)
+            if self._model is not None:
+                copy.pre_run(self._model, self._percent_to_timestep)
+            self._copies[key] = copy
+        return self._copies[key]
+
+    def _row_weights(self, regions: tuple[int, ...], items: int, residual: torch.Tensor, latent_hw) -> torch.Tensor:
+        """``[rows,1,h,w]`` (or ``[rows,1,1,1]``): each row's region strength times its control mask."""
+        key = (regions, items, tuple(residual.shape[-2:]), tuple(latent_hw), residual.device, residual.dtype)
+        if key not in self._weights:
+            rows = []
+            for r in regions:
+                spec = self.group.specs[r]
+                if spec.control_mask is None:
+                    weight = torch.full((1, 1, 1, 1), spec.strength)
+                else:
+                    weight = mask_for_residual(spec.control_mask, tuple(latent_hw), tuple(residual.shape[-2:]))
+                    weight = weight * spec.strength
+                rows.append(_per_item(weight, items, f"region {r + 1}'s control mask"))
+            shapes = {w.shape[-2:] for w in rows}
+            if len(shapes) > 1:
+                rows = [w.expand(-1, -1, *residual.shape[-2:]) for w in rows]
+            self._weights[key] = torch.cat(rows).to(device=residual.device, dtype=residual.dtype)
+        return self._weights[key]
+
+    def pre_run(self, model, percent_to_timestep_function):
+        super().pre_run(model, percent_to_timestep_function)
+        self._model, self._percent_to_timestep = model, percent_to_timestep_function
+        for copy in self._copies.values():
+            copy.pre_run(model, percent_to_timestep_function)
+
+    def cleanup(self):
+        for copy in self._copies.values():
+            copy.cleanup()
+        self._copies, self._weights = {}, {}
+        self._model = self._percent_to_timestep = None
+        super().cleanup()
+
+    def get_models(self):
+        models = super().get_models()
+        for spec in self.group.specs:
+            if spec.control_net is not None:
+                models += [m for m in spec.control_net.get_models() if m not in models]
+        return models
+
+    def inference_memory_requirements(self, dtype):
+        nets = {id(s.control_net): s.control_net for s in self.group.specs if s.control_net is not None}
+        return super().inference_memory_requirements(dtype) + sum(
+            n.inference_memory_requirements(dtype) for n in nets.values())
+
+    def copy(self):
+        out = InstanceControl(self.group)
+        self.copy_to(out)
+        return out
+
+
+def _hint_at(hint: torch.Tensor, size) -> torch.Tensor:
+    """A control image at ``size`` (ComfyUI's centre-crop resize) so one ControlNet call takes all of them."""
+    if tuple(hint.shape[-2:]) == tuple(size):
+        return hint
+    import comfy.utils
+
+    return comfy.utils.common_upscale(hint, size[1], size[0], "nearest-exact", "center")
+
+
+def _per_item(tensor: torch.Tensor, items: int, name: str) -> torch.Tensor:
+    """``tensor`` with one row per latent item: a batch of 1 is repeated."""
+    if tensor.shape[0] == items:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(items, *tensor.shape[1:])
+    raise ValueError(f"{name} has a batch of {tensor.shape[0]} but the latent batch is {items}; "
+                     "use a batch of 1 or one per latent")
+
+
+# --------------------------------------------------------------------------- building the sampler inputs
+
+
+def _with_mask(options: dict, mask: torch.Tensor) -> dict:
+    d = options.copy()
+    existing = d.get("mask")
+    if existing is not None:
+        existing = as_mask(existing)
+        mask = resize_mask(mask, *existing.shape[-2:]) * existing
+    d["mask"] = mask
+    d["set_area_to_bounds"] = False
+    return d
+
+
+def apply_instance_regions(model, positive: list, negative: list, regions: list, masks: list[torch.Tensor]):
+    """``(model, positive, negative)`` for any core sampler: instances mode (see the module docstring)."""
+    specs = [InstanceSpec(r.control_net, None if r.control_image is None else r.control_image.movedim(-1, 1),
+                          r.control_strength, None if r.control_mask is None else as_mask(r.control_mask))
+             for r in regions]
+    group = InstanceGroup(specs)
+    background = region_ops.background(masks)
+    out = []
+    for index, (tensor, options) in enumerate(positive):
+        d = _with_mask(options, background)
+        if index == 0:  # the first base entry carries the group; others stay ordinary masked conds
+            control = InstanceControl(group)
+            control.set_previous_controlnet(options.get("control"))
+            d.update({"control": control, GROUP_KEY: group, ROLE_KEY: "carrier"})
+        out.append([tensor, d])
+    previous = positive[0][1].get("control") if positive else None
+    for index, (region, mask) in enumerate(zip(regions, masks)):
+        options = region.conditioning[0][1].copy()
+        if previous is not None:
+            options["control"] = previous
+        entry = [[region.context, options]]
+        if region.control_net is not None:  # the same control unbatched: what ComfyUI runs without the wrappers
+            control_mask = torch.ones(1, 1, 1) if region.control_mask is None else region.control_mask
+            entry, _ = apply_masked_control(entry, [], region.control_net, region.control_image, control_mask,
+                                            region.control_strength, 0.0, 1.0)
+        tensor, options = entry[0]
+        options = _with_mask(options, mask)
+        options.update({"strength": region.weight, GROUP_KEY: group, ROLE_KEY: index})
+        out.append([tensor, options])
+    patched = model.clone()
+    wrappers = patched.model_options.get("transformer_options", {}).get("wrappers", {})
+    if WRAPPER_KEY not in wrappers.get(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, {}):
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WRAPPER_KEY,
+                                     CollapseInstances())
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, InstanceBatch())
+    return patched, out, negative
