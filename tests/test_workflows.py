@@ -194,6 +194,30 @@ def _assert_control_only_inside(control: torch.Tensor, mask: torch.Tensor) -> No
     assert control[outside].abs().max() == 0  # no control outside the mask
 
 
+REGION_RED, REGION_BLUE, PREVIEW_ALPHA = (0.90, 0.20, 0.20), (0.20, 0.55, 0.95), 0.55  # nodes/ops/regions.py
+
+
+def _assert_regions(result, prompt: dict, image: torch.Tensor, subject: torch.Tensor, strength: float) -> None:
+    """Apply Regions got the foreground (subject mask, first colour) and background (inverted mask,
+    second colour) regions, with the masked line art as the foreground region's control."""
+    [apply] = _ids(prompt, "SCApplyRegions")
+    assert prompt[apply]["inputs"]["mode"] == "attention"
+    preview = result.output(apply, 3)
+    assert preview.shape == image.shape
+    inside, outside = subject >= 1, subject <= 0
+    assert inside.any() and outside.any()
+    red, blue = torch.tensor(REGION_RED), torch.tensor(REGION_BLUE)
+    keep = 1 - PREVIEW_ALPHA
+    torch.testing.assert_close(preview[inside], image[inside] * keep + red * PREVIEW_ALPHA, atol=1e-5, rtol=0)
+    torch.testing.assert_close(preview[outside], image[outside] * keep + blue * PREVIEW_ALPHA, atol=1e-5, rtol=0)
+    [(_, control_mask)] = _controls(result, prompt)
+    [(tokens, options)] = result.output(apply, 1)
+    assert tokens.shape[1] == 3 * 77  # base prompt + the two region prompts, joined for masked attention
+    control = options["control"]  # the foreground region's masked lineart ControlNet
+    assert type(control).__name__ == "MaskedControl" and control.previous_controlnet is None
+    assert torch.equal(control.mask, control_mask) and control.strength == strength
+
+
 def test_selective_controlnet_runs(info):
     _save_input("sc_subject.png", _photo())
     prompt = prepare("selective_controlnet", info)
@@ -203,6 +227,8 @@ def test_selective_controlnet_runs(info):
     [feather] = _ids(prompt, "SCFeatherMask")
     soft = result.output(feather)
     assert ((soft > 0) & (soft < 1)).any()  # feathered edge
+    [load] = _ids(prompt, "LoadImage")
+    _assert_regions(result, prompt, result.output(load), soft, strength=0.9)
     [image] = _saved(result, prompt)
     assert image.shape == (64, 64, 3)
 
@@ -268,13 +294,15 @@ def test_pose_identity_runs_and_reports_metrics(info):
     assert [i.shape for i in _saved(result, prompt)] == [(128, 128, 3)]
 
 
-def test_multi_instance_gives_each_person_a_pose_and_a_mask(info):
+def test_multi_instance_gives_each_person_a_region_with_their_pose(info):
     frame = _astronaut(128)
     _save_input("sc_two_people.png", np.concatenate([frame, frame[:, ::-1]], axis=1))
     prompt = prepare("multi_instance", info)
-    for entry in prompt.values():  # the shipped 512x512 canvas and boxes at a quarter of the size
-        if entry["class_type"] in ("ImageScale", "SolidMask", "MaskComposite"):
-            entry["inputs"].update({k: v // 4 for k, v in entry["inputs"].items() if k in ("width", "height", "x")})
+    for entry in prompt.values():  # the shipped 512x512 canvas, boxes and feather at a quarter of the size
+        if entry["class_type"] in ("ImageScale", "SolidMask", "MaskComposite", "SCApplyRegions"):
+            entry["inputs"].update({k: v // 4 for k, v in entry["inputs"].items() if k in ("width", "height", "x", "feather")})
+    [apply] = _ids(prompt, "SCApplyRegions")
+    assert prompt[apply]["inputs"]["mode"] in ("instances", "attention") and prompt[apply]["inputs"]["feather"] == 4
     result = run_prompt(prompt)
     poses = _ids(prompt, "SCPoseFromImage")
     assert len(poses) == 2
@@ -282,6 +310,25 @@ def test_multi_instance_gives_each_person_a_pose_and_a_mask(info):
     assert left.shape == (128, 128)
     assert left[:, :64].sum() > 0 and left[:, 64:].sum() == 0  # each mask stays in its person's box
     assert right[:, 64:].sum() > 0 and right[:, :64].sum() == 0
+    # Each person's Region: their prompt, their pose mask, their own skeleton as control.
+    regions = _ids(prompt, "SCRegion")
+    assert [prompt[r]["inputs"]["mask"] for r in regions] == [[p, 2] for p in poses]
+    assert [prompt[r]["inputs"]["control_image"] for r in regions] == [[p, 0] for p in poses]
+    [combine] = _ids(prompt, "SCCombineRegions")
+    assert [v for k, v in sorted(prompt[combine]["inputs"].items())] == [[r, 0] for r in regions]
+    assert len(result.output(combine)) == 2
+    # The preview: person 1 red, person 2 blue over the photo, with the feathered pose masks.
+    feather = pack_import("nodes.ops.masks").feather
+    soft = [feather(result.output(p, 2), 4.0, "centred")[0] for p in poses]
+    image = result.output(_ids(prompt, "ImageScale")[0])[0]
+    expected = image
+    for mask, colour in zip(soft, (REGION_RED, REGION_BLUE)):
+        a = (mask * PREVIEW_ALPHA).unsqueeze(-1)
+        expected = expected * (1 - a) + torch.tensor(colour) * a
+    preview = result.output(apply, 3)[0]
+    torch.testing.assert_close(preview, expected.clamp(0, 1), atol=1e-5, rtol=0)
+    untouched = (soft[0] == 0) & (soft[1] == 0)
+    assert untouched.any() and torch.equal(preview[untouched], image[untouched])
     assert [i.shape for i in _saved(result, prompt)] == [(128, 128, 3)]
 
 
@@ -294,5 +341,10 @@ def test_video_consistency_samples_every_frame(info):
     [(control, mask)] = _controls(result, prompt)
     assert control.shape == (3, 64, 64, 3)
     _assert_control_only_inside(control, mask)
+    [feather] = _ids(prompt, "SCFeatherMask")
+    soft = result.output(feather)
+    assert soft.shape == (3, 64, 64) and not torch.equal(soft[0], soft[2])  # the mask follows each frame
+    frames_batch = _ids(prompt, "ImageBatch")[-1]  # the second Batch Images holds all three frames
+    _assert_regions(result, prompt, result.output(frames_batch), soft, strength=0.8)
     frames = _saved(result, prompt)
     assert len(frames) == 3 and all(f.shape == (64, 64, 3) for f in frames)
