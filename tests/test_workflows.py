@@ -302,7 +302,7 @@ def test_multi_instance_gives_each_person_a_region_with_their_pose(info):
         if entry["class_type"] in ("ImageScale", "SolidMask", "MaskComposite", "SCApplyRegions"):
             entry["inputs"].update({k: v // 4 for k, v in entry["inputs"].items() if k in ("width", "height", "x", "feather")})
     [apply] = _ids(prompt, "SCApplyRegions")
-    assert prompt[apply]["inputs"]["mode"] in ("instances", "attention") and prompt[apply]["inputs"]["feather"] == 4
+    assert prompt[apply]["inputs"]["mode"] == "instances" and prompt[apply]["inputs"]["feather"] == 4
     result = run_prompt(prompt)
     poses = _ids(prompt, "SCPoseFromImage")
     assert len(poses) == 2
@@ -327,6 +327,13 @@ def test_multi_instance_gives_each_person_a_region_with_their_pose(info):
         expected = expected * (1 - a) + torch.tensor(colour) * a
     preview = result.output(apply, 3)[0]
     torch.testing.assert_close(preview, expected.clamp(0, 1), atol=1e-5, rtol=0)
+    # Instances mode: the scene prompt plus one path per person, masked by their feathered pose mask,
+    # each with their own OpenPose control.
+    base, *paths = result.output(apply, 1)
+    assert len(paths) == 2
+    for (_, options), mask in zip(paths, soft):
+        torch.testing.assert_close(options["mask"][0], mask, atol=1e-6, rtol=0)
+        assert type(options["control"]).__name__ == "MaskedControl"
     untouched = (soft[0] == 0) & (soft[1] == 0)
     assert untouched.any() and torch.equal(preview[untouched], image[untouched])
     assert [i.shape for i in _saved(result, prompt)] == [(128, 128, 3)]
