@@ -2,6 +2,11 @@
 // - appearance: the pack's nodes get one recognisable colour so regional setups are easy to spot;
 // - "Preview mask": on every pack node with MASK outputs, a context-menu entry wires the mask
 //   through core MaskToImage into a PreviewImage next to the node (shows the mask after a run);
+// - "Preview regions": on nodes that take regions and make an IMAGE (Apply Regions: its preview,
+//   the region colours laid over the picture), a context-menu entry wires it into a PreviewImage;
+// - inputs that grow: Combine Regions shows regions_1 .. the last connected slot plus one free
+//   slot (up to the backend's regions_8); connecting the free slot adds the next one,
+//   disconnecting the last ones removes the trailing free slots again;
 // - "Add region": on region nodes (SCRegion, SCCombineRegions, SCApplyRegions, when the pack
 //   provides them) a new Region node is inserted into the chain feeding the `regions` input,
 //   so regions grow one by one without rewiring by hand.
@@ -15,6 +20,8 @@ const NODE_BGCOLOR = "#1f3328";
 const REGION_NODE = "SCRegion";
 const REGION_TYPE = "SC_REGIONS";
 const GAP = 40;
+const COMBINE_NODE = "SCCombineRegions";
+const COMBINE_SLOT = /^regions_(\d+)$/;
 
 function chain(prototype, name, extra) {
   const previous = prototype[name];
@@ -33,16 +40,38 @@ function createNode(type, pos) {
   return node;
 }
 
-function previewMask(node, slot) {
+function previewOutput(node, slot, throughMaskToImage) {
   const x = node.pos[0] + node.size[0] + GAP;
   const y = node.pos[1] + slot * 60;
-  const toImage = createNode("MaskToImage", [x, y]);
-  const preview = toImage && createNode("PreviewImage", [x + 220, y]);
+  const toImage = throughMaskToImage ? createNode("MaskToImage", [x, y]) : null;
+  if (throughMaskToImage && !toImage) return;
+  const preview = createNode("PreviewImage", [x + (toImage ? 220 : 0), y]);
   if (!preview) return;
   preview.title = `Preview: ${node.outputs[slot].name}`;
-  node.connect(slot, toImage, 0);
-  toImage.connect(0, preview, 0);
+  if (toImage) {
+    node.connect(slot, toImage, 0);
+    toImage.connect(0, preview, 0);
+  } else {
+    node.connect(slot, preview, 0);
+  }
   app.graph.setDirtyCanvas(true, true);
+}
+
+// Combine Regions: keep regions_1 .. (last connected + 1) of the slots the backend defines.
+function growInputs(node, maxSlots) {
+  const slots = (node.inputs || []).map((input, index) => ({ input, index, n: Number(COMBINE_SLOT.exec(input.name)?.[1]) }))
+    .filter((s) => s.n > 0);
+  const lastLinked = Math.max(0, ...slots.filter((s) => s.input.link != null).map((s) => s.n));
+  const want = Math.min(maxSlots, lastLinked + 1);
+  for (const s of slots.reverse()) {
+    if (s.n > want && s.input.link == null) node.removeInput(s.index);
+  }
+  const have = new Set((node.inputs || []).map((i) => i.name));
+  for (let n = 1; n <= want; n++) {
+    if (!have.has(`regions_${n}`)) node.addInput(`regions_${n}`, REGION_TYPE);
+  }
+  node.setSize?.([node.size[0], node.computeSize()[1]]);
+  app.graph?.setDirtyCanvas(true, true);
 }
 
 function addRegion(node) {
@@ -71,16 +100,29 @@ app.registerExtension({
       this.color ??= NODE_COLOR;
       this.bgcolor ??= NODE_BGCOLOR;
     });
+    if (nodeData.name === COMBINE_NODE) {
+      const inputs = { ...(nodeData.input?.required || {}), ...(nodeData.input?.optional || {}) };
+      const maxSlots = Object.keys(inputs).filter((name) => COMBINE_SLOT.test(name)).length;
+      chain(nodeType.prototype, "onNodeCreated", function () { growInputs(this, maxSlots); });
+      chain(nodeType.prototype, "onConfigure", function () { growInputs(this, maxSlots); });
+      chain(nodeType.prototype, "onConnectionsChange", function (kind) {
+        if (kind === globalThis.LiteGraph?.INPUT) growInputs(this, maxSlots);
+      });
+    }
     const outputs = nodeData.output || [];
     const names = nodeData.output_name || outputs;
     const maskSlots = outputs.map((type, slot) => (type === "MASK" ? slot : -1)).filter((slot) => slot >= 0);
     const takesRegions = Object.entries(nodeData.input?.required || {})
       .concat(Object.entries(nodeData.input?.optional || {}))
       .some(([name, spec]) => name === "regions" && spec?.[0] === REGION_TYPE);
-    if (!maskSlots.length && !takesRegions) return;
+    const previewSlot = takesRegions ? outputs.indexOf("IMAGE") : -1;
+    if (!maskSlots.length && previewSlot < 0 && !takesRegions) return;
     chain(nodeType.prototype, "getExtraMenuOptions", function (_canvas, options) {
       for (const slot of maskSlots) {
-        options.push({ content: `Preview mask: ${names[slot]}`, callback: () => previewMask(this, slot) });
+        options.push({ content: `Preview mask: ${names[slot]}`, callback: () => previewOutput(this, slot, true) });
+      }
+      if (previewSlot >= 0) {
+        options.push({ content: "Preview regions", callback: () => previewOutput(this, previewSlot, false) });
       }
       if (takesRegions && globalThis.LiteGraph?.registered_node_types?.[REGION_NODE]) {
         options.push({ content: "Add region", callback: () => addRegion(this) });

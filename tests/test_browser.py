@@ -248,4 +248,19 @@ def test_pack_extension_colours_nodes_and_previews_masks(browser):
     assert ext["color"] == "#2e4a3a"  # js/selective_control.js NODE_COLOR
     assert ext["menu"] == ["Preview mask: mask"]
     assert ext["preview_wired"], "Preview mask did not wire MaskToImage -> PreviewImage"
+    assert ext["regions_preview_wired"], "Preview regions did not wire Apply Regions' preview -> PreviewImage"
     assert not ext["console_errors"], _brief(ext["console_errors"])
+
+
+def test_combine_regions_inputs_grow_as_the_last_one_is_connected(browser):
+    grow = browser["report"]["extension"]["grow"]
+
+    def slots(n: int) -> list[str]:
+        return [f"regions_{i}" for i in range(1, n + 1)]
+
+    assert grow["created"] == slots(1)
+    # k regions connected: k slots plus one free, up to the backend's 8 (nodes/regions.py COMBINE_SLOTS)
+    assert grow["connected"] == [slots(min(k + 1, 8)) for k in range(1, 9)]
+    assert grow["no_free_slot_after"] == 8
+    assert grow["after_disconnecting_last"] == slots(8)  # regions_8 is the free slot again
+    assert grow["after_disconnecting_3_to_7"] == slots(3)  # regions_1, regions_2 linked + one free

@@ -204,7 +204,8 @@ async function main() {
       report.workflows.push(closePhase(entry, started));
     }
 
-    // The pack's extension (js/selective_control.js): colour, "Preview mask" and "Add region".
+    // The pack's extension (js/selective_control.js): colour, "Preview mask", "Preview regions" and
+    // Combine Regions' growing inputs.
     phase = 'extension';
     {
       const started = Date.now();
@@ -232,6 +233,40 @@ async function main() {
             preview_wired: !!(toImage && preview && linked(feather, 0, toImage) && linked(toImage, 0, preview)),
             region_node: 'SCRegion' in LiteGraph.registered_node_types,
           };
+          app.graph.clear();
+
+          // "Preview regions" on Apply Regions wires its preview IMAGE straight into a PreviewImage.
+          const apply = LiteGraph.createNode('SCApplyRegions');
+          apply.pos = [100, 100];
+          app.graph.add(apply);
+          const applyMenu = [];
+          apply.getExtraMenuOptions?.(app.canvas, applyMenu);
+          applyMenu.find((o) => o?.content === 'Preview regions')?.callback();
+          const regionsPreview = app.graph.nodes.find((n) => n.type === 'PreviewImage');
+          const previewSlot = (apply.outputs || []).findIndex((o) => o.type === 'IMAGE');
+          result.regions_preview_wired = previewSlot >= 0 && linked(apply, previewSlot, regionsPreview);
+          app.graph.clear();
+
+          // Combine Regions: connected slots plus one free one, growing as the last is connected.
+          const names = (node) => (node.inputs || []).map((i) => i.name);
+          const combine = LiteGraph.createNode('SCCombineRegions');
+          combine.pos = [600, 100];
+          app.graph.add(combine);
+          const grow = { created: names(combine), connected: [] };
+          for (let k = 0; k < 9; k++) {
+            const region = LiteGraph.createNode('SCRegion');
+            region.pos = [100, 100 + 120 * k];
+            app.graph.add(region);
+            const free = (combine.inputs || []).findIndex((i) => i.link == null);
+            if (free < 0) { grow.no_free_slot_after = k; break; }
+            region.connect(0, combine, free);
+            grow.connected.push(names(combine));
+          }
+          combine.disconnectInput(combine.inputs.length - 1);  // the 8th
+          grow.after_disconnecting_last = names(combine);
+          for (let k = 7; k >= 3; k--) combine.disconnectInput(k - 1);  // regions_7 .. regions_3
+          grow.after_disconnecting_3_to_7 = names(combine);
+          result.grow = grow;
           app.graph.clear();
           return result;
         }));
