@@ -358,3 +358,33 @@ def test_region_control_needs_both_inputs():
     prompt["img"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}}
     prompt["r1"]["inputs"]["control_image"] = ["img", 0]
     assert "control_net and control_image" in node_error_message(prompt, outputs=["r1"])
+
+
+def test_every_core_sampler_runs_with_regions_and_uncovered_pixels_follow_the_base_prompt():
+    """Both modes, every core sampler. Regions cover latent columns 0-5; columns 6-7 are uncovered
+    and must come out like the base prompt's picture, not empty (as core masked conds without a base do)."""
+    import comfy.samplers
+
+    prompt = region_graph(feather=0)
+    prompt["narrow"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 16, "height": 64}}
+    prompt["right"]["inputs"]["source"] = ["narrow", 0]  # region 2: x 32..48 px only
+    prompt["apply_instances"] = {**prompt["apply"], "inputs": {**prompt["apply"]["inputs"], "mode": "instances"}}
+    samplers = comfy.samplers.KSampler.SAMPLERS
+    outputs = []
+    for sampler in samplers:
+        for name, model in (("attention", "apply"), ("instances", "apply_instances"), ("plain", None)):
+            node = prompt["plain" if model is None else "sample"]
+            inputs = {**node["inputs"], "sampler_name": sampler}
+            if model is not None:
+                inputs.update(model=[model, 0], positive=[model, 1], negative=[model, 2])
+            prompt[f"{name}_{sampler}"] = {**node, "inputs": inputs}
+            outputs.append(f"{name}_{sampler}")
+    result = run_prompt(prompt, outputs=outputs)
+    for sampler in samplers:
+        plain = result.output(f"plain_{sampler}")["samples"]
+        for mode in ("attention", "instances"):
+            ours = result.output(f"{mode}_{sampler}")["samples"]
+            assert torch.isfinite(ours).all(), (mode, sampler)
+            uncovered, reference = ours[..., 6:].abs().mean(), plain[..., 6:].abs().mean()
+            assert uncovered > 0.5 * reference, (mode, sampler, float(uncovered), float(reference))
+            assert (ours[..., :4] - plain[..., :4]).abs().mean() > 1e-3 * plain.abs().mean(), (mode, sampler)
