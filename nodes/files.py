@@ -1,0 +1,108 @@
+"""Folder loading and saving under the source file names (thin V3 wrappers over ops.files)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io
+
+from .ops import files as ops
+from .ops.shapes import as_image
+
+CATEGORY = "selective_control/files"
+NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder)."
+
+
+class SCLoadImageFolder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCLoadImageFolder",
+            display_name="Load Image Folder (Selective Control)",
+            category=CATEGORY,
+            description="Every image of a folder inside ComfyUI's input folder as one batch (sorted by file name), "
+                        "with the file names so later nodes can save results under the source names. All images must "
+                        "have the same size.",
+            inputs=[io.Combo.Input("folder", options=folder_paths.get_input_subfolders(),
+                                   tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog).")],
+            outputs=[
+                io.Image.Output("images", tooltip="All images of the folder, sorted by file name."),
+                io.String.Output("names", tooltip=NAMES_TOOLTIP),
+                io.Int.Output("count", tooltip="How many images were loaded."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, folder: str) -> io.NodeOutput:
+        files = ops.list_images(Path(folder_paths.get_input_directory()) / folder)
+        images, names = ops.load_batch(files)
+        return io.NodeOutput(images, json.dumps(names), len(names))
+
+    @classmethod
+    def fingerprint_inputs(cls, folder: str) -> str:
+        """Re-run when the folder's files change (added, removed or rewritten)."""
+        root = Path(folder_paths.get_input_directory()) / folder
+        try:
+            return json.dumps([(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in ops.list_images(root)])
+        except (OSError, ValueError) as error:
+            return repr(error)
+
+
+class SCSelectNames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCSelectNames",
+            display_name="Select Names (Selective Control)",
+            category=CATEGORY,
+            description="Keeps the file names of the images a filter passed on (Filter By Found's indices), so the "
+                        "names still match the images after the skip step.",
+            inputs=[
+                io.String.Input("names", force_input=True, tooltip=NAMES_TOOLTIP),
+                io.String.Input("indices", force_input=True,
+                                tooltip="JSON list of the kept batch indices (Filter By Found's indices)."),
+            ],
+            outputs=[io.String.Output("names_out", display_name="names", tooltip="The kept names, in index order.")],
+        )
+
+    @classmethod
+    def execute(cls, names: str, indices: str) -> io.NodeOutput:
+        return io.NodeOutput(json.dumps(ops.select_names(ops.parse_names(names), indices)))
+
+
+class SCSaveImagesNamed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCSaveImagesNamed",
+            display_name="Save Images Named (Selective Control)",
+            category=CATEGORY,
+            description="Saves each image as <output>/<subfolder>/<its name>.png (an existing file of that name is "
+                        "replaced), so results keep their source photo's name.",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("images", tooltip="The images to save."),
+                io.String.Input("names", force_input=True, tooltip=NAMES_TOOLTIP + " Must match the image batch."),
+                io.String.Input("subfolder", default="named", tooltip="Folder inside ComfyUI's output folder."),
+            ],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, images, names: str, subfolder: str) -> io.NodeOutput:
+        images = as_image(images, "images")
+        names = ops.parse_names(names)
+        if len(names) != images.shape[0]:
+            raise ValueError(f"{len(names)} names for a batch of {images.shape[0]} images: connect the names of these "
+                             "images (after a filter, through Select Names)")
+        root = Path(folder_paths.get_output_directory())
+        paths = ops.named_paths(root, subfolder, names)
+        for image, path in zip(images, paths):
+            ops.save_png(image, path)
+        folder = paths[0].parent.relative_to(root.resolve()).as_posix() if paths else ""
+        saved = [{"filename": p.name, "subfolder": "" if folder == "." else folder, "type": "output"} for p in paths]
+        return io.NodeOutput(ui={"images": saved})
+
+
+FILE_NODES: list[type[io.ComfyNode]] = [SCLoadImageFolder, SCSelectNames, SCSaveImagesNamed]

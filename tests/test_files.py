@@ -1,0 +1,106 @@
+"""Folder loading, name selection and saving under the source names: ops directly, nodes through ComfyUI's executor."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from harness import node_error_message, pack_import, run_prompt, workspace
+from PIL import Image
+
+ops = pack_import("nodes.ops.files")
+
+
+def write_folder(name: str, pictures: dict[str, np.ndarray]) -> Path:
+    folder = workspace().input / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, pixels in pictures.items():
+        Image.fromarray(pixels).save(folder / file)
+    return folder
+
+
+def solid(rgb: tuple[int, int, int], size: tuple[int, int] = (6, 4)) -> np.ndarray:
+    return np.full((size[1], size[0], 3), rgb, np.uint8)
+
+
+def test_list_and_load_sorted_with_exact_values(tmp_path):
+    for name, rgb in (("b.png", (10, 20, 30)), ("a.jpg", (0, 0, 0)), ("c.webp", (255, 128, 1))):
+        Image.fromarray(solid(rgb)).save(tmp_path / name, **({"lossless": True} if name.endswith("webp") else {}))
+    (tmp_path / "notes.txt").write_text("not an image")
+    files = ops.list_images(tmp_path)
+    assert [p.name for p in files] == ["a.jpg", "b.png", "c.webp"]
+    images, names = ops.load_batch(files[1:])
+    assert names == ["b", "c"] and images.shape == (2, 4, 6, 3) and images.dtype == torch.float32
+    assert images[0, 0, 0].tolist() == pytest.approx([10 / 255, 20 / 255, 30 / 255], abs=1e-7)
+    assert images[1, 3, 5].tolist() == pytest.approx([1.0, 128 / 255, 1 / 255], abs=1e-7)
+
+
+def test_folder_errors_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist: create it"):
+        ops.list_images(tmp_path / "missing")
+    with pytest.raises(ValueError, match="has no images"):
+        ops.list_images(tmp_path)
+    Image.fromarray(solid((1, 2, 3), (6, 4))).save(tmp_path / "a.png")
+    Image.fromarray(solid((1, 2, 3), (5, 4))).save(tmp_path / "b.png")
+    with pytest.raises(ValueError, match=r"b.png is 5x4 but a.png is 6x4: .*same size"):
+        ops.load_batch(ops.list_images(tmp_path))
+
+
+def test_names_follow_the_indices_and_paths_stay_inside(tmp_path):
+    assert ops.select_names(["a", "b", "c"], "[0, 2]") == ["a", "c"]
+    assert ops.select_names(["a", "b", "c"], "[]") == []
+    with pytest.raises(ValueError, match="do not fit the 3 names"):
+        ops.select_names(["a", "b", "c"], "[3]")
+    with pytest.raises(ValueError, match="JSON list of batch indices"):
+        ops.select_names(["a"], "0, 1")
+    with pytest.raises(ValueError, match="JSON list of non-empty file names"):
+        ops.parse_names('["a", ""]')
+    assert ops.named_paths(tmp_path, "shots", ["a", "c"]) == [(tmp_path / "shots" / f"{n}.png").resolve() for n in "ac"]
+    with pytest.raises(ValueError, match="leaves the output folder"):
+        ops.named_paths(tmp_path, "../elsewhere", ["a"])
+    for bad in ("../a", "x/a"):
+        with pytest.raises(ValueError, match="not a plain file name"):
+            ops.named_paths(tmp_path, "shots", [bad])
+    with pytest.raises(ValueError, match=r"file names repeat \(a.png\)"):
+        ops.named_paths(tmp_path, "shots", ["a", "b", "a"])
+
+
+def test_load_select_save_through_the_executor():
+    colours = {"red.png": (230, 20, 20), "green.png": (20, 200, 20), "blue.png": (20, 20, 230)}
+    write_folder("files_test", {name: solid(rgb) for name, rgb in colours.items()})
+    out_dir = workspace().output / "named_test"
+    for stale in out_dir.glob("*.png"):
+        stale.unlink()
+    prompt = {
+        "1": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "files_test"}},
+        "2": {"class_type": "SCSelectNames", "inputs": {"names": ["1", 1], "indices": "[0, 2]"}},
+        "3": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": 2, "length": 1}},
+        "4": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": 0, "length": 1}},
+        "5": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["3", 0]}},
+        "6": {"class_type": "SCSaveImagesNamed", "inputs": {"images": ["5", 0], "names": ["2", 0],
+                                                          "subfolder": "named_test"}},
+    }
+    result = run_prompt(prompt)
+    images, names, count = (result.output("1", i) for i in range(3))
+    assert json.loads(names) == ["blue", "green", "red"] and count == 3 and images.shape == (3, 4, 6, 3)
+    assert json.loads(result.output("2")) == ["blue", "red"]
+    assert result.ui["6"]["images"] == [{"filename": f"{n}.png", "subfolder": "named_test", "type": "output"}
+                                        for n in ("blue", "red")]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["blue.png", "red.png"]  # green was not selected
+    for name in ("blue", "red"):
+        saved = np.asarray(Image.open(out_dir / f"{name}.png"))
+        assert (saved == np.array(colours[f"{name}.png"], np.uint8)).all()  # exact round trip
+
+
+def test_node_errors():
+    write_folder("files_mixed", {"a.png": solid((1, 1, 1), (6, 4)), "b.png": solid((1, 1, 1), (4, 4))})
+    message = node_error_message({"1": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "files_mixed"}}},
+                                 outputs=["1"])
+    assert "b.png is 4x4 but a.png is 6x4" in message
+    write_folder("files_one", {"a.png": solid((1, 1, 1))})
+    message = node_error_message({
+        "1": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "files_one"}},
+        "2": {"class_type": "SCSaveImagesNamed", "inputs": {"images": ["1", 0], "names": '["a", "b"]',
+                                                          "subfolder": "named_test"}},
+    })
+    assert "2 names for a batch of 1 images" in message
