@@ -92,9 +92,9 @@ def _input_images(workflow: dict, source: str) -> set[str]:
 
 
 def _input_folders(workflow: dict) -> set[str]:
-    """Input subfolders the workflow's folder loaders (LoadImageDataSetFromFolder) name."""
+    """Input subfolders the workflow's folder loaders (SCLoadImageFolder) name."""
     return {n["widgets_values"][0] for n in workflow.get("nodes") or []
-            if n.get("type") == "LoadImageDataSetFromFolder" and n.get("widgets_values")}
+            if n.get("type") == "SCLoadImageFolder" and n.get("widgets_values")}
 
 
 def _prepare(root: Path) -> None:

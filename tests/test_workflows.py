@@ -41,7 +41,7 @@ LOADER_STANDINS = {"CheckpointLoaderSimple": ("TinyCheckpointLoader", {"architec
                    "ControlNetLoader": ("TinyControlNetLoader", {"architecture": "sd15"}),
                    "SCLoadSAM": ("WorkflowTestSAM", {}), "SCLoadCLIPMatcher": ("WorkflowTestColourCLIP", {})}
 # Combo inputs whose choices are the user's own files (input images, input subfolders).
-USER_FILE_COMBOS = {("LoadImage", "image"), ("LoadImageDataSetFromFolder", "folder")}
+USER_FILE_COMBOS = {("LoadImage", "image"), ("SCLoadImageFolder", "folder")}
 
 
 @pytest.fixture(scope="module")
@@ -251,30 +251,37 @@ def _colour_photo(name: str, rgb: tuple[int, int, int]) -> np.ndarray:
     return _save_input(f"catalog/{name}", pixels)
 
 
-def test_product_photoshoot_skips_photos_without_the_product_and_keeps_its_pixels(info):
-    photos = {"a_red.png": _colour_photo("a_red.png", (230, 20, 20)),
-              "b_blue.png": _colour_photo("b_blue.png", (20, 20, 230)),
-              "c_red.png": _colour_photo("c_red.png", (200, 30, 30))}
+def test_product_photoshoot_skips_photos_without_the_product_and_saves_under_the_source_names(info):
+    for name, rgb in (("a_red.png", (230, 20, 20)), ("b_blue.png", (20, 20, 230)), ("c_red.png", (200, 30, 30))):
+        _colour_photo(name, rgb)
+    shots = workspace().output / "product_photoshoot"
+    for stale in shots.glob("*.png"):
+        stale.unlink()
     prompt = prepare("product_photoshoot", info)
     assert not _ids(prompt, "LoraLoader")  # shipped bypassed
     [find] = _ids(prompt, "SCFindObjects")
     prompt[find]["inputs"].update(class_names="red", negative_names="white, black", threshold=0.5,
                                   pred_iou_thresh=0.0, stability_thresh=0.0, max_prompts=2)
     result = run_prompt(prompt)
+    [load] = _ids(prompt, "SCLoadImageFolder")
+    assert json.loads(result.output(load, 1)) == ["a_red", "b_blue", "c_red"]  # sorted by file name
     [filt] = _ids(prompt, "SCFilterByFound")
     images, masks, indices, count = (result.output(filt, i) for i in range(4))
-    loaded = result.output(_ids(prompt, "RebatchImages")[0])
-    loaded = loaded[0] if isinstance(loaded, list) else loaded
-    blue = [i for i in range(loaded.shape[0]) if loaded[i, 4, 4, 2] > 0.5]
-    assert len(blue) == 1 and count == 2 and sorted(json.loads(indices) + blue) == [0, 1, 2]
-    saved = _saved(result, prompt)
-    assert len(saved) == 2 and all(s.shape == (192, 256, 3) for s in saved)  # the blue photo is skipped
+    assert count == 2 and json.loads(indices) == [0, 2]  # the blue photo has no red product
+    [select] = _ids(prompt, "SCSelectNames")
+    assert json.loads(result.output(select)) == ["a_red", "c_red"]
     [paste] = _ids(prompt, "SCPasteBack")
     pasted = result.output(paste)
     inside = masks >= 1
     assert inside.any()
     assert torch.equal(pasted[inside], images[inside])  # exact product pixels
-    assert len(photos) == 3
+    [save] = _ids(prompt, "SCSaveImagesNamed")
+    assert [i["filename"] for i in result.ui[save]["images"]] == ["a_red.png", "c_red.png"]
+    assert sorted(p.name for p in shots.iterdir()) == ["a_red.png", "c_red.png"]  # b_blue.png not written
+    for k, name in enumerate(("a_red", "c_red")):
+        written = np.asarray(Image.open(shots / f"{name}.png").convert("RGB"))
+        expected = (pasted[k].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        assert written.shape == (192, 256, 3) and np.array_equal(written, expected)
 
 
 def test_pose_identity_runs_and_reports_metrics(info):
