@@ -2,7 +2,8 @@
 real ComfyUI frontend inside Debian's chromium, driven by tests/browser/check_workflows.mjs.
 
 Per workflow: no missing node types or models, no console errors beyond the known harmless
-offline ones (listed in check_workflows.mjs), no dialog left open, every widget value valid
+offline ones (listed in check_workflows.mjs), no dialog left open, no toast (alerts such as the
+frontend's schema validation of the file), every widget value valid
 for the server's /object_info, the frontend's own ``graphToPrompt`` output equal to
 tests/harness/workflow.ui_to_api (class_type and inputs per node id), and a screenshot in
 tests/browser/artifacts/ (or $SC_BROWSER_ARTIFACTS). One workflow is queued from the UI and
@@ -189,6 +190,7 @@ def test_workflow_opens_cleanly(browser, path):
     assert entry["missing_models"] == [], (
         f"{path.name}: the frontend reports missing models (the directory must be a ComfyUI model folder)")
     assert entry["open_dialogs"] == [], f"{path.name}: dialog open after loading"
+    assert entry["toasts"] == [], f"{path.name}: the frontend showed alerts on load (e.g. a workflow id that is not a UUID)"
     assert not entry["console_errors"], f"{path.name}: console errors while loading:\n" + _brief(entry["console_errors"])
     invalid = entry["invalid_widgets"]
     assert not invalid, (f"{path.name}: widget values the node definitions reject (a model file name must be "

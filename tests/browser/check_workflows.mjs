@@ -9,7 +9,7 @@
 // everything). Per workflow the report gives: missing node types (app.showMissingNodesError
 // and a comparison with LiteGraph.registered_node_types), missing models
 // (app.showMissingModelsError), console errors (known harmless offline ones listed apart,
-// see HARMLESS), dialogs left open, widget values that break the node definitions from
+// see HARMLESS), dialogs left open, toasts (read, then closed), widget values that break the node definitions from
 // /object_info, the frontend's own (await app.graphToPrompt()).output and a screenshot.
 // With --queue NAME the workflow whose file name is NAME is queued through app.queuePrompt;
 // the prompt id comes from the /api/prompt response and /api/history is polled.
@@ -64,6 +64,15 @@ function classify(entries, base) {
 const openDialogs = () => [...document.querySelectorAll('.p-dialog')]
   .filter((d) => d.getClientRects().length > 0)
   .map((d) => d.innerText.slice(0, 300));
+
+// Text of the toasts on screen (e.g. the frontend's schema validation alert on load); they are
+// closed after reading so the next workflow starts without them.
+const takeToasts = () => {
+  const toasts = [...document.querySelectorAll('.p-toast-message')].filter((t) => t.getClientRects().length > 0);
+  const texts = toasts.map((t) => t.innerText.slice(0, 300));
+  toasts.forEach((t) => t.querySelector('.p-toast-close-button')?.click());
+  return texts;
+};
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -187,11 +196,12 @@ async function main() {
           };
         }, { text, name, objectInfo });
         result.dialogs = await page.evaluate(openDialogs);
+        result.toasts = await page.evaluate(takeToasts);
         Object.assign(entry, {
           load_error: result.loadError, file_errors: result.fileErrors,
           missing_node_types: [...new Set([...result.missingNodes, ...result.unregistered])].sort(),
           missing_models: result.missingModels, invalid_widgets: result.invalid,
-          open_dialogs: result.dialogs, active_workflow: result.activeWorkflow,
+          open_dialogs: result.dialogs, toasts: result.toasts, active_workflow: result.activeWorkflow,
           graph_nodes: result.graphNodes, prompt: result.prompt,
         });
         await sleep(250);
