@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .ops import files as ops
 from .ops.shapes import as_image
@@ -79,8 +79,10 @@ class SCSaveImagesNamed(io.ComfyNode):
             display_name="Save Images Named (Selective Control)",
             category=CATEGORY,
             description="Saves each image as <output>/<subfolder>/<its name>.png (an existing file of that name is "
-                        "replaced), so results keep their source photo's name.",
+                        "replaced), so results keep their source photo's name. The workflow is embedded as in core "
+                        "Save Image (unless ComfyUI runs with --disable-metadata).",
             is_output_node=True,
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             inputs=[
                 io.Image.Input("images", tooltip="The images to save."),
                 io.String.Input("names", force_input=True, tooltip=NAMES_TOOLTIP + " Must match the image batch."),
@@ -98,8 +100,9 @@ class SCSaveImagesNamed(io.ComfyNode):
                              "images (after a filter, through Select Names)")
         root = Path(folder_paths.get_output_directory())
         paths = ops.named_paths(root, subfolder, names)
+        metadata = ui.ImageSaveHelper._create_png_metadata(cls)  # core's prompt/workflow PNG text chunks
         for image, path in zip(images, paths):
-            ops.save_png(image, path)
+            ops.save_png(image, path, metadata)
         folder = paths[0].parent.relative_to(root.resolve()).as_posix() if paths else ""
         saved = [{"filename": p.name, "subfolder": "" if folder == "." else folder, "type": "output"} for p in paths]
         return io.NodeOutput(ui={"images": saved})

@@ -88,8 +88,9 @@ def test_load_select_save_through_the_executor():
                                         for n in ("blue", "red")]
     assert sorted(p.name for p in out_dir.iterdir()) == ["blue.png", "red.png"]  # green was not selected
     for name in ("blue", "red"):
-        saved = np.asarray(Image.open(out_dir / f"{name}.png"))
-        assert (saved == np.array(colours[f"{name}.png"], np.uint8)).all()  # exact round trip
+        with Image.open(out_dir / f"{name}.png") as saved:
+            assert json.loads(saved.text["prompt"]) == prompt  # the workflow travels with the file, as in core
+            assert (np.asarray(saved) == np.array(colours[f"{name}.png"], np.uint8)).all()  # exact round trip
 
 
 def test_node_errors():

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -81,8 +82,9 @@ def named_paths(root: Path, subfolder: str, names: list[str], suffix: str = ".pn
     return paths
 
 
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """One ``[H,W,C]`` float image as an 8-bit PNG, rounded to the nearest level (so loading it back is exact)."""
+def save_png(image: torch.Tensor, path: Path, pnginfo: PngInfo | None = None) -> None:
+    """One ``[H,W,C]`` float image as an 8-bit PNG, rounded to the nearest level (so loading it back is exact),
+    with ``pnginfo`` text chunks (the workflow) when given."""
     pixels = (image[..., :3].detach().cpu().float().clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    Image.fromarray(pixels).save(path, pnginfo=pnginfo)
