@@ -1,19 +1,35 @@
-"""Benchmark: step time of mask-in-the-loop adapter training with the Sobel term vs without, one run.
+"""Benchmark: mask-in-the-loop adapter training — step time with the Sobel term vs without, and the
+fair comparison of where masked-trained and unmasked-trained adapters act.
 
-Model: a randomly initialised SD1.5-layout UNet (model_channels 32, channel_mult 1/2/4/4, two res
-blocks per level, cross-attention in the middle block, context 64) and a fresh standard
-T2I-Adapter sized from it, at 128x128 px (16x16 latent), batch 2, CPU. Both variants run the same
-``train_local_control`` loop (masked features through MaskedControl, AdamW); rounds alternate
-(the first warms up) and the best round counts. CPU time of this process with 1 thread, so the
-other load on the machine moves the ratio little. Goal: Sobel / plain <= 1.15x.
+1. Step time. Model: a randomly initialised SD1.5-layout UNet (model_channels 32, channel_mult
+   1/2/4/4, two res blocks per level, cross-attention in the middle block, context 64) and a
+   fresh standard T2I-Adapter sized from it, at 128x128 px (16x16 latent), batch 2, CPU. Both
+   variants run the same ``train_local_control`` loop (masked features through MaskedControl,
+   AdamW); rounds alternate (the first warms up) and the best round counts. CPU time of this
+   process with 1 thread, so the other load on the machine moves the ratio little. Goal: Sobel /
+   plain <= 1.15x.
 
-Run from the repo root: ``.venv/bin/python benchmarks/train_local.py [--steps 8 --rounds 3]``.
-Last stdout line: JSON with the ratio and the final losses.
+2. Fair comparison. The same UNet, first fitted for ``--pretrain-steps`` to flat one-colour latents
+   (so, like a real pretrained model, it already denoises the part outside the mask and the noise
+   loss gives the adapter no reason to act there), then frozen. On the synthetic stripes task
+   (``ops.stripes_task``: stripes that must appear only inside a square mask; the control image
+   shows the stripes everywhere (``full``) or only inside the mask (``masked``)) the same fresh
+   adapter is trained with the same seed, steps and data as: ``masked`` (features masked + masked
+   Sobel: the paper's method), ``unmasked`` (features and Sobel over the whole image), and both
+   with the noise loss only. Each trained adapter is then measured with ``control_effect`` at
+   inference with the mask applied (as Apply ControlNet (Masked) does) and without it: mean
+   |dz0'| outside and inside the mask, the outside/inside ratio (leak), and the error to the true
+   latent inside and outside. Means over ``--fair-seeds`` seeds.
+
+Run from the repo root: ``.venv/bin/python benchmarks/train_local.py [--steps 8 --rounds 3]
+[--fair-seeds 0 1 2] [--fair-hints full masked]``. Last stdout line: JSON with the ratio, the final
+losses and ``fair`` (the comparison's means per hint mode and variant).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,28 +47,116 @@ UNET = {
     "adm_in_channels": None, "num_head_channels": 32, "num_heads": -1,
 }
 LATENT = 16
+EVAL_SIGMAS = (0.3, 1.0, 2.5)
+# name -> TrainConfig fields; every variant also gets the shared seed, steps and learning rate
+VARIANTS = {
+    "masked": {},
+    "unmasked": {"mask_features": False, "mask_sobel": False},
+    "masked, noise only": {"sobel_weight": 0.0},
+    "unmasked, noise only": {"mask_features": False, "mask_sobel": False, "sobel_weight": 0.0},
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def micro_model(seed: int = 0, normalise: bool = True):
+    """A ModelPatcher around a randomly initialised SD1.5-layout micro UNet (``UNET``)."""
     boot()
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
     from harness import tiny_models
 
-    loop = pack_import("nodes.sampling.training")
     config = comfy.supported_models.SD15(dict(UNET))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
-    tiny_models._randomize(model.diffusion_model, 0)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
+    tiny_models._randomize(model.diffusion_model, seed)
+    if normalise:
+        tiny_models._normalise_output(model.diffusion_model, "sd15", seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def pretrain_background(patcher, conditioning, latent: int, steps: int = 300, seed: int = 0,
+                        batch: int = 4) -> list[float]:
+    """Fit the whole UNet (in place) to flat one-colour latents with the noise loss, so it stands in
+    for a pretrained model that already generates the background; returns the loss per step."""
+    import torch.nn.functional as F
+
+    loop = pack_import("nodes.sampling.training")
+    ops = pack_import("nodes.ops.training")
+    step = loop._Step(patcher, conditioning)
+    generator = torch.Generator().manual_seed(seed)
+    net = patcher.model.diffusion_model
+    size = latent * 8
+    hint, mask = torch.zeros(batch, size, size, 3), torch.ones(batch, size, size)
+    losses = []
+    with torch.inference_mode(False), torch.enable_grad():
+        params = list(net.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+        for _ in range(steps):
+            z0 = (0.2 * torch.randn(batch, 4, 1, 1, generator=generator)).expand(batch, 4, latent, latent)
+            noise = torch.randn(z0.shape, generator=generator)
+            sigma = step.sigmas(batch, 0.0, 1.0, generator)
+            x_t = step.sampling.noise_scaling(sigma, noise, z0.contiguous())
+            pred = step.predict(None, x_t, sigma, hint, mask)
+            loss = F.mse_loss(ops.eps_from_z0(x_t, pred, sigma), noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        for p in params:
+            p.requires_grad_(False)
+    return losses
+
+
+def measure_variant(patcher, init, data, name: str, steps: int, seed: int, learning_rate: float = 1e-3) -> dict:
+    """Train ``init`` as variant ``name`` on ``data`` (a ``stripes_task``) and measure where it acts."""
+    loop = pack_import("nodes.sampling.training")
+    latents, hints, masks, cond, _ = data
+    config = loop.TrainConfig(**{"steps": steps, "learning_rate": learning_rate, "batch_size": 2, "sobel_weight": 1.0,
+                                 "start_percent": 0.2, "end_percent": 0.9, "seed": seed, **VARIANTS[name]})
+    result = loop.train_local_control(patcher, init, latents, hints, masks, cond, config)
+    sigmas = torch.tensor(EVAL_SIGMAS)
+    on = loop.control_effect(patcher, result.adapter, latents, hints, masks, cond, sigmas, inference_mask=True)
+    off = loop.control_effect(patcher, result.adapter, latents, hints, masks, cond, sigmas, inference_mask=False)
+    evaluated = loop.evaluate(patcher, result.adapter, latents, hints, masks, cond, sigmas)
+    return {
+        "outside_on": on["outside"], "inside_on": on["inside"], "leak_on": on["outside"] / on["inside"],
+        "far_on": on.get("far", float("nan")),
+        "outside_off": off["outside"], "inside_off": off["inside"], "leak_off": off["outside"] / off["inside"],
+        "inside_error_on": on["inside_error"], "outside_error_on": on["outside_error"],
+        "inside_error_base": on["inside_error_base"], "outside_error_base": on["outside_error_base"],
+        "outside_error_off": off["outside_error"],
+        "final_noise_loss": result.noise_loss[-1], "final_sobel_loss": result.sobel_loss[-1],
+        "eval_noise_loss": evaluated[0], "eval_sobel_loss": evaluated[1],
+    }
+
+
+def fair_comparison(patcher, latent: int = LATENT, seeds=(0, 1, 2), steps: int = 40, full_hint: bool = True,
+                    variants=tuple(VARIANTS), learning_rate: float = 1e-3) -> dict:
+    """Per variant: the mean of ``measure_variant`` over ``seeds`` (and the per-seed values)."""
+    loop = pack_import("nodes.sampling.training")
+    ops = pack_import("nodes.ops.training")
+    per_seed: dict[str, list[dict]] = {name: [] for name in variants}
+    for seed in seeds:
+        data = ops.stripes_task(4, latent, seed, full_hint)
+        init = loop.fresh_adapter(patcher, seed + 7)
+        for name in variants:
+            per_seed[name].append(measure_variant(patcher, init, data, name, steps, seed + 7, learning_rate))
+    means = {name: {key: statistics.fmean(r[key] for r in rows) for key in rows[0]} for name, rows in per_seed.items()}
+    return {"means": means, "per_seed": per_seed}
+
+
+def background_conditioning(latent: int):
+    """The conditioning the stripes tasks use (the same for every seed: one prompt)."""
+    return pack_import("nodes.ops.training").stripes_task(4, latent, 0)[3]
+
+
+def timing(steps: int, rounds: int) -> dict:
+    """Best per-step CPU time of training with the Sobel term and without, alternating rounds."""
+    loop = pack_import("nodes.sampling.training")
+    patcher = micro_model(0, normalise=False)
     adapter = loop.fresh_adapter(patcher, 0)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(4, 4, LATENT, LATENT, generator=g)
@@ -62,23 +166,78 @@ def main() -> None:
     cond = [[torch.randn(1, 77, 64, generator=g), {}]]
     best = {"sobel": float("inf"), "plain": float("inf")}
     final = {}
-    for round_index in range(args.rounds + 1):
+    for round_index in range(rounds + 1):
         for name, weight in (("plain", 0.0), ("sobel", 1.0)):
-            cfg = loop.TrainConfig(steps=args.steps, learning_rate=1e-4, batch_size=2, sobel_weight=weight)
+            cfg = loop.TrainConfig(steps=steps, learning_rate=1e-4, batch_size=2, sobel_weight=weight)
             start = time.process_time()
             result = loop.train_local_control(patcher, adapter, latents, hints, masks, cond, cfg)
-            per_step = (time.process_time() - start) / args.steps
+            per_step = (time.process_time() - start) / steps
             if round_index > 0:
                 best[name] = min(best[name], per_step)
             final[name] = {"noise_loss": result.noise_loss[-1], "sobel_loss": result.sobel_loss[-1]}
-    ratio = best["sobel"] / best["plain"]
+    return {"best": best, "final": final, "ratio": best["sobel"] / best["plain"]}
+
+
+COLUMNS = (("outside_on", "out on"), ("inside_on", "in on"), ("leak_on", "leak on"), ("outside_off", "out off"),
+           ("leak_off", "leak off"), ("inside_error_on", "in err"), ("outside_error_on", "out err"),
+           ("eval_noise_loss", "noise"), ("eval_sobel_loss", "sobel"))
+
+
+def print_fair(hint: str, fair: dict, base: dict) -> None:
+    print(f"\nfair comparison, control image {hint}: mean over seeds; 'on'/'off' = mask applied at inference or not;"
+          f" model alone: in err {base['inside_error_base']:.3f}, out err {base['outside_error_base']:.3f}")
+    print(f"{'trained as':<22}" + "".join(f"{label:>9}" for _, label in COLUMNS))
+    for name, row in fair["means"].items():
+        print(f"{name:<22}" + "".join(f"{row[key]:>9.3f}" for key, _ in COLUMNS))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fair-seeds", type=int, nargs="*", default=[0, 1, 2], help="none = skip the comparison")
+    parser.add_argument("--fair-steps", type=int, default=40)
+    parser.add_argument("--fair-latent", type=int, default=LATENT)
+    parser.add_argument("--fair-hints", nargs="+", choices=("full", "masked"), default=["full", "masked"])
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    boot()
+
+    timed = timing(args.steps, args.rounds)
+    best, ratio = timed["best"], timed["ratio"]
     print(f"{'variant':<10}{'s/step':>10}")
     for name in ("plain", "sobel"):
         print(f"{name:<10}{best[name]:>10.4f}")
     print(f"ratio {ratio:.3f}x (goal <= 1.15x), measured on a loaded shared machine")
-    print(json.dumps({"benchmark": "train_local", "plain_s_per_step": best["plain"], "sobel_s_per_step": best["sobel"],
-                      "ratio": ratio, "goal": 1.15, "final_losses": final["sobel"],
-                      "final_noise_loss_without_sobel": final["plain"]["noise_loss"]}))
+    out = {"benchmark": "train_local", "plain_s_per_step": best["plain"], "sobel_s_per_step": best["sobel"],
+           "ratio": ratio, "goal": 1.15, "final_losses": timed["final"]["sobel"],
+           "final_noise_loss_without_sobel": timed["final"]["plain"]["noise_loss"]}
+
+    if args.fair_seeds:
+        patcher = micro_model(0)
+        start = time.process_time()
+        pre = pretrain_background(patcher, background_conditioning(args.fair_latent), args.fair_latent,
+                                  args.pretrain_steps)
+        print(f"\nbase model fitted to flat backgrounds: noise loss {statistics.fmean(pre[:10]):.3f} -> "
+              f"{statistics.fmean(pre[-10:]):.3f} in {len(pre)} steps ({time.process_time() - start:.0f} s)")
+        out["fair"] = {"latent": args.fair_latent, "steps": args.fair_steps, "seeds": args.fair_seeds,
+                       "pretrain_steps": args.pretrain_steps, "pretrain_final_loss": statistics.fmean(pre[-10:])}
+        for hint in args.fair_hints:
+            fair = fair_comparison(patcher, args.fair_latent, args.fair_seeds, args.fair_steps, hint == "full")
+            print_fair(hint, fair, fair["means"]["masked"])
+            masked, unmasked = fair["means"]["masked"], fair["means"]["unmasked"]
+            wins = {key: sum(m[key] < u[key] for m, u in zip(fair["per_seed"]["masked"], fair["per_seed"]["unmasked"]))
+                    for key in ("outside_on", "leak_on", "inside_error_on")}
+            print(f"masked-trained vs unmasked-trained, mask on at inference: outside effect "
+                  f"{masked['outside_on']:.3f} vs {unmasked['outside_on']:.3f} (smaller in {wins['outside_on']}/"
+                  f"{len(args.fair_seeds)} seeds), leak {masked['leak_on']:.3f} vs {unmasked['leak_on']:.3f} "
+                  f"({wins['leak_on']}/{len(args.fair_seeds)}), inside error {masked['inside_error_on']:.3f} vs "
+                  f"{unmasked['inside_error_on']:.3f} ({wins['inside_error_on']}/{len(args.fair_seeds)})")
+            out["fair"][hint] = {name: {k: round(v, 4) for k, v in row.items()} for name, row in fair["means"].items()}
+            out["fair"][hint]["masked_smaller_in_seeds"] = wins
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 
 import comfy.controlnet
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
+from tqdm.auto import tqdm
 
 from .ops import training as ops
 from .sampling import training as loop
@@ -16,6 +19,66 @@ from .sampling import training as loop
 CATEGORY = "selective_control/training"
 INIT_OPTIONS = ("from control_net", "fresh standard T2I-Adapter")
 _LOG = logging.getLogger(__name__)
+TEXT_INTERVAL_S = 0.25  # the node's progress text is refreshed at most this often (and at the last step)
+
+
+class _Progress:
+    """Training progress where ComfyUI users look: the node's progress bar (``comfy.utils.ProgressBar``),
+    the current losses as the node's progress text (``PromptServer.send_progress_text``, as API nodes
+    do) and a console bar with the loss (tqdm, like core Train LoRA), plus a log line every 10 steps."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        context = get_executing_context()
+        self.node_id = context.node_id if context is not None else None
+        self.bar = comfy.utils.ProgressBar(steps, node_id=self.node_id)
+        self.console = tqdm(total=steps, desc="Training local control", disable=not comfy.utils.PROGRESS_BAR_ENABLED)
+        self.last_text = float("-inf")
+
+    def __call__(self, step: int, noise_loss: float, sobel_loss: float) -> None:
+        text = f"step {step}/{self.steps}\nnoise loss {noise_loss:.4f}\nsobel loss {sobel_loss:.4f}"
+        self.console.update(step - self.console.n)
+        self.console.set_postfix({"noise": f"{noise_loss:.4f}", "sobel": f"{sobel_loss:.4f}"})
+        now = time.monotonic()
+        if step == self.steps or now - self.last_text >= TEXT_INTERVAL_S:
+            self.last_text = now
+            self.send_text(text)
+        if step % 10 == 0 or step == self.steps:
+            _LOG.info("local control step %d/%d: noise loss %.4f, sobel loss %.4f", step, self.steps, noise_loss,
+                      sobel_loss)
+        self.bar.update_absolute(step, self.steps)  # last: ComfyUI's hook raises here when the run is cancelled
+
+    def send_text(self, text: str) -> None:
+        from server import PromptServer
+
+        server = getattr(PromptServer, "instance", None)
+        if server is not None and self.node_id is not None:
+            server.send_progress_text(text, self.node_id)
+
+    def close(self) -> None:
+        self.console.close()
+
+
+def dataset_root(folder: str) -> str:
+    """``folder`` inside ComfyUI's input directory (relative, or absolute but inside it)."""
+    base = os.path.realpath(folder_paths.get_input_directory())
+    path = os.path.realpath(os.path.join(base, folder.strip()))
+    if os.path.commonpath([base, path]) != base:
+        raise ValueError(f"dataset_folder {folder!r} is outside ComfyUI's input directory {base}; put the dataset "
+                         "there and give its path relative to it")
+    if not os.path.isdir(path):
+        raise ValueError(f"dataset_folder {folder!r}: no folder {path} (it must be inside ComfyUI's input directory "
+                         f"{base}, with images/, controls/ and masks/ in it)")
+    return path
+
+
+def encode_captions(clip, captions: list[str]) -> list:
+    """One CONDITIONING per caption (equal captions encoded once)."""
+    encoded: dict[str, list] = {}
+    for text in captions:
+        if text not in encoded:
+            encoded[text] = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    return [encoded[text] for text in captions]
 
 
 class SCTrainLocalControl(io.ComfyNode):
@@ -30,16 +93,22 @@ class SCTrainLocalControl(io.ComfyNode):
                 "Train a T2I-Adapter so its control acts only inside a mask: at every step the adapter's features are "
                 "multiplied by the mask (the same code as Apply ControlNet (Masked)), the frozen UNet predicts the "
                 "noise, and the loss is the noise MSE plus sobel_weight x the Sobel-edge difference between the "
-                "predicted clean latent z0' and the true latent inside the mask. Cancelling keeps the weights of the "
-                "last finished step."
+                "predicted clean latent z0' and the true latent inside the mask. The dataset comes from the inputs or "
+                "from dataset_folder (images/, controls/, masks/ matched by file name, optional captions). The node "
+                "shows the step and both losses while it runs; cancelling keeps the weights of the last finished step. "
+                "Use the trained adapter through Apply ControlNet (Masked): without the mask it also acts outside."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The (frozen) diffusion model the adapter is trained for (eps or v models)."),
-                io.Image.Input("control_images", tooltip="Control images (edges, depth, ...), 8x the latent size, "
-                                                         "one per training image or a batch of 1."),
-                io.Mask.Input("masks", tooltip="Where each control applies (image space); features are multiplied "
-                                               "by it and the Sobel loss is measured inside it."),
-                io.Conditioning.Input("positive", tooltip="Prompt conditioning used for every training image."),
+                io.Image.Input("control_images", optional=True,
+                               tooltip="Control images (edges, depth, ...), 8x the latent size, one per training "
+                                       "image or a batch of 1 (or use dataset_folder)."),
+                io.Mask.Input("masks", optional=True,
+                              tooltip="Where each control applies (image space); features are multiplied by it and "
+                                      "the Sobel loss is measured inside it (or use dataset_folder)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Prompt conditioning used for every training image (unless "
+                                              "dataset_folder has captions and a clip is connected)."),
                 io.Combo.Input("init", options=list(INIT_OPTIONS), default=INIT_OPTIONS[0],
                                tooltip="Train the connected control_net, or start from a fresh random T2I-Adapter "
                                        "sized from the model (SD1.5-layout UNets)."),
@@ -63,6 +132,14 @@ class SCTrainLocalControl(io.ComfyNode):
                              tooltip="Seed for batches, noise, timesteps and a fresh adapter's weights."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
+                io.String.Input("dataset_folder", default="", optional=True,
+                                tooltip="Instead of the image/control/mask inputs: a folder inside ComfyUI's input "
+                                        "directory with images/, controls/ and masks/ holding files of the same "
+                                        "names (cat.png in each), and optionally a caption images/cat.txt per image. "
+                                        "Needs a VAE. Empty = use the inputs."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Encodes the dataset folder's captions (one prompt per image); without it, or "
+                                      "without captions, positive is used for every image."),
             ],
             outputs=[
                 io.ControlNet.Output("trained_control_net", tooltip="The trained T2I-Adapter; save it with Save Adapter."),
@@ -73,32 +150,57 @@ class SCTrainLocalControl(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, control_images, masks, positive, init, control_net=None, latents=None, images=None,
-                vae=None, steps=200, learning_rate=1e-4, batch_size=1, sobel_weight=1.0, start_percent=0.0,
-                end_percent=1.0, seed=0, gradient_checkpointing=False) -> io.NodeOutput:
+    def execute(cls, model, init, control_images=None, masks=None, positive=None, control_net=None, latents=None,
+                images=None, vae=None, steps=200, learning_rate=1e-4, batch_size=1, sobel_weight=1.0,
+                start_percent=0.0, end_percent=1.0, seed=0, gradient_checkpointing=False, dataset_folder="",
+                clip=None) -> io.NodeOutput:
         if init == INIT_OPTIONS[1]:
             adapter = loop.fresh_adapter(model, seed)
         elif control_net is None:
             raise ValueError("connect a control_net (a T2I-Adapter) or set init to 'fresh standard T2I-Adapter'")
         else:
             adapter = control_net
-        if latents is not None:
-            samples = latents["samples"]
-        elif images is not None and vae is not None:
-            samples = vae.encode(images[..., :3])
+        captions = None
+        if dataset_folder and dataset_folder.strip():
+            connected = [name for name, value in (("latents", latents), ("images", images),
+                                                  ("control_images", control_images), ("masks", masks))
+                         if value is not None]
+            if connected:
+                raise ValueError(f"dataset_folder is set and {', '.join(connected)} connected too: disconnect "
+                                 "them (the folder provides the dataset) or clear dataset_folder")
+            data = ops.read_dataset_folder(dataset_root(dataset_folder))
+            if vae is None:
+                raise ValueError(f"dataset_folder {dataset_folder!r} holds images: connect the VAE that encodes them")
+            samples = vae.encode(data.images)
+            control_images, masks, captions = data.controls, data.masks, data.captions
+            _LOG.info("local control dataset %s: %d images, %s", dataset_folder, len(data.names),
+                      "captions per image" if captions else "no captions")
         else:
-            raise ValueError("connect training latents, or training images and a VAE")
+            if control_images is None or masks is None:
+                raise ValueError("connect control_images and masks, or set dataset_folder")
+            if latents is not None:
+                samples = latents["samples"]
+            elif images is not None and vae is not None:
+                samples = vae.encode(images[..., :3])
+            else:
+                raise ValueError("connect training latents, or training images and a VAE (or set dataset_folder)")
+        if captions is not None and clip is not None:
+            positive = encode_captions(clip, captions)
+        elif positive is None:
+            raise ValueError("connect a positive prompt" + (" or a clip to encode the dataset folder's captions"
+                                                            if captions is not None else ""))
+        elif captions is not None:
+            _LOG.info("dataset captions ignored: no clip connected, using positive for every image")
         config = loop.TrainConfig(steps, learning_rate, batch_size, sobel_weight, start_percent, end_percent, seed,
                                   gradient_checkpointing)
-        bar = comfy.utils.ProgressBar(steps)
-
-        def on_step(step: int, noise_loss: float, sobel_loss: float) -> None:
-            bar.update_absolute(step, steps)
-            if step % 10 == 0 or step == steps:
-                _LOG.info("local control step %d/%d: noise loss %.4f, sobel loss %.4f", step, steps, noise_loss,
-                          sobel_loss)
-
-        result = loop.train_local_control(model, adapter, samples, control_images, masks, positive, config, on_step)
+        progress = _Progress(steps)
+        try:
+            result = loop.train_local_control(model, adapter, samples, control_images, masks, positive, config,
+                                              progress)
+        finally:
+            progress.close()
+        if result.interrupted:
+            progress.send_text(f"cancelled after step {len(result.noise_loss)}/{steps}: returning those weights")
         history = result.history()
         plot = ops.loss_plot({"noise loss": result.noise_loss, "sobel loss": result.sobel_loss})
         return io.NodeOutput(result.adapter, json.dumps(history), plot)

@@ -43,6 +43,10 @@ class TrainConfig:
     end_percent: float = 1.0
     seed: int = 0
     gradient_checkpointing: bool = False
+    # The mask in the loop (the paper's method). Off = the whole-image baseline the fair
+    # comparison trains against: features unmasked and/or the Sobel term over the whole latent.
+    mask_features: bool = True
+    mask_sobel: bool = True
 
 
 @dataclass
@@ -90,18 +94,39 @@ def trainable_copy(adapter, device) -> comfy.controlnet.T2IAdapter:
                                        device=device)
 
 
-def _model_kwargs(base_model, conditioning: list, batch: int, device, x: torch.Tensor) -> dict:
-    """UNet keyword inputs (c_crossattn, y, ...) for conditioning entry 0, repeated to ``batch``."""
+def is_shared_conditioning(conditioning: list) -> bool:
+    """True for one CONDITIONING (``[[tensor, options], ...]``), False for a list of them (one per item)."""
+    return bool(conditioning) and isinstance(conditioning[0][0], torch.Tensor)
+
+
+def _conds(base_model, conditioning: list, device, x: torch.Tensor) -> dict:
     tensor, options = conditioning[0]
     extra = {k: v for k, v in options.items() if k not in ("control", "mask", "area", "strength", "hooks")}
-    conds = base_model.extra_conds(cross_attn=tensor.to(device), device=device, noise=x, **extra)
-    return {k: c.process_cond(batch_size=batch, device=device, area=None).cond.to(device) for k, c in conds.items()}
+    return base_model.extra_conds(cross_attn=tensor.to(device), device=device, noise=x, **extra)
+
+
+def _model_kwargs(base_model, conditioning: list, batch: int, device, x: torch.Tensor,
+                  index: list[int] | None = None) -> dict:
+    """UNet keyword inputs (c_crossattn, y, ...) for ``batch`` items: conditioning entry 0 repeated,
+    or with per-item conditionings the items' own (``index``), joined the way ComfyUI batches conds
+    (cross-attention of different token lengths is repeated to a common length)."""
+    if is_shared_conditioning(conditioning):
+        conds = _conds(base_model, conditioning, device, x)
+        return {k: c.process_cond(batch_size=batch, device=device, area=None).cond.to(device)
+                for k, c in conds.items()}
+    if index is None or len(index) != batch:
+        raise ValueError(f"per-item conditioning needs the batch's item indices, got {index} for batch {batch}")
+    items = [{k: c.process_cond(batch_size=1, device=device, area=None)
+              for k, c in _conds(base_model, conditioning[i], device, x[j : j + 1]).items()}
+             for j, i in enumerate(index)]
+    return {k: items[0][k].concat([item[k] for item in items[1:]]).to(device) for k in items[0]}
 
 
 class _Step:
     """Forward pass and both losses for one batch (shared by training, evaluation and the benchmark)."""
 
     def __init__(self, model_patcher, conditioning: list):
+        """``conditioning``: one CONDITIONING for every item, or a list with one per dataset item."""
         self.patcher = model_patcher
         self.base = model_patcher.model
         self.sampling = self.base.model_sampling
@@ -115,21 +140,54 @@ class _Step:
         percents = lo + (hi - lo) * torch.rand(batch, generator=generator)
         return torch.tensor([float(self.sampling.percent_to_sigma(float(p))) for p in percents], device=self.device)
 
-    def losses(self, adapter, z0, hint, mask, noise, sigma, sobel: bool = True):
-        """(noise loss, sobel loss or None, z0') for latents ``z0``, control image ``hint`` [B,H,W,3], MASK ``mask``."""
+    def losses(self, adapter, z0, hint, mask, noise, sigma, sobel: bool = True, mask_features: bool = True,
+               mask_sobel: bool = True, index: list[int] | None = None):
+        """(noise loss, sobel loss or None, z0') for latents ``z0``, control image ``hint`` [B,H,W,3], MASK ``mask``.
+
+        ``mask_features`` / ``mask_sobel`` False use an all-ones mask for that part (MaskedControl
+        with an all-ones mask is exactly core's unmasked control), for the whole-image baseline.
+        """
         x_t = self.sampling.noise_scaling(sigma, noise, z0)
-        control = None
-        if adapter is not None:
-            inner = adapter.copy().set_cond_hint(hint.movedim(-1, 1), 1.0, (0.0, 1.0))
-            control = MaskedControl(inner, mask).get_control(x_t, sigma, None, 1, {})
-        kwargs = _model_kwargs(self.base, self.conditioning, z0.shape[0], self.device, x_t)
-        z0_pred = self.base.apply_model(x_t, sigma, control=control, transformer_options={}, **kwargs)
+        z0_pred = self.predict(adapter, x_t, sigma, hint, mask if mask_features else torch.ones_like(mask), index)
         noise_loss = F.mse_loss(ops.eps_from_z0(x_t, z0_pred, sigma), noise)
         sobel_loss = None
         if sobel:
             latent_mask = mask_for_residual(mask, tuple(z0.shape[-2:]), tuple(z0.shape[-2:])).to(z0)
+            if not mask_sobel:
+                latent_mask = torch.ones_like(latent_mask)
             sobel_loss = ops.masked_sobel_loss(z0_pred, z0, latent_mask)
         return noise_loss, sobel_loss, z0_pred
+
+    def predict(self, adapter, x_t, sigma, hint, mask, index: list[int] | None = None):
+        """z0' (``model_sampling.calculate_denoised`` of the UNet output) with ``adapter``'s features
+        masked by ``mask`` through MaskedControl; ``adapter`` None = the model alone."""
+        control = None
+        if adapter is not None:
+            inner = adapter.copy().set_cond_hint(hint.movedim(-1, 1), 1.0, (0.0, 1.0))
+            control = MaskedControl(inner, mask).get_control(x_t, sigma, None, 1, {})
+        kwargs = _model_kwargs(self.base, self.conditioning, x_t.shape[0], self.device, x_t, index)
+        return self.base.apply_model(x_t, sigma, control=control, transformer_options={}, **kwargs)
+
+
+def _without_inference_tensors(module: torch.nn.Module) -> int:
+    """Replace parameters and buffers created under ``torch.inference_mode`` (every model a loader
+    node loads: ComfyUI runs nodes in inference mode) by equal normal tensors, which autograd may
+    save for the backward pass through the frozen UNet. Values are unchanged, so everything else
+    that uses the model sees the same weights; each tensor is replaced once. Returns the count."""
+    replaced = 0
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, p in list(sub._parameters.items()):
+                if p is not None and p.is_inference():
+                    sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+                    replaced += 1
+            for name, b in list(sub._buffers.items()):
+                if b is not None and b.is_inference():
+                    sub._buffers[name] = b.clone()
+                    replaced += 1
+    if replaced:
+        _LOG.debug("local-control training: %d inference-mode tensors of the model made trainable-safe", replaced)
+    return replaced
 
 
 @contextlib.contextmanager
@@ -137,6 +195,7 @@ def _frozen(module: torch.nn.Module, checkpointing: bool):
     """The UNet's parameters without gradients (restored afterwards), optionally checkpointed."""
     from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
 
+    _without_inference_tensors(module)
     saved = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
@@ -169,6 +228,13 @@ def check_dataset(latents: torch.Tensor, hints: torch.Tensor, masks: torch.Tenso
     return expand(latents), expand(hints), expand(masks)
 
 
+def check_conditioning(conditioning: list, n: int) -> None:
+    if not conditioning:
+        raise ValueError("the conditioning is empty: connect a prompt")
+    if not is_shared_conditioning(conditioning) and len(conditioning) != n:
+        raise ValueError(f"{len(conditioning)} per-item conditionings for a dataset of {n} items; give one per item")
+
+
 def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: torch.Tensor, masks: torch.Tensor,
                         conditioning: list, config: TrainConfig,
                         on_step: Callable[[int, float, float], None] | None = None) -> TrainResult:
@@ -178,6 +244,7 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     step = _Step(model_patcher, conditioning)
     device = step.device
     latents, hints, masks = check_dataset(latents, hints, masks)
+    check_conditioning(conditioning, latents.shape[0])
     latents = latents.to(device, torch.float32)
     trained = trainable_copy(adapter, device)
     result = TrainResult(trained)
@@ -201,7 +268,9 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
             noise = torch.randn(z0.shape, generator=generator).to(device)
             sigma = step.sigmas(len(index), config.start_percent, config.end_percent, generator)
             noise_loss, sobel_loss, _ = step.losses(trained, z0, hints[index], masks[index], noise, sigma,
-                                                    sobel=config.sobel_weight > 0)
+                                                    sobel=config.sobel_weight > 0,
+                                                    mask_features=config.mask_features, mask_sobel=config.mask_sobel,
+                                                    index=index.tolist())
             loss = noise_loss if sobel_loss is None else noise_loss + config.sobel_weight * sobel_loss
             if not math.isfinite(loss.item()):
                 raise ValueError(f"training diverged at step {i + 1} (loss {loss.item()}); lower the learning rate")
@@ -212,7 +281,13 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
             result.noise_loss.append(noise_loss.item())
             result.sobel_loss.append(0.0 if sobel_loss is None else sobel_loss.item())
             if on_step is not None:
-                on_step(i + 1, result.noise_loss[-1], result.sobel_loss[-1])
+                try:  # ComfyUI's progress hook raises the interrupt: the step is done, keep its weights
+                    on_step(i + 1, result.noise_loss[-1], result.sobel_loss[-1])
+                except comfy.model_management.InterruptProcessingException:
+                    if i + 1 < config.steps:
+                        _LOG.info("local-control training interrupted after %d steps; returning those weights", i + 1)
+                        result.interrupted = True
+                    break
     for p in params:
         p.requires_grad_(False)
     trained.t2i_model.cpu()
@@ -224,13 +299,72 @@ def evaluate(model_patcher, adapter, latents, hints, masks, conditioning, sigmas
     comfy.model_management.load_models_gpu([model_patcher])
     step = _Step(model_patcher, conditioning)
     latents, hints, masks = check_dataset(latents, hints, masks)
+    check_conditioning(conditioning, latents.shape[0])
     generator = torch.Generator().manual_seed(seed)
     noise_total = sobel_total = 0.0
     with torch.no_grad():
         for sigma in sigmas:
             noise = torch.randn(latents.shape, generator=generator).to(step.device)
             s = torch.full((latents.shape[0],), float(sigma), device=step.device)
-            noise_loss, sobel_loss, _ = step.losses(adapter, latents.to(step.device), hints, masks, noise, s)
+            noise_loss, sobel_loss, _ = step.losses(adapter, latents.to(step.device), hints, masks, noise, s,
+                                                    index=list(range(latents.shape[0])))
             noise_total += noise_loss.item()
             sobel_total += sobel_loss.item()
     return noise_total / len(sigmas), sobel_total / len(sigmas)
+
+
+def control_effect(model_patcher, adapter, latents, hints, masks, conditioning, sigmas: torch.Tensor,
+                   inference_mask: bool = True, seed: int = 0, pattern: torch.Tensor | None = None) -> dict[str, float]:
+    """Where an adapter acts, at fixed noise and the given sigmas, averaged over them.
+
+    Regions of latent cells: ``inside`` (fully covered by the mask), ``outside`` (not touched by
+    it) and ``far`` (outside and at least 2 cells from any touched cell). For each region:
+
+    - ``<region>``: mean |z0'(with adapter) - z0'(model alone)|, the adapter's effect there;
+    - ``<region>_error`` / ``<region>_error_base``: mean |z0' - z0| with the adapter / without;
+    - with a latent-size ``pattern`` (e.g. the control's own pattern, ``[1|B,1|C,h,w]``),
+      ``<region>_pattern``: how much of it the adapter adds there (least-squares amplitude of
+      the difference along the pattern; 1 = the pattern itself, 0 = none of it).
+
+    ``inference_mask`` True masks the features as Apply ControlNet (Masked) does; False applies
+    the adapter unmasked (as core Apply ControlNet does).
+    """
+    comfy.model_management.load_models_gpu([model_patcher])
+    step = _Step(model_patcher, conditioning)
+    latents, hints, masks = check_dataset(latents, hints, masks)
+    check_conditioning(conditioning, latents.shape[0])
+    latents = latents.to(step.device, torch.float32)
+    latent_hw = tuple(latents.shape[-2:])
+    cells = mask_for_residual(masks, latent_hw, latent_hw).to(latents)
+    near = F.max_pool2d((cells > 0).to(latents), 5, stride=1, padding=2)
+    regions = {"inside": cells >= 1, "outside": cells == 0, "far": near == 0}
+    regions = {name: where.expand_as(latents) for name, where in regions.items()}
+    for name in ("inside", "outside"):
+        if not bool(regions[name].any()):
+            raise ValueError(f"control_effect needs masks with cells fully {name} the mask")
+    if pattern is not None:
+        pattern = pattern.to(latents).expand_as(latents)
+    generator = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for sigma in sigmas:
+            noise = torch.randn(latents.shape, generator=generator).to(step.device)
+            s = torch.full((latents.shape[0],), float(sigma), device=step.device)
+            x_t = step.sampling.noise_scaling(s, noise, latents)
+            index = list(range(latents.shape[0]))
+            base = step.predict(None, x_t, s, hints, masks, index)
+            with_adapter = step.predict(adapter, x_t, s, hints, masks if inference_mask else torch.ones_like(masks),
+                                        index)
+            diff = with_adapter - base
+            for name, where in regions.items():
+                if not bool(where.any()):
+                    continue
+                values = {name: diff[where].abs().mean(),
+                          f"{name}_error": (with_adapter - latents)[where].abs().mean(),
+                          f"{name}_error_base": (base - latents)[where].abs().mean()}
+                if pattern is not None:
+                    p = pattern[where]
+                    values[f"{name}_pattern"] = (diff[where] * p).sum() / p.square().sum().clamp_min(1e-12)
+                for key, value in values.items():
+                    totals[key] = totals.get(key, 0.0) + value.item() / len(sigmas)
+    return totals
