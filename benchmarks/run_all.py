@@ -78,9 +78,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               (Measure("annotator_speedup_cached_vs_controlnet_aux", "cached annotator speed-up (×)"),
                Measure("masked_vs_unmasked_step_time_ratio", "masked ControlNet step / plain", 1.05, False))),
     Benchmark("regions", "sampler step time for N regions (attention / instances mode) vs core "
-              "ConditioningSetMask, mid-size random SD1.5-architecture UNet",
-              (Measure("attention_n4_ratio", "attention mode N=4 step / single prompt", 1.15, False),
-               Measure("instances_n3_vs_core", "instances N=3 + ControlNets vs core", 1.0, False))),
+              "ConditioningSetMask + a core ControlNet per cond, mid-size random SD1.5-architecture UNet (64 ch, "
+              "mult 1/2/4) + same-shape ControlNet; attention goal at 512 px (64×64 latent), the rest at 128 px",
+              (Measure("attention_n4_ratio", "attention mode N=4 step / single prompt, 512 px", 1.15, False),
+               Measure("attention_n4_ratio_latent16", "attention mode N=4 step / single prompt, 128 px"),
+               Measure("instances_n3_vs_core", "instances N=3 + ControlNets vs core", 1.0, False)),
+              quick_args=("--repeats", "1")),
     Benchmark("blending", "per-step cost of the blending patches, random SD1.5-architecture UNet (64 ch, "
               "mult 1/2/4) at 128×128 px, 1 thread, process CPU time",
               (Measure("ratios.preserve_region", "SCPreserveRegion step / plain", 1.03, False),

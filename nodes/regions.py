@@ -1,7 +1,7 @@
 """Regional conditioning nodes (thin V3 wrappers): per-region prompts and per-instance control."""
 from __future__ import annotations
 
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .ops import regions as region_ops
 from .ops.shapes import as_mask
@@ -40,7 +40,9 @@ class SCRegion(io.ComfyNode):
                 io.Float.Input("control_strength", default=1.0, min=0.0, max=10.0, step=0.01,
                                tooltip="Strength of this region's ControlNet."),
                 io.Mask.Input("control_mask", optional=True,
-                              tooltip="Where this region's ControlNet acts (default: the region mask)."),
+                              tooltip="Where this region's ControlNet acts. Default: the region mask in attention mode; "
+                                      "the whole image in instances mode (the region's own path is blended in "
+                                      "by its mask anyway, so its ControlNet sees the full pose)."),
             ],
             outputs=[Regions.Output("regions_out", display_name="regions",
                                     tooltip="The region list with this region appended.")],
@@ -121,7 +123,8 @@ class SCApplyRegions(io.ComfyNode):
                 io.Model.Output("model_out", display_name="model", tooltip="The patched model; connect to the sampler."),
                 io.Conditioning.Output("positive_out", display_name="positive", tooltip="Positive conditioning for the sampler."),
                 io.Conditioning.Output("negative_out", display_name="negative", tooltip="Negative conditioning for the sampler."),
-                io.Image.Output("preview", tooltip="Region colours over the image (or a grey canvas)."),
+                io.Image.Output("preview", display_name="preview",
+                                tooltip="Region colours over the image (or a grey canvas); also shown on the node."),
             ],
         )
 
@@ -131,7 +134,8 @@ class SCApplyRegions(io.ComfyNode):
         regions = list(regions or ())
         model, positive, negative, masks = regional.apply_regions(
             model, positive, negative, regions, mode, feather, self_attention_locality)
-        return io.NodeOutput(model, positive, negative, region_ops.preview(masks, image))
+        preview = region_ops.preview(masks, image)
+        return io.NodeOutput(model, positive, negative, preview, ui=ui.PreviewImage(preview, cls=cls))
 
 
 REGION_NODES: list[type[io.ComfyNode]] = [SCRegion, SCCombineRegions, SCApplyRegions]

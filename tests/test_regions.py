@@ -69,7 +69,7 @@ def test_zero_and_empty_regions_are_the_plain_prompt():
 
 
 class AttentionProbe:
-    """Replaces optimized_attention: records the softmax weights of every masked (cross-)attention call."""
+    """Replaces optimized_attention: records the cond rows' softmax weights of every masked attention call."""
 
     def __init__(self, original):
         self.original = original
@@ -82,7 +82,10 @@ class AttentionProbe:
             qh = q.reshape(b, tq, heads, d).transpose(1, 2)
             kh = k.reshape(b, k.shape[1], heads, d).transpose(1, 2)
             sim = qh @ kh.transpose(-1, -2) * d ** -0.5 + mask.unsqueeze(1)
-            self.calls.append((tq, sim.softmax(-1)))
+            flags = kwargs["transformer_options"].get("cond_or_uncond", [0])
+            items = b // len(flags)
+            cond = [c * items + i for c, flag in enumerate(flags) if flag == 0 for i in range(items)]
+            self.calls.append((tq, sim.softmax(-1)[cond]))  # the cond rows: the ones regions act on
         return self.original(q, k, v, heads, mask=mask, **kwargs)
 
 

@@ -144,6 +144,7 @@ class RegionalCrossAttention:
         self.grids = _GridCache(tuple(masks))
         self.weights = tuple(weights)
         self.layouts = dict(layouts)
+        self.biases: dict[tuple, torch.Tensor] = {}
 
     def __deepcopy__(self, memo):  # shared by model clones; the cache only holds derived masks
         return self
@@ -158,20 +159,30 @@ class RegionalCrossAttention:
         layout = self.layout(k.shape[1])
         if layout is None or 0 not in cond_or_uncond:
             return attention(q, k, v, extra_options)
-        grid = self.grids.get(latent_hw(extra_options), token_grid(q.shape[1], extra_options), q.device)
-        bias = region_ops.cross_attention_bias(grid, self.weights, layout[0], layout[1], k.shape[1], items)
-        cond = chunk_rows(cond_or_uncond, items, 0, q.device)
-        bias = bias.repeat(cond.numel() // items, 1, 1)
-        if cond.numel() == q.shape[0]:
-            return attention(q, k, v, extra_options, mask=bias)
-        masked = attention(q[cond], k[cond], v[cond], extra_options, mask=bias)
-        plain_rows = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
-        plain_rows[cond] = False
-        plain = attention(q[plain_rows], k[plain_rows], v[plain_rows], extra_options)
-        out = masked.new_empty((q.shape[0], *masked.shape[1:]))
-        out[cond] = masked
-        out[plain_rows] = plain
-        return out
+        return attention(q, k, v, extra_options, mask=self.bias(extra_options, q, k.shape[1], cond_or_uncond, items))
+
+    def bias(self, extra_options: dict, q: torch.Tensor, context_len: int, cond_or_uncond: list[int],
+             items: int) -> torch.Tensor:
+        """``[rows, tokens, context]`` logit bias: the region bias on cond rows, 0 on uncond and appended rows.
+
+        Zero bias over an uncond row's (repeat-padded) context is its plain attention, so one call
+        serves the whole batch. Cached per resolution and batch layout: it is the same every step.
+        """
+        grid_hw = token_grid(q.shape[1], extra_options)
+        key = (latent_hw(extra_options), grid_hw, q.device, q.dtype, context_len, tuple(cond_or_uncond), items,
+               q.shape[0])
+        cached = self.biases.get(key)
+        if cached is None:
+            layout = self.layout(context_len)
+            grid = self.grids.get(key[0], grid_hw, q.device)
+            region = region_ops.cross_attention_bias(grid, self.weights, layout[0], layout[1], context_len, items)
+            cached = region.new_zeros((q.shape[0], *region.shape[1:]))
+            for chunk, flag in enumerate(cond_or_uncond):
+                if flag == 0:
+                    cached[chunk * items:(chunk + 1) * items] = region
+            cached = cached.to(q.dtype)
+            self.biases[key] = cached
+        return cached
 
 
 class RegionLocality:
