@@ -391,3 +391,14 @@ def test_every_core_sampler_runs_with_regions_and_uncovered_pixels_follow_the_ba
             uncovered, reference = ours[..., 6:].abs().mean(), plain[..., 6:].abs().mean()
             assert uncovered > 0.5 * reference, (mode, sampler, float(uncovered), float(reference))
             assert (ours[..., :4] - plain[..., :4]).abs().mean() > 1e-3 * plain.abs().mean(), (mode, sampler)
+
+
+@pytest.mark.parametrize("backend", ["attention_basic", "attention_split", "attention_sub_quad", "attention_pytorch"])
+def test_attention_mode_gives_the_same_result_with_every_cpu_attention_backend(backend, monkeypatch):
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 2.0))
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 8, locality=0.5)
+    reference = sample(m, p, n)  # the backend ComfyUI picked on this machine
+    monkeypatch.setattr(comfy_attention, "optimized_attention", getattr(comfy_attention, backend))
+    assert_close_to_scale(sample(m, p, n), reference)
