@@ -111,7 +111,7 @@ class SCTrainLocalControl(io.ComfyNode):
                                               "dataset_folder has captions and a clip is connected)."),
                 io.Combo.Input("init", options=list(INIT_OPTIONS), default=INIT_OPTIONS[0],
                                tooltip="Train the connected control_net, or start from a fresh random T2I-Adapter "
-                                       "sized from the model (SD1.5-layout UNets)."),
+                                       "sized from the model (SD1.5- or SDXL-layout UNets)."),
                 io.ControlNet.Input("control_net", optional=True,
                                     tooltip="A T2I-Adapter from Load ControlNet Model to fine-tune (not modified)."),
                 io.Latent.Input("latents", optional=True, tooltip="Training latents; or connect images and a VAE."),

@@ -529,3 +529,55 @@ def test_trains_a_model_loaded_in_inference_mode_without_changing_its_weights():
     assert len(result.noise_loss) == 2
     after = patcher.model.diffusion_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ------------------------------------------------------------------------------------------ SDXL
+
+
+@functools.cache
+def micro_sdxl():
+    """A micro UNet of the SDXL layout (3 levels, label embedding, linear transformers, context 80)."""
+    import comfy.supported_models as sm
+
+    class MicroSDXL(sm.SDXL):
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
+
+    config = MicroSDXL({**tiny_models._UNET_BASE, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
+                        "transformer_depth": [0, 0, 0, 0, 1, 1], "transformer_depth_output": [0] * 6 + [1] * 3,
+                        "transformer_depth_middle": 1, "context_dim": 80, "use_linear_in_transformer": True,
+                        "num_classes": "sequential", "adm_in_channels": tiny_models.SDXL_POOLED_DIM + 6 * 256})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    tiny_models._randomize(model.diffusion_model, 0)
+    mm = comfy.model_management
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
+    patcher = micro_sdxl()
+    adapter = loop.fresh_adapter(patcher, 0)
+    assert adapter.t2i_model.xl and adapter.t2i_model.unshuffle_amount == 16
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    hints = torch.rand(2, 128, 128, 3, generator=g)
+    masks = torch.zeros(2, 128, 128)
+    masks[:, 32:96, 32:96] = 1.0
+    cond = [[torch.randn(1, 77, 80, generator=g), {"pooled_output": torch.randn(1, 48, generator=g)}]]
+    result = loop.train_local_control(patcher, adapter, latents, hints, masks, cond,
+                                      loop.TrainConfig(steps=3, learning_rate=1e-3, batch_size=2))
+    assert len(result.noise_loss) == 3 and all(torch.isfinite(torch.tensor(result.noise_loss + result.sobel_loss)))
+    changed = [not torch.equal(p, q) for p, q in zip(result.adapter.t2i_model.parameters(),
+                                                      adapter.t2i_model.parameters())]
+    assert all(changed)  # every weight of the XL adapter gets a gradient through the SDXL UNet
+    filename = pack_import("nodes.training").SCSaveAdapter.execute(result.adapter, "test_local/xl").args[0]
+    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
+                        outputs=["load"]).output("load", 0)
+    assert isinstance(loaded, comfy.controlnet.T2IAdapter) and loaded.t2i_model.xl
+    step = loop._Step(patcher, cond)
+    noise, sigma = torch.randn(latents.shape, generator=g), torch.full((2,), 1.5)
+    with torch.no_grad():
+        a = step.losses(result.adapter, latents, hints, masks, noise, sigma)[2]
+        b = step.losses(loaded, latents, hints, masks, noise, sigma)[2]
+        plain = step.losses(None, latents, hints, masks, noise, sigma)[2]
+    assert torch.equal(a, b) and not torch.equal(a, plain)

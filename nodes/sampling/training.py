@@ -62,17 +62,25 @@ class TrainResult:
 
 
 def fresh_adapter(model_patcher, seed: int = 0) -> comfy.controlnet.T2IAdapter:
-    """A randomly initialised standard (SD1.5-layout) T2I-Adapter sized from the model's UNet,
-    in the format core ControlNetLoader reads back (``conv_in`` / ``body.*``)."""
+    """A randomly initialised standard T2I-Adapter sized from the model's UNet, in the format core
+    ControlNetLoader reads back (``conv_in`` / ``body.*``): the SD1.5 kind (4 levels, features at
+    1/8) for SD1.5/SD2-layout UNets, the XL kind (pixel-unshuffle 16, features into levels 2-3
+    and the middle block) for SDXL-layout UNets (3 levels with a label embedding)."""
     config = model_patcher.model.model_config.unet_config
     channels = config.get("model_channels")
-    if list(config.get("channel_mult", [])) != [1, 2, 4, 4] or config.get("adm_in_channels"):
-        raise ValueError("a fresh T2I-Adapter needs an SD1.5-layout UNet (channel_mult 1,2,4,4, no ADM); "
-                         "load an existing adapter with Load ControlNet Model instead")
+    mult = list(config.get("channel_mult", []))
+    if mult == [1, 2, 4, 4] and not config.get("adm_in_channels"):
+        xl = False
+    elif mult == [1, 2, 4] and config.get("adm_in_channels"):
+        xl = True
+    else:
+        raise ValueError(f"a fresh T2I-Adapter needs an SD1.5- or SDXL-layout UNet (channel_mult 1,2,4,4 or 1,2,4; "
+                         f"this one has {mult}); load an existing adapter with Load ControlNet Model instead")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = comfy.t2i_adapter.adapter.Adapter(cin=64 * 3, channels=[channels, channels * 2, channels * 4, channels * 4],
-                                                nums_rb=2, ksize=1, sk=True, use_conv=False, xl=False)
+        net = comfy.t2i_adapter.adapter.Adapter(cin=(256 if xl else 64) * 3,
+                                                channels=[channels, channels * 2, channels * 4, channels * 4],
+                                                nums_rb=2, ksize=1, sk=True, use_conv=False, xl=xl)
     return comfy.controlnet.T2IAdapter(net, net.input_channels, 8, "nearest-exact")
 
 
