@@ -137,6 +137,10 @@ def test_masks_of_other_size_and_batch():
                                         "attention", 0)
     with pytest.raises(ValueError, match="mask batch of 1 or one mask per latent"):
         sample(m, p, n, batch=2)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent[:1].repeat(3, 1, 1), 1.0),
+                                                                   (cond("sd15", 3), half("right"), 1.0)), "instances", 0)
+    with pytest.raises(ValueError, match="region 1's mask has batch 3 but the latent batch is 2"):
+        sample(m, p, n, batch=2)
 
 
 # --------------------------------------------------------------------------- instances mode

@@ -184,6 +184,12 @@ def collapse(plan: Expansion, output: torch.Tensor) -> torch.Tensor:
 
 def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[Path] | None:
     """The group's paths for this step, or None when ComfyUI must run the entries itself."""
+    for entry in (*members[1:], members[0]):  # regions first: the base prompt's mask is derived from theirs
+        mask = entry.get("mask")
+        if mask is not None and mask.shape[0] not in (1, x_in.shape[0]):
+            name = "the base prompt" if entry[ROLE_KEY] == "carrier" else f"region {entry[ROLE_KEY] + 1}"
+            raise ValueError(f"{name}'s mask has batch {mask.shape[0]} but the latent batch is {x_in.shape[0]}; "
+                             "use a mask batch of 1 or one mask per latent")
     paths = []
     for entry in members:
         prepared = comfy.samplers.get_area_and_mult(entry, x_in, timestep)
