@@ -6,11 +6,12 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from .models import annotators
 from .ops import control as control_ops
 from .ops import pose as pose_ops
+from .ops.regions import preview as overlay
 from .ops.shapes import as_mask, as_rgb, broadcast_batch, resize_mask
 from .sampling.masked_control import apply_masked_control
 
@@ -125,7 +126,9 @@ class SCPoseFromImage(io.ComfyNode):
                 person += [control_ops.pose_person_mask(p, height, width, mask_margin, min_confidence) for p in poses]
                 progress.update(1)
         pose_image = control_ops.from_uint8(np.stack(drawn))
-        return io.NodeOutput(pose_image, keypoints, torch.stack(person))
+        person = torch.stack(person)
+        people = [m[None] for m in person] if batch == 1 else [person]  # one colour per person
+        return io.NodeOutput(pose_image, keypoints, person, ui=ui.PreviewImage(overlay(people, image), cls=cls))
 
 
 class SCApplyControlNetMasked(io.ComfyNode):

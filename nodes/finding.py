@@ -8,13 +8,14 @@ import torch
 
 import comfy.model_management
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from comfy_execution.graph import ExecutionBlocker
 
 from .models import list_models
 from .models import clip_matcher as clip_models
 from .models import rembg_models, sam as sam_models
 from .ops import finding as ops
+from .ops.regions import preview as overlay
 from .ops.shapes import as_rgb
 from .ops.shapes import as_image, fit_mask_to_image
 
@@ -144,8 +145,9 @@ class SCFindObjects(io.ComfyNode):
             progress.update(1)
         found = [r.found for r in results]
         logging.info("selective_control: found the object in %d of %d images", sum(found), len(found))
-        return io.NodeOutput(_intermediate(torch.stack(masks)), found, ops.report(results),
-                             _intermediate(torch.stack(previews)))
+        previews = torch.stack(previews)
+        return io.NodeOutput(_intermediate(torch.stack(masks)), found, ops.report(results), _intermediate(previews),
+                             ui=ui.PreviewImage(previews, cls=cls))
 
 
 class SCRemoveBackground(io.ComfyNode):
@@ -193,7 +195,8 @@ class SCRemoveBackground(io.ComfyNode):
             masks.append(torch.from_numpy(alpha))
             progress.update(1)
         mask = torch.stack(masks).to(images.device, images.dtype)
-        return io.NodeOutput(_intermediate(mask), _intermediate(images * mask[..., None]))
+        return io.NodeOutput(_intermediate(mask), _intermediate(images * mask[..., None]),
+                             ui=ui.PreviewImage(overlay([mask], images), cls=cls))
 
 
 class SCFilterByFound(io.ComfyNode):

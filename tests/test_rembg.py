@@ -46,6 +46,13 @@ def test_the_mask_covers_the_cup_and_not_the_corners():
     assert corners(mask[0]).mean() < 0.1
     expected = torch.from_numpy(pixels).float() / 255 * mask[0, ..., None]
     assert torch.allclose(cutout[0], expected, atol=1 / 255 + 1e-4)
+    shown = result.ui["cut"]["images"]  # the node shows the mask as a coloured overlay on the photo
+    assert len(shown) == 1 and shown[0]["type"] == "temp"
+    overlay = np.asarray(Image.open(workspace().temp / shown[0]["subfolder"] / shown[0]["filename"]))
+    assert overlay.shape == (400, 600, 3)
+    red = overlay[200, 300].astype(int) - pixels[200, 300].astype(int)  # inside the cup: tinted red
+    assert red[0] > red[2]
+    assert np.abs(overlay[:10, :10].astype(int) - pixels[:10, :10].astype(int)).max() <= 26  # corner: barely tinted
 
 
 def test_the_mask_covers_the_astronaut_and_a_batch_is_masked_image_by_image():
