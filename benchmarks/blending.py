@@ -13,7 +13,8 @@ machine barely moves the ratios.
 - SCReferenceAttention (strength 1, style fidelity 0.5), batch 1 — goal <= 1.6x
 - SCCrossFrameAttention (anchor frame 0) at 2 and 8 frames, against the plain model at the same batch
 
-Run from the repo root: ``.venv/bin/python benchmarks/blending.py [--steps 2 --repeats 4 --threads 1]``.
+Run from the repo root: ``.venv/bin/python benchmarks/blending.py [--steps 2 --repeats 4 --threads 1]``
+(``--attention pytorch`` to measure with another of ComfyUI's attention functions).
 Boots ComfyUI in-process (CPU unless a GPU is present). Last stdout line: JSON with the ratios.
 """
 from __future__ import annotations
@@ -80,9 +81,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; with 1 the clock is process CPU time, which other load barely affects")
+    parser.add_argument("--attention", default="default",
+                        help="ComfyUI attention function for every call (pytorch, sub_quad, split); "
+                             "default: the one ComfyUI picked for this machine (sub_quad on CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     boot()
+    import comfy.ldm.modules.attention as comfy_attention
+
+    if args.attention != "default":
+        comfy_attention.optimized_attention = comfy_attention.get_attention_function(args.attention)
     preserve = pack_import("nodes.sampling.preserve")
     reference = pack_import("nodes.sampling.reference_attention")
     cross_frame = pack_import("nodes.sampling.cross_frame")
@@ -126,7 +134,8 @@ def main() -> None:
         "config": {"unet": "SD1.5 arch, model_channels 64, mult 1/2/4, 8 heads, ctx 768", "latent": [LATENT, LATENT],
                    "sampler": "euler", "cfg": 5.0, "steps": args.steps, "repeats": args.repeats,
                    "clock": "process CPU time" if args.threads == 1 else "wall time",
-                   "device": str(model.load_device), "threads": torch.get_num_threads()},
+                   "device": str(model.load_device), "threads": torch.get_num_threads(),
+                   "attention": comfy_attention.optimized_attention.__name__},
     }))
 
 

@@ -12,6 +12,13 @@ with what weight; the dispatcher computes the attention once per group of rows a
 
     out = plain + weight * (attention(q, [k; k_extra], [v; v_extra]) - plain)
 
+A full-weight group needs only its extended attention (one ComfyUI call). A blend needs the plain
+and the extended attention; on CPU both come from torch's fused attention kernel, which also
+returns each query's log-sum-exp: attention over the own keys and over the extra keys, merged
+exactly (``_merged_blend``), costs one extended attention instead of a plain plus an extended one.
+Elsewhere (other devices, a ComfyUI attention override, a group with a bias) a blend takes two
+ComfyUI calls.
+
 With no extension active the dispatcher computes exactly what ComfyUI's own ``CrossAttention``
 computes (same function, same arguments), so an inactive patch is bit-identical to no patch.
 
@@ -142,6 +149,58 @@ class SelfAttentionExtension(Protocol):
         """The extensions to apply in this call (empty list: this feature is inactive here)."""
 
 
+# torch's fused CPU attention kernel also returns the log-sum-exp of every query's logits; other
+# devices (and a ComfyUI attention override) keep two ComfyUI attention calls for a blend.
+_FUSED_LSE_OP = "_scaled_dot_product_flash_attention_for_cpu"
+_fused_lse_failed: set = set()  # dtypes the fused kernel refused once (then: two-call blends)
+
+
+def _fused_attention_lse(q, k, v, extra_options):
+    """``(out, lse)`` in head layout (``[M, H, T, d]``, ``[M, H, T]``), or None where unavailable."""
+    if q.device.type != "cpu" or "optimized_attention_override" in extra_options or k.shape[1] == 0:
+        return None
+    dtype = q.dtype
+    precision = extra_options.get("attn_precision")
+    if precision == torch.float32 and dtype != torch.float32:
+        dtype = torch.float32  # ComfyUI's attention upcasts these too
+    if dtype in _fused_lse_failed:
+        return None
+    heads = extra_options["n_heads"]
+    q, k, v = (t.to(dtype).view(t.shape[0], t.shape[1], heads, t.shape[2] // heads).transpose(1, 2) for t in (q, k, v))
+    try:
+        out, lse = getattr(torch.ops.aten, _FUSED_LSE_OP)(q, k, v)[:2]
+    except (AttributeError, RuntimeError, NotImplementedError) as error:
+        _fused_lse_failed.add(dtype)
+        logger.info("Selective Control: fused attention with log-sum-exp unavailable for %s (%s); blending "
+                    "with two attention calls", dtype, error)
+        return None
+    return out, lse
+
+
+def _merged_blend(q, k, v, extension: Extension, extra_options):
+    """``(plain, delta)`` of a blend group from one attention over its own keys and one over its extra keys.
+
+    With ``A``, ``L`` the output and log-sum-exp of attention over the own keys and ``X``, ``L_x``
+    over the extra keys, attention over both is ``A + s * (X - A)`` with ``s = sigmoid(L_x - L)``
+    per head and query, so ``weight * (extended - plain) = weight * s * (X - A)``: exact, at the
+    cost of one extended attention (instead of a plain plus an extended one). None where torch's
+    fused kernel is unavailable.
+    """
+    own = _fused_attention_lse(q, k, v, extra_options)
+    if own is None:
+        return None
+    extra = _fused_attention_lse(q, extension.k.to(k.dtype), extension.v.to(v.dtype), extra_options)
+    if extra is None:
+        return None
+    (a, lse), (x, lse_x) = own, extra
+    share = torch.sigmoid(lse_x - lse).unsqueeze(-1)
+    rows, tokens = q.shape[:2]
+    plain = a.transpose(1, 2).reshape(rows, tokens, -1).to(q.dtype)
+    delta = ((x - a) * share).transpose(1, 2).reshape(rows, tokens, -1)
+    weight = extension.weight.to(delta.dtype) if torch.is_tensor(extension.weight) else extension.weight
+    return plain, (delta * weight).to(q.dtype)
+
+
 class SelfAttentionDispatcher:
     """The attn1 replace patch of one block: plain attention plus the extensions' extra keys."""
 
@@ -157,37 +216,63 @@ class SelfAttentionDispatcher:
     def __call__(self, q, k, v, extra_options, **kwargs):
         groups: list[Extension] = []
         for extension in self.extensions:
-            groups.extend(extension.extend(q, k, v, extra_options))
+            groups.extend(g for g in extension.extend(q, k, v, extra_options) if g.rows.numel())
         if not groups:
             return attention(q, k, v, extra_options)
         rows = q.shape[0]
-        covered = torch.zeros(rows, dtype=torch.int32, device=q.device)
-        for g in groups:
-            covered.index_add_(0, g.rows, torch.ones_like(g.rows, dtype=torch.int32))
-        # A row covered once by a full-weight extension needs only its extended attention;
-        # every other row needs the plain attention (as the result, or as the base of a blend).
-        replaced = torch.zeros(rows, dtype=torch.bool, device=q.device)
-        for g in groups:
-            if g.full:
-                replaced[g.rows] = covered[g.rows] == 1
-        out = None
-        plain_rows = (~replaced).nonzero().flatten()
-        if plain_rows.numel():
-            plain = attention(q[plain_rows], k[plain_rows], v[plain_rows], extra_options)
-            out = plain.new_empty((rows, *plain.shape[1:]))
-            out[plain_rows] = plain
-        base = None if out is None else out.clone()  # plain values, read by the blends below
-        for g in groups:
+        # The plan is worked out on Python lists (a handful of rows): no small tensor ops per call.
+        row_lists = [g.rows.tolist() for g in groups]
+        covered = [0] * rows
+        for row_list in row_lists:
+            for r in row_list:
+                covered[r] += 1
+        # A group of full weight whose rows no other group touches needs only its extended attention.
+        sole = [g.full and all(covered[r] == 1 for r in row_list) for g, row_list in zip(groups, row_lists)]
+        # Blends without a bias: plain and delta from one fused attention with log-sum-exps.
+        merged = [
+            None if is_sole or g.bias is not None else _merged_blend(q[g.rows], k[g.rows], v[g.rows], g, extra_options)
+            for g, is_sole in zip(groups, sole)
+        ]
+        # ComfyUI's plain attention: rows no extension touches (bit-identical to no patch) and
+        # the base of every blend that could not be merged.
+        two_call = [not is_sole and m is None for is_sole, m in zip(sole, merged)]
+        has_base = [c == 0 for c in covered]
+        for row_list, needs_base in zip(row_lists, two_call):
+            if needs_base:
+                for r in row_list:
+                    has_base[r] = True
+        out = base = None
+        plain_rows = [r for r in range(rows) if has_base[r]]
+        if plain_rows:
+            index = torch.tensor(plain_rows, device=q.device)
+            base = attention(q[index], k[index], v[index], extra_options)
+            out = base.new_empty((rows, *base.shape[1:]))
+            out.index_copy_(0, index, base)
+            if any(two_call):
+                base = out.clone()  # plain values, read by the two-call blends below
+        for g, row_list, is_sole, m in zip(groups, row_lists, sole, merged):
+            if m is not None:
+                plain, delta = m
+                if out is None:
+                    out = plain.new_empty((rows, *plain.shape[1:]))
+                missing = [i for i, r in enumerate(row_list) if not has_base[r]]
+                if missing:
+                    picked = torch.tensor(missing, device=q.device)
+                    out.index_copy_(0, g.rows[picked], plain[picked].to(out.dtype))
+                    for i in missing:
+                        has_base[row_list[i]] = True
+                out.index_add_(0, g.rows, delta.to(out.dtype))
+                continue
             ki = torch.cat((k[g.rows], g.k.to(k.dtype)), dim=1)
             vi = torch.cat((v[g.rows], g.v.to(v.dtype)), dim=1)
             extended = attention(q[g.rows], ki, vi, extra_options, mask=g.bias)
             if out is None:
                 out = extended.new_empty((rows, *extended.shape[1:]))
-            if g.full and bool(replaced[g.rows].all()):
-                out[g.rows] = extended
+            if is_sole:
+                out.index_copy_(0, g.rows, extended.to(out.dtype))
             else:
                 weight = g.weight.to(extended.dtype) if torch.is_tensor(g.weight) else g.weight
-                out[g.rows] = out[g.rows] + (extended - base[g.rows]) * weight
+                out.index_add_(0, g.rows, ((extended - base[g.rows]) * weight).to(out.dtype))
         return out
 
 

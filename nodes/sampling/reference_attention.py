@@ -13,7 +13,9 @@ Two extension points on a ``model.clone()``:
    from ``cond_or_uncond``, never assumed), times the optional mask on the token grid.
 
 One reference row per reference item (1, or one per latent item) is added per model call, so a
-cfg step runs 3 rows instead of 2. Outside the start/end range nothing is appended and the
+cfg step runs 3 rows instead of 2. In self-attention the positive rows (full weight) take one
+extended attention; the negative rows' blend (weight below 1) takes one too, merged from
+log-sum-exps on CPU (see ``attention._merged_blend``). Outside the start/end range nothing is appended and the
 attention is ComfyUI's own, bit for bit.
 """
 from __future__ import annotations
