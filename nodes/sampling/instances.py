@@ -39,9 +39,9 @@ import comfy.samplers
 
 from ..ops import regions as region_ops
 from ..ops.control import mask_for_residual
-from ..ops.shapes import as_mask, resize_mask
+from ..ops.shapes import as_mask
 from .attention import appended_rows
-from .masked_control import _merge, apply_masked_control
+from .masked_control import _merge, _with_cond_mask, apply_masked_control
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,11 @@ def _fitting_chunks(model, plan: Expansion, x: torch.Tensor) -> int:
     return 1
 
 
+def _take_rows(conds: dict, rows, total: int) -> dict:
+    """``conds`` with every per-row tensor (first dimension ``total``) cut to ``rows``; other values as they are."""
+    return {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == total else v for k, v in conds.items()}
+
+
 def _slice_control(control: dict | None, rows: slice) -> dict | None:
     if control is None:
         return None
@@ -305,8 +310,7 @@ def run_in_parts(executor, plan: Expansion, x, t, conds: dict, control, transfor
     outputs = []
     for first in range(0, chunks, step):
         rows = slice(first * plan.items, min(chunks, first + step) * plan.items)
-        part = {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == x.shape[0] else v
-                for k, v in conds.items()}
+        part = _take_rows(conds, rows, x.shape[0])
         options = transformer_options.copy()
         for key in ("cond_or_uncond", "uuids"):
             if key in transformer_options:
@@ -359,8 +363,7 @@ class InstanceControl(comfy.controlnet.ControlBase):
             rows = torch.cat([torch.arange(i * plan.items, (i + 1) * plan.items) for i, _ in members]).to(x.device)
             regions = tuple(role for _, role in members)
             inner = self._batched_copy(regions, plan.items)
-            part = {k: v[rows] if torch.is_tensor(v) and v.ndim and v.shape[0] == x.shape[0] else v
-                    for k, v in cond.items()}
+            part = _take_rows(cond, rows, x.shape[0])
             residuals = inner.get_control(x[rows], t[rows], part, 1, options)
             for key, values in (residuals or {}).items():
                 target = out.setdefault(key, [])
@@ -463,12 +466,8 @@ def _per_item(tensor: torch.Tensor, items: int, name: str) -> torch.Tensor:
 
 
 def _with_mask(options: dict, mask: torch.Tensor) -> dict:
-    d = options.copy()
-    existing = d.get("mask")
-    if existing is not None:
-        existing = as_mask(existing)
-        mask = resize_mask(mask, *existing.shape[-2:]) * existing
-    d["mask"] = mask
+    """``options`` (copied) with its conditioning mask multiplied by ``mask``; the mask, never an area, bounds it."""
+    d = _with_cond_mask(options.copy(), mask)
     d["set_area_to_bounds"] = False
     return d
 

@@ -159,10 +159,11 @@ class RegionalCrossAttention:
         layout = self.layout(k.shape[1])
         if layout is None or 0 not in cond_or_uncond:
             return attention(q, k, v, extra_options)
-        return attention(q, k, v, extra_options, mask=self.bias(extra_options, q, k.shape[1], cond_or_uncond, items))
+        return attention(q, k, v, extra_options,
+                         mask=self.bias(extra_options, q, k.shape[1], layout, cond_or_uncond, items))
 
-    def bias(self, extra_options: dict, q: torch.Tensor, context_len: int, cond_or_uncond: list[int],
-             items: int) -> torch.Tensor:
+    def bias(self, extra_options: dict, q: torch.Tensor, context_len: int, layout: tuple[int, tuple[int, ...]],
+             cond_or_uncond: list[int], items: int) -> torch.Tensor:
         """``[rows, tokens, context]`` logit bias: the region bias on cond rows, 0 on uncond and appended rows.
 
         Zero bias over an uncond row's (repeat-padded) context is its plain attention, so one call
@@ -173,7 +174,6 @@ class RegionalCrossAttention:
                q.shape[0])
         cached = self.biases.get(key)
         if cached is None:
-            layout = self.layout(context_len)
             grid = self.grids.get(key[0], grid_hw, q.device)
             region = region_ops.cross_attention_bias(grid, self.weights, layout[0], layout[1], context_len, items)
             cached = region.new_zeros((q.shape[0], *region.shape[1:]))
