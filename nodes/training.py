@@ -6,9 +6,11 @@ import logging
 import os
 import time
 
-import comfy.controlnet
+import torch
+
 import comfy.utils
 import folder_paths
+from comfy.weight_adapter import adapter_maps
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 from tqdm.auto import tqdm
@@ -17,7 +19,8 @@ from .ops import training as ops
 from .sampling import training as loop
 
 CATEGORY = "selective_control/training"
-INIT_OPTIONS = ("from control_net", "fresh standard T2I-Adapter")
+INIT_OPTIONS = ("from control_net", "fresh standard T2I-Adapter", "fresh ControlNet from the model")
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LOG = logging.getLogger(__name__)
 TEXT_INTERVAL_S = 0.25  # the node's progress text is refreshed at most this often (and at the last step)
 
@@ -90,7 +93,8 @@ class SCTrainLocalControl(io.ComfyNode):
             category=CATEGORY,
             is_experimental=True,
             description=(
-                "Train a T2I-Adapter so its control acts only inside a mask: at every step the adapter's features are "
+                "Train a T2I-Adapter or a ControlNet (every weight, or a LoRA on it) so its control acts only inside a "
+                "mask: at every step the adapter's features are "
                 "multiplied by the mask (the same code as Apply ControlNet (Masked)), the frozen UNet predicts the "
                 "noise, and the loss is the noise MSE plus sobel_weight x the Sobel-edge difference between the "
                 "predicted clean latent z0' and the true latent inside the mask. The dataset comes from the inputs or "
@@ -110,10 +114,20 @@ class SCTrainLocalControl(io.ComfyNode):
                                       tooltip="Prompt conditioning used for every training image (unless "
                                               "dataset_folder has captions and a clip is connected)."),
                 io.Combo.Input("init", options=list(INIT_OPTIONS), default=INIT_OPTIONS[0],
-                               tooltip="Train the connected control_net, or start from a fresh random T2I-Adapter "
-                                       "sized from the model (SD1.5- or SDXL-layout UNets)."),
+                               tooltip="Train the connected control_net; or start from a fresh random T2I-Adapter "
+                                       "sized from the model (SD1.5- or SDXL-layout UNets); or from a fresh "
+                                       "ControlNet copied from the model's encoder with zero convolutions (no "
+                                       "effect until trained), as the ControlNet paper starts."),
                 io.ControlNet.Input("control_net", optional=True,
-                                    tooltip="A T2I-Adapter from Load ControlNet Model to fine-tune (not modified)."),
+                                    tooltip="A T2I-Adapter or an SD1.5/SDXL ControlNet from Load ControlNet Model to "
+                                            "fine-tune (not modified)."),
+                io.Int.Input("lora_rank", default=0, min=0, max=1024, optional=True,
+                             tooltip="0 = train every weight of the adapter. Above 0 = train a low-rank adapter of "
+                                     "this rank on each conv/linear weight instead (far fewer trainable weights "
+                                     "and optimiser memory: fine-tuning a ControlNet on a small GPU); it is merged "
+                                     "in, so the result saves and loads like any adapter."),
+                io.Combo.Input("lora_algorithm", options=list(adapter_maps), default=next(iter(adapter_maps)), optional=True,
+                               tooltip="The low-rank kind when lora_rank > 0 (ComfyUI's own, as in Train LoRA)."),
                 io.Latent.Input("latents", optional=True, tooltip="Training latents; or connect images and a VAE."),
                 io.Image.Input("images", optional=True, tooltip="Training images, VAE-encoded here when no latents "
                                                                 "are connected."),
@@ -142,22 +156,25 @@ class SCTrainLocalControl(io.ComfyNode):
                                       "without captions, positive is used for every image."),
             ],
             outputs=[
-                io.ControlNet.Output("trained_control_net", tooltip="The trained T2I-Adapter; save it with Save Adapter."),
+                io.ControlNet.Output("trained_control_net",
+                                     tooltip="The trained T2I-Adapter or ControlNet; save it with Save Adapter."),
                 io.String.Output("loss_history", tooltip="JSON: noise_loss and sobel_loss per step, steps_done, "
-                                                         "interrupted."),
+                                                         "interrupted, diverged_at_step."),
                 io.Image.Output("loss_plot", tooltip="Both losses against the step."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, init, control_images=None, masks=None, positive=None, control_net=None, latents=None,
-                images=None, vae=None, steps=200, learning_rate=1e-4, batch_size=1, sobel_weight=1.0,
+    def execute(cls, model, init, control_images=None, masks=None, positive=None, control_net=None, lora_rank=0,
+                lora_algorithm="LoRA", latents=None, images=None, vae=None, steps=200, learning_rate=1e-4, batch_size=1, sobel_weight=1.0,
                 start_percent=0.0, end_percent=1.0, seed=0, gradient_checkpointing=False, dataset_folder="",
                 clip=None) -> io.NodeOutput:
         if init == INIT_OPTIONS[1]:
             adapter = loop.fresh_adapter(model, seed)
+        elif init == INIT_OPTIONS[2]:
+            adapter = loop.fresh_controlnet(model, seed)
         elif control_net is None:
-            raise ValueError("connect a control_net (a T2I-Adapter) or set init to 'fresh standard T2I-Adapter'")
+            raise ValueError("connect a control_net (a T2I-Adapter or ControlNet) or set init to a fresh option")
         else:
             adapter = control_net
         captions = None
@@ -192,7 +209,7 @@ class SCTrainLocalControl(io.ComfyNode):
         elif captions is not None:
             _LOG.info("dataset captions ignored: no clip connected, using positive for every image")
         config = loop.TrainConfig(steps, learning_rate, batch_size, sobel_weight, start_percent, end_percent, seed,
-                                  gradient_checkpointing)
+                                  gradient_checkpointing, lora_rank=lora_rank, lora_algorithm=lora_algorithm)
         progress = _Progress(steps)
         try:
             result = loop.train_local_control(model, adapter, samples, control_images, masks, positive, config,
@@ -201,6 +218,9 @@ class SCTrainLocalControl(io.ComfyNode):
             progress.close()
         if result.interrupted:
             progress.send_text(f"cancelled after step {len(result.noise_loss)}/{steps}: returning those weights")
+        elif result.diverged_at_step is not None:
+            progress.send_text(f"diverged at step {result.diverged_at_step} (loss not finite): returning the weights "
+                               f"of step {result.diverged_at_step - 1}; lower the learning rate")
         history = result.history()
         plot = ops.loss_plot({"noise loss": result.noise_loss, "sobel loss": result.sobel_loss})
         return io.NodeOutput(result.adapter, json.dumps(history), plot)
@@ -215,26 +235,29 @@ class SCSaveAdapter(io.ComfyNode):
             category=CATEGORY,
             is_output_node=True,
             description=(
-                "Save a T2I-Adapter as safetensors into models/controlnet, where Load ControlNet Model finds it "
-                "(refresh the node list), ready for Apply ControlNet (Masked)."
+                "Save a T2I-Adapter or ControlNet as safetensors into models/controlnet, where Load ControlNet Model "
+                "finds it (refresh the node list), ready for Apply ControlNet (Masked)."
             ),
             inputs=[
-                io.ControlNet.Input("control_net", tooltip="A T2I-Adapter, e.g. from Train Local Control Adapter."),
+                io.ControlNet.Input("control_net",
+                                    tooltip="A T2I-Adapter or ControlNet, e.g. from Train Local Control Adapter."),
                 io.String.Input("filename_prefix", default="local_control/adapter",
                                 tooltip="File name prefix inside models/controlnet; a counter is appended."),
+                io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="float32", optional=True,
+                               tooltip="Precision of the saved weights: float16 halves the file (how most published "
+                                       "ControlNets ship); float32 keeps the trained values exactly."),
             ],
             outputs=[io.String.Output("filename", tooltip="The saved file, relative to models/controlnet.")],
         )
 
     @classmethod
-    def execute(cls, control_net, filename_prefix) -> io.NodeOutput:
-        if not isinstance(control_net, comfy.controlnet.T2IAdapter):
-            raise ValueError(f"Save Adapter writes T2I-Adapters; got {type(control_net).__name__}")
+    def execute(cls, control_net, filename_prefix, dtype="float32") -> io.NodeOutput:
+        state = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v
+                 for k, v in loop.adapter_state_dict(control_net).items()}
         root = folder_paths.get_folder_paths("controlnet")[0]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         os.makedirs(folder, exist_ok=True)
         file = f"{name}_{counter:05}_.safetensors"
-        state = {k: v.detach().cpu().contiguous() for k, v in control_net.t2i_model.state_dict().items()}
         comfy.utils.save_torch_file(state, os.path.join(folder, file), metadata={"format": "pt"})
         return io.NodeOutput(os.path.join(subfolder, file).replace(os.sep, "/"))
 

@@ -31,9 +31,21 @@ MICRO_UNET = {
 }
 
 
+class _SD15WithCoreDefaultHeads(comfy.supported_models.SD15):
+    unet_extra_config = {"num_heads": -1, "num_head_channels": 64}
+
+
 @functools.cache
-def micro_sd15():
-    config = comfy.supported_models.SD15(dict(MICRO_UNET))
+def micro_sd15(cross_attention_in_encoder: bool = False):
+    """The micro SD1.5-layout model; ``cross_attention_in_encoder`` adds a transformer to the second
+    level (as real SD1.5 has in its encoder: core reads a ControlNet file's context size from
+    there) with 64-channel heads (what core assumes for a ControlNet of unknown size)."""
+    unet, kind = dict(MICRO_UNET), comfy.supported_models.SD15
+    if cross_attention_in_encoder:
+        unet.update({"transformer_depth": [0, 0, 1, 1, 0, 0, 0, 0],
+                     "transformer_depth_output": [0] * 6 + [1] * 3 + [0] * 3})
+        kind = _SD15WithCoreDefaultHeads
+    config = kind(unet)
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     tiny_models._randomize(model.diffusion_model, 0)
@@ -66,15 +78,15 @@ class MicroSD15Task:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}}
+        return {"required": {}, "optional": {"cross_attention_in_encoder": ("BOOLEAN", {"default": False})}}
 
     RETURN_TYPES = ("MODEL", "LATENT", "IMAGE", "MASK", "CONDITIONING")
     FUNCTION = "load"
     CATEGORY = "testing"
 
-    def load(self):
+    def load(self, cross_attention_in_encoder=False):
         latents, hints, masks, cond = task()
-        return micro_sd15(), {"samples": latents}, hints, masks, cond
+        return micro_sd15(cross_attention_in_encoder), {"samples": latents}, hints, masks, cond
 
 
 nodes.NODE_CLASS_MAPPINGS["MicroSD15Task"] = MicroSD15Task
@@ -227,9 +239,9 @@ def test_interrupt_returns_the_weights_of_the_last_finished_step():
     assert all(torch.isfinite(p).all() for p in result.adapter.t2i_model.parameters())
 
 
-def test_non_adapter_control_is_a_clear_error():
+def test_a_controlnet_for_another_model_is_a_clear_error():
     latents, hints, masks, cond = task()
-    with pytest.raises(ValueError, match="trains T2I-Adapters"):
+    with pytest.raises(ValueError, match=r"does not fit the model: its input_blocks\.\S+ is \[.*load a ControlNet made"):
         loop.train_local_control(micro_sd15(), tiny_models.controlnet("sd15"), latents, hints, masks, cond,
                                  loop.TrainConfig(steps=1))
 
@@ -581,3 +593,184 @@ def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
         b = step.losses(loaded, latents, hints, masks, noise, sigma)[2]
         plain = step.losses(None, latents, hints, masks, noise, sigma)[2]
     assert torch.equal(a, b) and not torch.equal(a, plain)
+
+
+# ------------------------------------------------------------------------------------------ ControlNet, LoRA
+
+
+def _save_and_load(adapter, prefix, dtype="float32"):
+    filename = pack_import("nodes.training").SCSaveAdapter.execute(adapter, prefix, dtype).args[0]
+    return run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
+                      outputs=["load"]).output("load", 0)
+
+
+def _z0(patcher, adapter, latents, hints, masks, cond, sigma=1.5, seed=3):
+    step = loop._Step(patcher, cond)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return step.losses(adapter, latents, hints, masks, noise, torch.full((latents.shape[0],), sigma))[2]
+
+
+def test_fresh_controlnet_copies_the_encoder_and_starts_with_no_effect():
+    patcher = micro_sd15(True)
+    control = loop.fresh_controlnet(patcher, 0)
+    net, unet = control.control_model.state_dict(), patcher.model.diffusion_model.state_dict()
+    copied = [k for k in net if k.split(".")[0] in ("input_blocks", "middle_block", "time_embed")]
+    assert copied and all(torch.equal(net[k], unet[k]) for k in copied)
+    zero = [k for k in net if k.startswith(("zero_convs.", "middle_block_out."))]
+    assert zero and all(not net[k].any() for k in zero)
+    hint = [k for k in net if k.startswith("input_hint_block.") and k.endswith("weight")]
+    assert all(torch.isfinite(net[k]).all() and net[k].std() > 0 for k in hint[:-1]) and not net[hint[-1]].any()
+    latents, hints, masks, cond = task()
+    assert torch.equal(_z0(patcher, control, latents, hints, masks, cond), _z0(patcher, None, latents, hints, masks,
+                                                                             cond))
+
+
+@pytest.fixture(scope="module")
+def trained_controlnet():
+    prompt = _train_prompt()
+    prompt["task"]["inputs"]["cross_attention_in_encoder"] = True
+    prompt["train"]["inputs"].update({"init": "fresh ControlNet from the model", "steps": 12})
+    prompt["save"]["inputs"]["filename_prefix"] = "test_local/controlnet"
+    return run_prompt(prompt, outputs=["train", "save"])
+
+
+def test_controlnet_training_lowers_both_losses_and_loads_back_identically(trained_controlnet):
+    latents, hints, masks, cond = task()
+    initial = loop.fresh_controlnet(micro_sd15(True), 7)
+    adapter = trained_controlnet.output("train", 0)
+    assert type(adapter) is comfy.controlnet.ControlNet
+    before = loop.evaluate(micro_sd15(True), initial, latents, hints, masks, cond, EVAL_SIGMAS)
+    after = loop.evaluate(micro_sd15(True), adapter, latents, hints, masks, cond, EVAL_SIGMAS)
+    print("ControlNet losses before", before, "after", after)
+    assert after[0] < before[0] and after[1] < before[1]
+    filename = trained_controlnet.output("save", 0)
+    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
+                        outputs=["load"]).output("load", 0)
+    assert type(loaded) is comfy.controlnet.ControlNet
+    ours, theirs = (_z0(micro_sd15(True), a, latents, hints, masks, cond) for a in (adapter, loaded))
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours, _z0(micro_sd15(True), None, latents, hints, masks, cond))
+
+
+def test_controlnet_gets_no_gradient_from_outside_the_mask():
+    """The masked ControlNet residuals are exactly zero outside the mask, so the loss does not
+    depend on what the control image shows there: changing it changes no gradient."""
+    latents, hints, masks, cond = task()
+    step = loop._Step(micro_sd15(True), cond)
+    control = loop.trainable_copy(tiny_controlnet_trained_once(), "cpu")
+    outside = (masks == 0).unsqueeze(-1)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for h in (hints, torch.where(outside, torch.rand(hints.shape, generator=torch.Generator().manual_seed(4)), hints)):
+        with torch.inference_mode(False), torch.enable_grad(), loop._frozen(step.base.diffusion_model, False):
+            net = control.control_model
+            for p in net.parameters():
+                p.requires_grad_(True)
+                p.grad = None
+            noise_loss, sobel_loss, _ = step.losses(control, latents, h, masks, noise, torch.full((N,), 1.0))
+            (noise_loss + sobel_loss).backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+            for p in net.parameters():
+                p.requires_grad_(False)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))
+    assert sum(float(g.abs().sum()) for g in grads[0]) > 0
+
+
+@functools.cache
+def tiny_controlnet_trained_once():
+    """A fresh ControlNet after 2 steps (non-zero zero-convs, so the control reaches the UNet)."""
+    latents, hints, masks, cond = task()
+    return loop.train_local_control(micro_sd15(True), loop.fresh_controlnet(micro_sd15(True), 0), latents, hints, masks,
+                                    cond, loop.TrainConfig(steps=2, learning_rate=1e-3, batch_size=2)).adapter
+
+
+@pytest.mark.parametrize("kind", ["T2I-Adapter", "ControlNet"])
+def test_lora_training_changes_only_a_low_rank_part_and_is_merged(kind):
+    latents, hints, masks, cond = task()
+    start = (loop.fresh_adapter(micro_sd15(True), 0) if kind == "T2I-Adapter" else tiny_controlnet_trained_once())
+    rank = 2
+    result = loop.train_local_control(micro_sd15(True), start, latents, hints, masks, cond,
+                                      loop.TrainConfig(steps=3, learning_rate=1e-2, batch_size=2, lora_rank=rank))
+    before = dict(loop.adapter_network(start).named_parameters())
+    after = dict(loop.adapter_network(result.adapter).named_parameters())
+    assert before.keys() == after.keys()  # merged: a plain adapter, no parametrization left
+    changed = 0
+    for name, p in after.items():
+        delta = (p - before[name]).reshape(p.shape[0], -1)
+        if p.ndim < 2:
+            assert torch.equal(p, before[name]), name  # biases and norms are not trained
+        elif delta.abs().max() > 0:
+            changed += 1
+            singular = torch.linalg.svdvals(delta.detach())
+            assert len(singular) <= rank or singular[rank] < 1e-3 * singular[0], name  # rank <= 2 up to rounding
+    assert changed > 0
+    loaded = _save_and_load(result.adapter, f"test_local/lora_{kind}")
+    assert torch.equal(_z0(micro_sd15(True), result.adapter, latents, hints, masks, cond),
+                       _z0(micro_sd15(True), loaded, latents, hints, masks, cond))
+
+
+@pytest.mark.parametrize("algorithm", ["LoHa", "LoKr", "OFT"])
+def test_every_core_low_rank_kind_trains_and_merges(algorithm):
+    latents, hints, masks, cond = task()
+    start = loop.fresh_adapter(micro_sd15(True), 0)
+    result = loop.train_local_control(micro_sd15(True), start, latents, hints, masks, cond,
+                                      loop.TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, lora_rank=2,
+                                                       lora_algorithm=algorithm))
+    before = dict(loop.adapter_network(start).named_parameters())
+    after = dict(loop.adapter_network(result.adapter).named_parameters())
+    assert before.keys() == after.keys() and len(result.noise_loss) == 2
+    assert any(not torch.equal(after[k], before[k]) for k in after)
+    assert all(torch.isfinite(p).all() for p in after.values())
+
+
+def test_saving_in_float16_halves_the_file_and_loads_within_half_precision():
+    import os
+
+    import folder_paths
+
+    adapter = tiny_controlnet_trained_once()
+    full = pack_import("nodes.training").SCSaveAdapter.execute(adapter, "test_local/cn32", "float32").args[0]
+    half = pack_import("nodes.training").SCSaveAdapter.execute(adapter, "test_local/cn16", "float16").args[0]
+    root = folder_paths.get_folder_paths("controlnet")[0]
+    sizes = [os.path.getsize(os.path.join(root, f)) for f in (full, half)]
+    assert 0.45 < sizes[1] / sizes[0] < 0.55
+    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": half}}},
+                        outputs=["load"]).output("load", 0)
+    ours = loop.adapter_state_dict(adapter)
+    theirs = loop.adapter_state_dict(loaded)
+    assert all(torch.allclose(theirs[k].float(), ours[k], rtol=1e-3, atol=1e-4) for k in ours)
+
+
+def test_a_diverging_run_stops_and_returns_the_last_finite_weights(monkeypatch):
+    latents, hints, masks, cond = task()
+    calls = []
+    real = loop.ops.masked_sobel_loss
+
+    def sobel_that_blows_up(*args):
+        calls.append(None)
+        value = real(*args)
+        return value * float("nan") if len(calls) == 4 else value
+
+    monkeypatch.setattr(loop.ops, "masked_sobel_loss", sobel_that_blows_up)
+    snapshots = []
+    result = loop.train_local_control(micro_sd15(), loop.fresh_adapter(micro_sd15(), 0), latents, hints, masks, cond,
+                                      loop.TrainConfig(steps=10, learning_rate=1e-3, batch_size=2),
+                                      lambda *_: snapshots.append(None))
+    assert result.diverged_at_step == 4 and len(result.noise_loss) == 3 == len(snapshots)
+    assert result.history()["diverged_at_step"] == 4 and not result.interrupted
+    monkeypatch.setattr(loop.ops, "masked_sobel_loss", real)
+    three = loop.train_local_control(micro_sd15(), loop.fresh_adapter(micro_sd15(), 0), latents, hints, masks, cond,
+                                     loop.TrainConfig(steps=3, learning_rate=1e-3, batch_size=2))
+    assert all(torch.equal(p, q) for p, q in zip(result.adapter.t2i_model.parameters(),
+                                                 three.adapter.t2i_model.parameters()))  # exactly step 3's weights
+
+
+def test_unsupported_controls_are_clear_errors():
+    weird = comfy.controlnet.ControlNet(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="T2I-Adapters and SD1.5/SDXL ControlNets; got ControlNet \\(Linear\\)"):
+        loop.adapter_network(weird)
+    with pytest.raises(ValueError, match="unknown lora_algorithm 'dora'"):
+        latents, hints, masks, cond = task()
+        loop.train_local_control(micro_sd15(True), loop.fresh_adapter(micro_sd15(True), 0), latents, hints, masks, cond,
+                                 loop.TrainConfig(steps=1, lora_rank=2, lora_algorithm="dora"))

@@ -1,9 +1,10 @@
-"""Training loop glue: a T2I-Adapter trained with the mask in the loop on a ComfyUI model.
+"""Training loop glue: a T2I-Adapter or a ControlNet (all its weights, or low-rank adapters on
+them) trained with the mask in the loop on a ComfyUI model.
 
 Each step: pick a batch, draw sigma from the model's own ``model_sampling`` (percent range),
 noise the latents with ``model_sampling.noise_scaling``, run the adapter through
 ``MaskedControl`` (the same wrapper inference uses, so features are masked by the same
-``mask_for_residual`` code), run the frozen UNet through ``BaseModel.apply_model`` (whose
+``mask_for_residual`` code; a ControlNet also sees the prompt and sigma as in sampling), run the frozen UNet through ``BaseModel.apply_model`` (whose
 output is ``model_sampling.calculate_denoised``, i.e. z0'), then
 ``loss = MSE(eps', eps) + lambda * masked_sobel_loss(z0', z0, M)``. Only the adapter's weights
 change; the input adapter is not modified (a deep copy is trained).
@@ -20,9 +21,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.model_management
 import comfy.model_sampling
+import comfy.ops
 import comfy.t2i_adapter.adapter
 
 from ..ops import training as ops
@@ -47,6 +50,10 @@ class TrainConfig:
     # comparison trains against: features unmasked and/or the Sobel term over the whole latent.
     mask_features: bool = True
     mask_sobel: bool = True
+    # 0 trains every weight of the adapter; > 0 trains low-rank adapters of this rank (core's
+    # weight_adapter kind ``lora_algorithm``) on its conv/linear weights, merged in at the end.
+    lora_rank: int = 0
+    lora_algorithm: str = "LoRA"
 
 
 @dataclass
@@ -55,10 +62,12 @@ class TrainResult:
     noise_loss: list[float] = field(default_factory=list)
     sobel_loss: list[float] = field(default_factory=list)
     interrupted: bool = False
+    diverged_at_step: int | None = None  # the step whose loss was not finite (its update was not applied)
 
     def history(self) -> dict:
         return {"noise_loss": self.noise_loss, "sobel_loss": self.sobel_loss,
-                "steps_done": len(self.noise_loss), "interrupted": self.interrupted}
+                "steps_done": len(self.noise_loss), "interrupted": self.interrupted,
+                "diverged_at_step": self.diverged_at_step}
 
 
 def fresh_adapter(model_patcher, seed: int = 0) -> comfy.controlnet.T2IAdapter:
@@ -84,13 +93,89 @@ def fresh_adapter(model_patcher, seed: int = 0) -> comfy.controlnet.T2IAdapter:
     return comfy.controlnet.T2IAdapter(net, net.input_channels, 8, "nearest-exact")
 
 
-def trainable_copy(adapter, device) -> comfy.controlnet.T2IAdapter:
-    """A T2IAdapter with its own float32 copy of the weights (the input is left as it is)."""
-    if not isinstance(adapter, comfy.controlnet.T2IAdapter):
-        raise ValueError(f"SCTrainLocalControl trains T2I-Adapters; got {type(adapter).__name__}. Load a T2I-Adapter "
-                         "file with Load ControlNet Model or use the fresh adapter option")
+def fresh_controlnet(model_patcher, seed: int = 0) -> comfy.controlnet.ControlNet:
+    """A ControlNet made from the model the way the ControlNet paper starts one: encoder, middle
+    block and time/label embeddings copied from the UNet, zero convolutions (and the hint
+    block's last conv) zero, so training starts from "no effect"; the rest of the hint block is
+    torch's default init (seeded). Any UNet layout ComfyUI's ControlNet class builds works;
+    the file it saves loads back through core Load ControlNet Model."""
+    base = model_patcher.model
+    config = {k: v for k, v in base.model_config.unet_config.items()
+              if k not in ("out_channels", "dtype", "device", "operations")}
+    try:
+        net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init,
+                                         dtype=torch.float32, device="cpu", **config)
+    except (AssertionError, TypeError) as error:
+        raise ValueError(f"a fresh ControlNet cannot be built for this model ({type(base).__name__}): {error}; "
+                         "load an existing ControlNet with Load ControlNet Model instead") from error
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in net.modules():  # disable_weight_init leaves weights unset: give every one torch's default
+            reset = next((c.__dict__["reset_parameters"] for c in type(module).__mro__
+                          if c.__module__.startswith("torch.nn") and "reset_parameters" in c.__dict__), None)
+            if reset is not None:
+                reset(module)
+    unet = {k: v for k, v in base.diffusion_model.state_dict().items()}
+    own = net.state_dict()
+    copied = {k: v.to(own[k].dtype) for k, v in unet.items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(copied, strict=False)
+    zero = [*net.zero_convs, net.middle_block_out, net.input_hint_block[-1]]
+    with torch.no_grad():
+        for module in zero:
+            for p in module.parameters():
+                p.zero_()
+    not_copied = sorted({k.split(".")[0] for k in own if k not in copied} - {"zero_convs", "middle_block_out",
+                                                                            "input_hint_block"})
+    if not_copied:
+        raise ValueError(f"a fresh ControlNet could not copy {', '.join(not_copied)} from the model's UNet; "
+                         "load an existing ControlNet with Load ControlNet Model instead")
+    return comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device())
+
+
+def adapter_network(adapter) -> torch.nn.Module:
+    """The trainable network inside a control: a T2I-Adapter's ``t2i_model`` or a ControlNet's
+    ``control_model`` (the SD1.5/SDXL kind core ControlNetLoader builds); a clear error otherwise."""
+    if isinstance(adapter, comfy.controlnet.T2IAdapter):
+        return adapter.t2i_model
+    if isinstance(adapter, comfy.controlnet.ControlLora):
+        raise ValueError("Control-LoRA files cannot be trained here; load a full ControlNet or a T2I-Adapter, or "
+                         "use init 'fresh ControlNet'")
+    if (isinstance(adapter, comfy.controlnet.ControlNet) and adapter.latent_format is None
+            and isinstance(adapter.control_model, comfy.cldm.cldm.ControlNet)):
+        return adapter.control_model
+    raise ValueError(f"SCTrainLocalControl trains T2I-Adapters and SD1.5/SDXL ControlNets; got "
+                     f"{type(adapter).__name__}"
+                     + (f" ({type(adapter.control_model).__name__})" if hasattr(adapter, "control_model") else "")
+                     + ". Load one with Load ControlNet Model or use a fresh option")
+
+
+def adapter_state_dict(adapter) -> dict[str, torch.Tensor]:
+    """The weights in the layout core ControlNetLoader detects: T2I-Adapter keys as they are,
+    ControlNet keys without prefix (``zero_convs.0.0.weight`` ...)."""
+    return {k: v.detach().cpu().contiguous() for k, v in adapter_network(adapter).state_dict().items()}
+
+
+def check_fits(adapter, model_patcher) -> None:
+    """A ControlNet made for another model (SD1.5 vs SDXL, other widths) is an error naming the
+    first weight that differs, not ComfyUI's per-step "control could not be applied" warning."""
+    if not isinstance(adapter, comfy.controlnet.ControlNet):
+        return
+    unet = model_patcher.model.diffusion_model.state_dict()
+    for key, value in adapter_network(adapter).state_dict().items():
+        if key.startswith(("input_blocks.", "middle_block.")) and (key not in unet or unet[key].shape != value.shape):
+            theirs = f"is {list(unet[key].shape)}" if key in unet else "does not exist"
+            raise ValueError(f"this ControlNet does not fit the model: its {key} is {list(value.shape)} but the "
+                             f"model's {theirs}; load a ControlNet made for this model (SD1.5 vs SDXL) or use "
+                             "init 'fresh ControlNet from the model'")
+
+
+def trainable_copy(adapter, device) -> comfy.controlnet.ControlBase:
+    """The same kind of control with its own float32 copy of the weights on ``device``, every
+    layer running plain torch ops (no ComfyUI weight casting, which is not built for autograd);
+    the input control is left as it is."""
+    source = adapter_network(adapter)
     with torch.inference_mode(False):  # nodes run in inference mode; trainable weights must be normal tensors
-        net = copy.deepcopy(adapter.t2i_model)
+        net = copy.deepcopy(source)
         for module in net.modules():
             for name, p in list(module._parameters.items()):
                 if p is not None:
@@ -98,8 +183,16 @@ def trainable_copy(adapter, device) -> comfy.controlnet.T2IAdapter:
             for name, b in list(module._buffers.items()):
                 if b is not None:
                     module._buffers[name] = b.detach().clone().to(device)
-    return comfy.controlnet.T2IAdapter(net, adapter.channels_in, adapter.compression_ratio, adapter.upscale_algorithm,
-                                       device=device)
+            if getattr(module, "comfy_cast_weights", False):
+                module.comfy_cast_weights = False
+    if isinstance(adapter, comfy.controlnet.T2IAdapter):
+        return comfy.controlnet.T2IAdapter(net, adapter.channels_in, adapter.compression_ratio,
+                                           adapter.upscale_algorithm, device=device)
+    net.dtype = torch.float32
+    return comfy.controlnet.ControlNet(net, global_average_pooling=adapter.global_average_pooling,
+                                       compression_ratio=adapter.compression_ratio, load_device=device,
+                                       strength_type=adapter.strength_type, concat_mask=adapter.concat_mask,
+                                       preprocess_image=adapter.preprocess_image)
 
 
 def is_shared_conditioning(conditioning: list) -> bool:
@@ -169,11 +262,13 @@ class _Step:
     def predict(self, adapter, x_t, sigma, hint, mask, index: list[int] | None = None):
         """z0' (``model_sampling.calculate_denoised`` of the UNet output) with ``adapter``'s features
         masked by ``mask`` through MaskedControl; ``adapter`` None = the model alone."""
+        kwargs = _model_kwargs(self.base, self.conditioning, x_t.shape[0], self.device, x_t, index)
         control = None
         if adapter is not None:
             inner = adapter.copy().set_cond_hint(hint.movedim(-1, 1), 1.0, (0.0, 1.0))
-            control = MaskedControl(inner, mask).get_control(x_t, sigma, None, 1, {})
-        kwargs = _model_kwargs(self.base, self.conditioning, x_t.shape[0], self.device, x_t, index)
+            masked = MaskedControl(inner, mask)
+            masked.pre_run(self.base, self.sampling.percent_to_sigma)  # a ControlNet reads the model's sampling
+            control = masked.get_control(x_t, sigma, kwargs, 1, {})  # and the prompt (c_crossattn, y)
         return self.base.apply_model(x_t, sigma, control=control, transformer_options={}, **kwargs)
 
 
@@ -254,14 +349,14 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     latents, hints, masks = check_dataset(latents, hints, masks)
     check_conditioning(conditioning, latents.shape[0])
     latents = latents.to(device, torch.float32)
+    check_fits(adapter, model_patcher)
     trained = trainable_copy(adapter, device)
+    network = adapter_network(trained)
     result = TrainResult(trained)
     generator = torch.Generator().manual_seed(config.seed)
-    params = [p for p in trained.t2i_model.parameters()]
     with torch.inference_mode(False), torch.enable_grad(), _frozen(step.base.diffusion_model,
-                                                                   config.gradient_checkpointing):
-        for p in params:
-            p.requires_grad_(True)
+                                                                   config.gradient_checkpointing), \
+            _trainable_weights(network, config.lora_rank, config.lora_algorithm, config.seed) as params:
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
         n = latents.shape[0]
         for i in range(config.steps):
@@ -281,9 +376,12 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
                                                     index=index.tolist())
             loss = noise_loss if sobel_loss is None else noise_loss + config.sobel_weight * sobel_loss
             if not math.isfinite(loss.item()):
-                raise ValueError(f"training diverged at step {i + 1} (loss {loss.item()}); lower the learning rate")
+                _LOG.warning("local-control training diverged at step %d (loss %s): stopped, returning the weights "
+                             "of step %d; lower the learning rate", i + 1, loss.item(), i)
+                result.diverged_at_step = i + 1
+                break
             optimizer.zero_grad(set_to_none=True)
-            trained.t2i_model.to(device)  # T2IAdapter.get_control parks the net on the CPU after its forward
+            network.to(device)  # T2IAdapter.get_control parks the net on the CPU after its forward
             loss.backward()
             optimizer.step()
             result.noise_loss.append(noise_loss.item())
@@ -296,10 +394,48 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
                         _LOG.info("local-control training interrupted after %d steps; returning those weights", i + 1)
                         result.interrupted = True
                     break
-    for p in params:
-        p.requires_grad_(False)
-    trained.t2i_model.cpu()
+    network.cpu()
     return result
+
+
+@contextlib.contextmanager
+def _trainable_weights(network: torch.nn.Module, lora_rank: int, algorithm: str, seed: int):
+    """The parameters to optimise: every weight of ``network`` (``lora_rank`` 0), or low-rank
+    adapters from ComfyUI's ``comfy.weight_adapter`` (the kind core Train LoRA makes) on each
+    conv/linear weight, applied through torch parametrizations and merged into the weights on
+    exit, so the result is a plain adapter core loaders read. Gradients are off again after."""
+    if lora_rank <= 0:
+        params = list(network.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            yield params
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        return
+    from comfy.weight_adapter import adapter_maps
+    from torch.nn.utils import parametrize
+
+    if algorithm not in adapter_maps:
+        raise ValueError(f"unknown lora_algorithm {algorithm!r}; ComfyUI offers {', '.join(adapter_maps)}")
+    for p in network.parameters():
+        p.requires_grad_(False)
+    patched = [m for m in network.modules() if m._parameters.get("weight") is not None and m.weight.ndim >= 2]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in patched:
+            diff = adapter_maps[algorithm].create_train(module.weight, rank=lora_rank, alpha=1.0)
+            parametrize.register_parametrization(module, "weight", diff.to(module.weight.device), unsafe=True)
+    params = [p for module in patched for p in module.parametrizations.weight.parameters() if p.requires_grad]
+    try:
+        yield params
+    finally:
+        with torch.no_grad():
+            for module in patched:
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        for p in network.parameters():
+            p.requires_grad_(False)
 
 
 def evaluate(model_patcher, adapter, latents, hints, masks, conditioning, sigmas: torch.Tensor, seed: int = 0):
