@@ -84,6 +84,23 @@ def encode_captions(clip, captions: list[str]) -> list:
     return [encoded[text] for text in captions]
 
 
+def _one(value):
+    """A single-valued input of a list node (widget, model, VAE): ComfyUI wraps it in a list."""
+    return value[0] if isinstance(value, list) else value
+
+
+def joined_batch(values: list[torch.Tensor] | None, name: str) -> torch.Tensor | None:
+    """IMAGE or MASK items of a list input (each a batch) joined into one batch; one size only."""
+    if values is None:
+        return None
+    sizes = sorted({tuple(v.shape[1:3]) for v in values})
+    if len(sizes) > 1:
+        raise ValueError(f"{name}: the {len(values)} items have different sizes {sizes} (height, width); training "
+                         "needs one size: resize or crop them first (or use dataset_folder, which crops to a multiple "
+                         "of 8)")
+    return torch.cat(values) if len(values) > 1 else values[0]
+
+
 class SCTrainLocalControl(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -92,6 +109,7 @@ class SCTrainLocalControl(io.ComfyNode):
             display_name="Train Local Control Adapter",
             category=CATEGORY,
             is_experimental=True,
+            is_input_list=True,
             description=(
                 "Train a T2I-Adapter or a ControlNet (every weight, or a LoRA on it) so its control acts only inside a "
                 "mask: at every step the adapter's features are "
@@ -126,7 +144,8 @@ class SCTrainLocalControl(io.ComfyNode):
                                      "this rank on each conv/linear weight instead (far fewer trainable weights "
                                      "and optimiser memory: fine-tuning a ControlNet on a small GPU); it is merged "
                                      "in, so the result saves and loads like any adapter."),
-                io.Combo.Input("lora_algorithm", options=list(adapter_maps), default=next(iter(adapter_maps)), optional=True,
+                io.Combo.Input("lora_algorithm", options=list(adapter_maps), default=next(iter(adapter_maps)),
+                               optional=True,
                                tooltip="The low-rank kind when lora_rank > 0 (ComfyUI's own, as in Train LoRA)."),
                 io.Latent.Input("latents", optional=True, tooltip="Training latents; or connect images and a VAE."),
                 io.Image.Input("images", optional=True, tooltip="Training images, VAE-encoded here when no latents "
@@ -166,9 +185,21 @@ class SCTrainLocalControl(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, init, control_images=None, masks=None, positive=None, control_net=None, lora_rank=0,
-                lora_algorithm="LoRA", latents=None, images=None, vae=None, steps=200, learning_rate=1e-4, batch_size=1, sobel_weight=1.0,
-                start_percent=0.0, end_percent=1.0, seed=0, gradient_checkpointing=False, dataset_folder="",
-                clip=None) -> io.NodeOutput:
+                lora_algorithm="LoRA", latents=None, images=None, vae=None, steps=200, learning_rate=1e-4,
+                batch_size=1, sobel_weight=1.0, start_percent=0.0, end_percent=1.0, seed=0,
+                gradient_checkpointing=False, dataset_folder="", clip=None) -> io.NodeOutput:
+        # is_input_list: every input arrives as a list, so lists from core's dataset nodes (one item per
+        # image: Load Image Dataset from Folder, Make Training Dataset) make one dataset, not one run each.
+        model, init, control_net, lora_rank, lora_algorithm, vae, steps, learning_rate, batch_size, sobel_weight, \
+            start_percent, end_percent, seed, gradient_checkpointing, dataset_folder, clip = map(
+                _one, (model, init, control_net, lora_rank, lora_algorithm, vae, steps, learning_rate, batch_size,
+                       sobel_weight, start_percent, end_percent, seed, gradient_checkpointing, dataset_folder, clip))
+        control_images, masks, images = (joined_batch(v, name) for v, name in (
+            (control_images, "control_images"), (masks, "masks"), (images, "images")))
+        if latents is not None:
+            latents = {"samples": joined_batch([latent["samples"] for latent in latents], "latents")}
+        if positive is not None and len(positive) == 1:
+            positive = positive[0]  # one prompt for every image; a longer list is one prompt per image
         if init == INIT_OPTIONS[1]:
             adapter = loop.fresh_adapter(model, seed)
         elif init == INIT_OPTIONS[2]:

@@ -241,7 +241,8 @@ def test_interrupt_returns_the_weights_of_the_last_finished_step():
 
 def test_a_controlnet_for_another_model_is_a_clear_error():
     latents, hints, masks, cond = task()
-    with pytest.raises(ValueError, match=r"does not fit the model: its input_blocks\.\S+ is \[.*load a ControlNet made"):
+    message = r"does not fit the model: its input_blocks\.\S+ is \[.*load a ControlNet made"
+    with pytest.raises(ValueError, match=message):
         loop.train_local_control(micro_sd15(), tiny_models.controlnet("sd15"), latents, hints, masks, cond,
                                  loop.TrainConfig(steps=1))
 
@@ -478,6 +479,54 @@ def test_training_from_a_dataset_folder_with_one_caption_per_image(monkeypatch):
     assert not loop.is_shared_conditioning(conditioning) and len(conditioning) == 3
     assert conditioning[0] is conditioning[2]  # the same caption is encoded once
     assert not torch.equal(conditioning[0][0][0], conditioning[1][0][0])
+
+
+@pytest.mark.parametrize("init", ["fresh standard T2I-Adapter", "fresh ControlNet from the model"])
+def test_lists_from_core_dataset_nodes_make_one_dataset_and_one_run(monkeypatch, init):
+    """Core's dataset nodes (Make Training Dataset, Rebatch Images, ...) send one item per image;
+    the node joins them into one dataset (one prompt per image) and trains once; their tensors
+    (made in inference mode, as all node outputs) train a T2I-Adapter and a ControlNet alike."""
+    calls = []
+    real = loop.train_local_control
+
+    def recording(model, adapter, latents, hints, masks, conditioning, config, on_step=None):
+        calls.append((latents, hints, masks, conditioning))
+        return real(model, adapter, latents, hints, masks, conditioning, config, on_step)
+
+    monkeypatch.setattr(loop, "train_local_control", recording)
+    prompt = {
+        "task": {"class_type": "MicroSD15Task", "inputs": {"cross_attention_in_encoder": "ControlNet" in init}},
+        "tiny": {"class_type": "TinyCheckpointLoader", "inputs": {"architecture": "sd15"}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["task", 1], "vae": ["tiny", 2]}},
+        "images": {"class_type": "RebatchImages", "inputs": {"images": ["decode", 0], "batch_size": 1}},
+        "dataset": {"class_type": "MakeTrainingDataset", "inputs": {"images": ["images", 0], "vae": ["tiny", 2],
+                                                                    "clip": ["tiny", 1], "texts": "stripes"}},
+        "controls": {"class_type": "RebatchImages", "inputs": {"images": ["task", 2], "batch_size": 1}},
+        "mask_images": {"class_type": "MaskToImage", "inputs": {"mask": ["task", 3]}},
+        "mask_list": {"class_type": "RebatchImages", "inputs": {"images": ["mask_images", 0], "batch_size": 1}},
+        "masks": {"class_type": "ImageToMask", "inputs": {"image": ["mask_list", 0], "channel": "red"}},
+        "train": {"class_type": "SCTrainLocalControl", "inputs": {
+            "model": ["task", 0], "latents": ["dataset", 0], "positive": ["dataset", 1],
+            "control_images": ["controls", 0], "masks": ["masks", 0], "init": init, "steps": 3,
+            "learning_rate": 1e-3, "batch_size": 1, "sobel_weight": 1.0, "start_percent": 0.2, "end_percent": 0.9, "seed": 3, "gradient_checkpointing": False}},
+    }
+    result = run_prompt(prompt, outputs=["train", "decode"])
+    assert len(calls) == 1 and len(result.outputs["train"][0]) == 1
+    latents, hints, masks, conditioning = calls[0]
+    _, task_hints, task_masks, _ = task()
+    with torch.no_grad():
+        expected = tiny_models.vae().encode(result.output("decode", 0))
+    assert latents.shape == (N, 4, LATENT, LATENT) and torch.allclose(latents, expected, atol=1e-5)
+    assert torch.equal(hints, task_hints) and torch.equal(masks, task_masks)
+    assert len(conditioning) == N and all(torch.equal(c[0][0], conditioning[0][0][0]) for c in conditioning)
+    assert json.loads(result.output("train", 1))["steps_done"] == 3
+
+
+def test_list_items_of_different_sizes_are_a_clear_error():
+    nodes_training = pack_import("nodes.training")
+    with pytest.raises(ValueError, match=r"control_images: the 2 items have different sizes \[\(32, 32\), \(64, 64\)\]"):
+        nodes_training.joined_batch([torch.zeros(1, 64, 64, 3), torch.zeros(1, 32, 32, 3)], "control_images")
+    assert nodes_training.joined_batch([torch.ones(2, 8, 8, 3), torch.zeros(1, 8, 8, 3)], "x").shape == (3, 8, 8, 3)
 
 
 def test_per_item_conditioning_reaches_the_unet_per_item():

@@ -4,8 +4,9 @@ them) trained with the mask in the loop on a ComfyUI model.
 Each step: pick a batch, draw sigma from the model's own ``model_sampling`` (percent range),
 noise the latents with ``model_sampling.noise_scaling``, run the adapter through
 ``MaskedControl`` (the same wrapper inference uses, so features are masked by the same
-``mask_for_residual`` code; a ControlNet also sees the prompt and sigma as in sampling), run the frozen UNet through ``BaseModel.apply_model`` (whose
-output is ``model_sampling.calculate_denoised``, i.e. z0'), then
+``mask_for_residual`` code; a ControlNet also sees the prompt and sigma as in sampling), run
+the frozen UNet through ``BaseModel.apply_model`` (whose output is
+``model_sampling.calculate_denoised``, i.e. z0'), then
 ``loss = MSE(eps', eps) + lambda * masked_sobel_loss(z0', z0, M)``. Only the adapter's weights
 change; the input adapter is not modified (a deep copy is trained).
 """
