@@ -139,14 +139,6 @@ class SCTrainLocalControl(io.ComfyNode):
                 io.ControlNet.Input("control_net", optional=True,
                                     tooltip="A T2I-Adapter or an SD1.5/SDXL ControlNet from Load ControlNet Model to "
                                             "fine-tune (not modified)."),
-                io.Int.Input("lora_rank", default=0, min=0, max=1024, optional=True,
-                             tooltip="0 = train every weight of the adapter. Above 0 = train a low-rank adapter of "
-                                     "this rank on each conv/linear weight instead (far fewer trainable weights "
-                                     "and optimiser memory: fine-tuning a ControlNet on a small GPU); it is merged "
-                                     "in, so the result saves and loads like any adapter."),
-                io.Combo.Input("lora_algorithm", options=list(adapter_maps), default=next(iter(adapter_maps)),
-                               optional=True,
-                               tooltip="The low-rank kind when lora_rank > 0 (ComfyUI's own, as in Train LoRA)."),
                 io.Latent.Input("latents", optional=True, tooltip="Training latents; or connect images and a VAE."),
                 io.Image.Input("images", optional=True, tooltip="Training images, VAE-encoded here when no latents "
                                                                 "are connected."),
@@ -173,6 +165,14 @@ class SCTrainLocalControl(io.ComfyNode):
                 io.Clip.Input("clip", optional=True,
                               tooltip="Encodes the dataset folder's captions (one prompt per image); without it, or "
                                       "without captions, positive is used for every image."),
+                io.Int.Input("lora_rank", default=0, min=0, max=1024, optional=True,
+                             tooltip="0 = train every weight of the adapter. Above 0 = train a low-rank adapter of "
+                                     "this rank on each conv/linear weight instead (far fewer trainable weights "
+                                     "and optimiser memory: fine-tuning a ControlNet on a small GPU); it is merged "
+                                     "in, so the result saves and loads like any adapter."),
+                io.Combo.Input("lora_algorithm", options=list(adapter_maps), default=next(iter(adapter_maps)),
+                               optional=True,
+                               tooltip="The low-rank kind when lora_rank > 0 (ComfyUI's own, as in Train LoRA)."),
             ],
             outputs=[
                 io.ControlNet.Output("trained_control_net",

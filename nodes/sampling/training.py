@@ -294,6 +294,23 @@ def _without_inference_tensors(module: torch.nn.Module) -> int:
     return replaced
 
 
+def _without_inference_mode(value):
+    """``value`` (tensors, nested in lists / tuples / dicts as CONDITIONING is) with every tensor
+    made under ``torch.inference_mode`` (every node output: a CLIP Text Encode prompt, VAE latents)
+    replaced by an equal normal tensor: a ControlNet's trainable cross-attention saves the prompt
+    for the backward pass, which autograd refuses for inference tensors."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_inference():
+            return value
+        with torch.inference_mode(False):
+            return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_without_inference_mode(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _without_inference_mode(v) for k, v in value.items()}
+    return value
+
+
 @contextlib.contextmanager
 def _frozen(module: torch.nn.Module, checkpointing: bool):
     """The UNet's parameters without gradients (restored afterwards), optionally checkpointed."""
@@ -345,6 +362,7 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     """Train a copy of ``adapter``; returns it with the loss history. An interrupt (ComfyUI's
     cancel) stops after the last finished step and returns those weights."""
     comfy.model_management.load_models_gpu([model_patcher])
+    latents, hints, masks, conditioning = _without_inference_mode((latents, hints, masks, conditioning))
     step = _Step(model_patcher, conditioning)
     device = step.device
     latents, hints, masks = check_dataset(latents, hints, masks)
