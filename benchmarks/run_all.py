@@ -92,8 +92,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                Measure("ratios.cross_frame_8", "cross-frame (8 frames) step / plain")),
               quick_args=("--steps", "1", "--repeats", "2")),
     Benchmark("train_local", "masked adapter training step with vs without the Sobel term, micro SD1.5-layout "
-              "UNet + T2I-Adapter (see benchmarks/train_local.py)",
-              (Measure("ratio", "training step with Sobel / without", 1.15, False),)),
+              "UNet + T2I-Adapter and ControlNet (see benchmarks/train_local.py)",
+              (Measure("ratio", "training step with Sobel / without (the worse adapter kind)", 1.15, False),)),
 )
 
 

@@ -3,7 +3,7 @@ fair comparison of where masked-trained and unmasked-trained adapters act.
 
 1. Step time. Model: a randomly initialised SD1.5-layout UNet (model_channels 32, channel_mult
    1/2/4/4, two res blocks per level, cross-attention in the middle block, context 64) and a
-   fresh standard T2I-Adapter sized from it, at 128x128 px (16x16 latent), batch 2, CPU. Both
+   fresh standard T2I-Adapter sized from it or a fresh ControlNet copied from it (``--adapters``), at 128x128 px (16x16 latent), batch 2, CPU. Both
    variants run the same ``train_local_control`` loop (masked features through MaskedControl,
    AdamW); rounds alternate (the first warms up) and the best round counts. CPU time of this
    process with 1 thread, so the other load on the machine moves the ratio little. Goal: Sobel /
@@ -19,11 +19,12 @@ fair comparison of where masked-trained and unmasked-trained adapters act.
    with the noise loss only. Each trained adapter is then measured with ``control_effect`` at
    inference with the mask applied (as Apply ControlNet (Masked) does) and without it: mean
    |dz0'| outside and inside the mask, the outside/inside ratio (leak), and the error to the true
-   latent inside and outside. Means over ``--fair-seeds`` seeds.
+   latent inside and outside. Means over ``--fair-seeds`` seeds, for each adapter kind.
 
 Run from the repo root: ``.venv/bin/python benchmarks/train_local.py [--steps 8 --rounds 3]
-[--fair-seeds 0 1 2] [--fair-hints full masked]``. Last stdout line: JSON with the ratio, the final
-losses and ``fair`` (the comparison's means per hint mode and variant).
+[--fair-seeds 0 1 2] [--fair-hints full masked] [--adapters t2i controlnet]``. Last stdout line: JSON
+with ``ratio`` (the worse adapter kind's), per-kind ratios and final losses under ``adapters``, and
+``fair`` (the comparison's means per adapter kind, hint mode and variant).
 """
 from __future__ import annotations
 
@@ -133,15 +134,25 @@ def measure_variant(patcher, init, data, name: str, steps: int, seed: int, learn
     }
 
 
+ADAPTERS = ("t2i", "controlnet")
+
+
+def fresh(patcher, kind: str, seed: int):
+    """A fresh adapter of ``kind`` for ``patcher``: a standard T2I-Adapter, or a ControlNet copied
+    from the UNet's encoder with zero convolutions."""
+    loop = pack_import("nodes.sampling.training")
+    return loop.fresh_adapter(patcher, seed) if kind == "t2i" else loop.fresh_controlnet(patcher, seed)
+
+
 def fair_comparison(patcher, latent: int = LATENT, seeds=(0, 1, 2), steps: int = 40, full_hint: bool = True,
-                    variants=tuple(VARIANTS), learning_rate: float = 1e-3) -> dict:
+                    variants=tuple(VARIANTS), learning_rate: float = 1e-3, adapter: str = "t2i") -> dict:
     """Per variant: the mean of ``measure_variant`` over ``seeds`` (and the per-seed values)."""
     loop = pack_import("nodes.sampling.training")
     ops = pack_import("nodes.ops.training")
     per_seed: dict[str, list[dict]] = {name: [] for name in variants}
     for seed in seeds:
         data = ops.stripes_task(4, latent, seed, full_hint)
-        init = loop.fresh_adapter(patcher, seed + 7)
+        init = fresh(patcher, adapter, seed + 7)
         for name in variants:
             per_seed[name].append(measure_variant(patcher, init, data, name, steps, seed + 7, learning_rate))
     means = {name: {key: statistics.fmean(r[key] for r in rows) for key in rows[0]} for name, rows in per_seed.items()}
@@ -153,11 +164,11 @@ def background_conditioning(latent: int):
     return pack_import("nodes.ops.training").stripes_task(4, latent, 0)[3]
 
 
-def timing(steps: int, rounds: int) -> dict:
-    """Best per-step CPU time of training with the Sobel term and without, alternating rounds."""
+def timing(steps: int, rounds: int, kind: str = "t2i") -> dict:
+    """Best per-step CPU time of training ``kind`` with the Sobel term and without, alternating rounds."""
     loop = pack_import("nodes.sampling.training")
     patcher = micro_model(0, normalise=False)
-    adapter = loop.fresh_adapter(patcher, 0)
+    adapter = fresh(patcher, kind, 0)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(4, 4, LATENT, LATENT, generator=g)
     hints = torch.rand(4, LATENT * 8, LATENT * 8, 3, generator=g)
@@ -201,19 +212,23 @@ def main() -> None:
     parser.add_argument("--fair-latent", type=int, default=LATENT)
     parser.add_argument("--fair-hints", nargs="+", choices=("full", "masked"), default=["full", "masked"])
     parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--adapters", nargs="+", choices=ADAPTERS, default=list(ADAPTERS),
+                        help="adapter kinds to time and compare (fresh T2I-Adapter, fresh ControlNet)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     boot()
 
-    timed = timing(args.steps, args.rounds)
-    best, ratio = timed["best"], timed["ratio"]
-    print(f"{'variant':<10}{'s/step':>10}")
-    for name in ("plain", "sobel"):
-        print(f"{name:<10}{best[name]:>10.4f}")
-    print(f"ratio {ratio:.3f}x (goal <= 1.15x), measured on a loaded shared machine")
-    out = {"benchmark": "train_local", "plain_s_per_step": best["plain"], "sobel_s_per_step": best["sobel"],
-           "ratio": ratio, "goal": 1.15, "final_losses": timed["final"]["sobel"],
-           "final_noise_loss_without_sobel": timed["final"]["plain"]["noise_loss"]}
+    out = {"benchmark": "train_local", "goal": 1.15, "adapters": {}}
+    print(f"{'adapter':<12}{'plain s/step':>14}{'sobel s/step':>14}{'ratio':>8}")
+    for kind in args.adapters:
+        timed = timing(args.steps, args.rounds, kind)
+        best = timed["best"]
+        print(f"{kind:<12}{best['plain']:>14.4f}{best['sobel']:>14.4f}{timed['ratio']:>8.3f}")
+        out["adapters"][kind] = {"plain_s_per_step": best["plain"], "sobel_s_per_step": best["sobel"],
+                                 "ratio": timed["ratio"], "final_losses": timed["final"]["sobel"],
+                                 "final_noise_loss_without_sobel": timed["final"]["plain"]["noise_loss"]}
+    out["ratio"] = max(row["ratio"] for row in out["adapters"].values())  # the worse adapter kind counts
+    print(f"ratio (worst kind) {out['ratio']:.3f}x (goal <= 1.15x), CPU time of this process, 1 thread")
 
     if args.fair_seeds:
         patcher = micro_model(0)
@@ -224,19 +239,20 @@ def main() -> None:
               f"{statistics.fmean(pre[-10:]):.3f} in {len(pre)} steps ({time.process_time() - start:.0f} s)")
         out["fair"] = {"latent": args.fair_latent, "steps": args.fair_steps, "seeds": args.fair_seeds,
                        "pretrain_steps": args.pretrain_steps, "pretrain_final_loss": statistics.fmean(pre[-10:])}
-        for hint in args.fair_hints:
-            fair = fair_comparison(patcher, args.fair_latent, args.fair_seeds, args.fair_steps, hint == "full")
-            print_fair(hint, fair, fair["means"]["masked"])
+        for kind, hint in ((kind, hint) for kind in args.adapters for hint in args.fair_hints):
+            fair = fair_comparison(patcher, args.fair_latent, args.fair_seeds, args.fair_steps, hint == "full",
+                                   adapter=kind)
+            print_fair(f"{hint}, {kind}", fair, fair["means"]["masked"])
             masked, unmasked = fair["means"]["masked"], fair["means"]["unmasked"]
             wins = {key: sum(m[key] < u[key] for m, u in zip(fair["per_seed"]["masked"], fair["per_seed"]["unmasked"]))
                     for key in ("outside_on", "leak_on", "inside_error_on")}
-            print(f"masked-trained vs unmasked-trained, mask on at inference: outside effect "
+            print(f"{kind}: masked-trained vs unmasked-trained, mask on at inference: outside effect "
                   f"{masked['outside_on']:.3f} vs {unmasked['outside_on']:.3f} (smaller in {wins['outside_on']}/"
                   f"{len(args.fair_seeds)} seeds), leak {masked['leak_on']:.3f} vs {unmasked['leak_on']:.3f} "
                   f"({wins['leak_on']}/{len(args.fair_seeds)}), inside error {masked['inside_error_on']:.3f} vs "
                   f"{unmasked['inside_error_on']:.3f} ({wins['inside_error_on']}/{len(args.fair_seeds)})")
-            out["fair"][hint] = {name: {k: round(v, 4) for k, v in row.items()} for name, row in fair["means"].items()}
-            out["fair"][hint]["masked_smaller_in_seeds"] = wins
+            result = {name: {k: round(v, 4) for k, v in row.items()} for name, row in fair["means"].items()}
+            out["fair"].setdefault(kind, {})[hint] = {**result, "masked_smaller_in_seeds": wins}
     print(json.dumps(out))
 
 
