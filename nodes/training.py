@@ -156,7 +156,8 @@ class SCTrainLocalControl(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed for batches, noise, timesteps and a fresh adapter's weights."),
                 io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute UNet activations in the backward pass: less memory, slower."),
+                                 tooltip="Recompute UNet and adapter activations in the backward pass: less memory, "
+                                         "slower."),
                 io.String.Input("dataset_folder", default="", optional=True,
                                 tooltip="Instead of the image/control/mask inputs: a folder inside ComfyUI's input "
                                         "directory with images/, controls/ and masks/ holding files of the same "

@@ -702,28 +702,40 @@ def test_controlnet_training_lowers_both_losses_and_loads_back_identically(train
     assert not torch.equal(ours, _z0(micro_sd15(True), None, latents, hints, masks, cond))
 
 
+def _controlnet_gradients(hints, checkpointing=False) -> list[torch.Tensor]:
+    """Gradients of both losses for the once-trained ControlNet's weights, at fixed noise and sigma."""
+    latents, _, masks, cond = task()
+    step = loop._Step(micro_sd15(True), cond)
+    control = loop.trainable_copy(tiny_controlnet_trained_once(), "cpu")
+    net = control.control_model
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode(False), torch.enable_grad(), loop._frozen(step.base.diffusion_model), \
+            loop._checkpointed([step.base.diffusion_model, net], checkpointing) as blocks:
+        adapter_blocks = set(net.modules()) & set(blocks)
+        assert bool(adapter_blocks) == checkpointing == (len(blocks) > len(adapter_blocks))  # UNet blocks too
+        for p in net.parameters():
+            p.requires_grad_(True)
+        noise_loss, sobel_loss, _ = step.losses(control, latents, hints, masks, noise, torch.full((N,), 1.0))
+        (noise_loss + sobel_loss).backward()
+    assert not any(hasattr(m, "org_forward") for m in [*net.modules(), *step.base.diffusion_model.modules()])
+    return [p.grad for p in net.parameters()]
+
+
 def test_controlnet_gets_no_gradient_from_outside_the_mask():
     """The masked ControlNet residuals are exactly zero outside the mask, so the loss does not
     depend on what the control image shows there: changing it changes no gradient."""
-    latents, hints, masks, cond = task()
-    step = loop._Step(micro_sd15(True), cond)
-    control = loop.trainable_copy(tiny_controlnet_trained_once(), "cpu")
+    _, hints, masks, _ = task()
     outside = (masks == 0).unsqueeze(-1)
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
-    grads = []
-    for h in (hints, torch.where(outside, torch.rand(hints.shape, generator=torch.Generator().manual_seed(4)), hints)):
-        with torch.inference_mode(False), torch.enable_grad(), loop._frozen(step.base.diffusion_model, False):
-            net = control.control_model
-            for p in net.parameters():
-                p.requires_grad_(True)
-                p.grad = None
-            noise_loss, sobel_loss, _ = step.losses(control, latents, h, masks, noise, torch.full((N,), 1.0))
-            (noise_loss + sobel_loss).backward()
-            grads.append([p.grad.clone() for p in net.parameters()])
-            for p in net.parameters():
-                p.requires_grad_(False)
+    noisy_outside = torch.where(outside, torch.rand(hints.shape, generator=torch.Generator().manual_seed(4)), hints)
+    grads = [_controlnet_gradients(h) for h in (hints, noisy_outside)]
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-5) for a, b in zip(*grads))
     assert sum(float(g.abs().sum()) for g in grads[0]) > 0
+
+
+def test_gradient_checkpointing_covers_the_adapter_too_and_gives_the_same_gradients():
+    _, hints, _, _ = task()
+    plain, checkpointed = _controlnet_gradients(hints), _controlnet_gradients(hints, checkpointing=True)
+    assert all(torch.allclose(a, b, atol=1e-7, rtol=1e-5) for a, b in zip(plain, checkpointed))
 
 
 @functools.cache

@@ -312,24 +312,34 @@ def _without_inference_mode(value):
 
 
 @contextlib.contextmanager
-def _frozen(module: torch.nn.Module, checkpointing: bool):
-    """The UNet's parameters without gradients (restored afterwards), optionally checkpointed."""
-    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
-
+def _frozen(module: torch.nn.Module):
+    """The UNet's parameters without gradients (restored afterwards)."""
     _without_inference_tensors(module)
     saved = [(p, p.requires_grad) for p in module.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
-    blocks = find_all_highest_child_module_with_forward(module) if checkpointing else []
-    for block in blocks:
-        patch(block)
     try:
         yield
     finally:
-        for block in blocks:
-            unpatch(block)
         for p, flag in saved:
             p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _checkpointed(modules: list[torch.nn.Module], enabled: bool):
+    """Gradient checkpointing with core Train LoRA's block patch on the highest blocks of every
+    module (the frozen UNet and the adapter being trained): their activations are recomputed in
+    the backward pass instead of kept. Yields the patched blocks."""
+    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
+
+    blocks = [b for m in modules for b in find_all_highest_child_module_with_forward(m)] if enabled else []
+    for block in blocks:
+        patch(block)
+    try:
+        yield blocks
+    finally:
+        for block in blocks:
+            unpatch(block)
 
 
 def check_dataset(latents: torch.Tensor, hints: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -373,9 +383,9 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     network = adapter_network(trained)
     result = TrainResult(trained)
     generator = torch.Generator().manual_seed(config.seed)
-    with torch.inference_mode(False), torch.enable_grad(), _frozen(step.base.diffusion_model,
-                                                                   config.gradient_checkpointing), \
-            _trainable_weights(network, config.lora_rank, config.lora_algorithm, config.seed) as params:
+    with torch.inference_mode(False), torch.enable_grad(), _frozen(step.base.diffusion_model), \
+            _trainable_weights(network, config.lora_rank, config.lora_algorithm, config.seed) as params, \
+            _checkpointed([step.base.diffusion_model, network], config.gradient_checkpointing):
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
         n = latents.shape[0]
         for i in range(config.steps):
