@@ -219,6 +219,43 @@ def test_saved_adapter_loads_through_core_loader_with_identical_outputs(trained)
     assert torch.equal(a, b)
 
 
+def _sample_with(control_net_source: dict, extra: dict) -> dict:
+    """A 2-step KSampler run on the micro model with ``control_net`` applied through Apply ControlNet
+    (Masked) on the stripes task's control images and masks."""
+    return {
+        "task": {"class_type": "MicroSD15Task", "inputs": {}},
+        **extra,
+        "apply": {"class_type": "SCApplyControlNetMasked", "inputs": {
+            "positive": ["task", 4], "negative": ["task", 4], "control_net": control_net_source,
+            "image": ["task", 2], "mask": ["task", 3], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0,
+            "exact_outside": False}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["task", 0], "positive": ["apply", 0], "negative": ["apply", 1], "latent_image": ["task", 1],
+            "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+    }
+
+
+def test_saved_adapter_works_in_apply_controlnet_masked_right_away():
+    """Train + save + sample with the in-memory adapter in one prompt; then sample with the file
+    through core Load ControlNet Model: the same latents, and different from sampling without it."""
+    train = _train_prompt()
+    train["train"]["inputs"]["steps"] = 5
+    first = run_prompt(_sample_with(["train", 0], {"train": train["train"], "save": train["save"]}),
+                       outputs=["sample", "save"])
+    filename = first.output("save", 0)
+    second = run_prompt(_sample_with(["load", 0], {"load": {"class_type": "ControlNetLoader",
+                                                            "inputs": {"control_net_name": filename}}}),
+                        outputs=["sample"])
+    plain = run_prompt({"task": {"class_type": "MicroSD15Task", "inputs": {}},
+                        "sample": {"class_type": "KSampler", "inputs": {
+                            "model": ["task", 0], "positive": ["task", 4], "negative": ["task", 4],
+                            "latent_image": ["task", 1], "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler",
+                            "scheduler": "normal", "denoise": 1.0}}}, outputs=["sample"])
+    with_memory, with_file = first.output("sample", 0)["samples"], second.output("sample", 0)["samples"]
+    assert torch.equal(with_memory, with_file)
+    assert (with_memory - plain.output("sample", 0)["samples"]).abs().mean() > 1e-3
+
+
 def test_interrupt_returns_the_weights_of_the_last_finished_step():
     latents, hints, masks, cond = task()
     initial = loop.fresh_adapter(micro_sd15(), 1)
