@@ -57,19 +57,8 @@ def micro_sd15(cross_attention_in_encoder: bool = False):
 
 @functools.cache
 def task():
-    """Vertical stripes that must appear only inside a per-image rectangle; flat latent elsewhere."""
-    g = torch.Generator().manual_seed(0)
-    masks = torch.zeros(N, LATENT * 8, LATENT * 8)
-    for i in range(N):
-        top, left = int(torch.randint(0, 24, (1,), generator=g)), int(torch.randint(0, 24, (1,), generator=g))
-        masks[i, top : top + 40, left : left + 40] = 1.0
-    stripes = (torch.arange(LATENT * 8) // 16 % 2).float().expand(LATENT * 8, -1)
-    hints = (stripes * masks).unsqueeze(-1).expand(-1, -1, -1, 3).contiguous()
-    latent_stripes = (torch.arange(LATENT) // 2 % 2).float().expand(LATENT, -1) * 2.0 - 1.0
-    latent_mask = torch.nn.functional.adaptive_avg_pool2d(masks.unsqueeze(1), LATENT)
-    base = 0.2 * torch.randn(N, 4, 1, 1, generator=g)
-    latents = base + latent_mask * latent_stripes
-    cond = [[torch.randn(1, 77, 64, generator=g), {}]]
+    """Vertical stripes that must appear only inside a per-image square; flat latent elsewhere."""
+    latents, hints, masks, cond, _ = ops.stripes_task(N, LATENT, seed=0)
     return latents, hints, masks, cond
 
 
