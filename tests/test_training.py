@@ -626,8 +626,8 @@ def micro_sdxl():
     """A micro UNet of the SDXL layout (3 levels, label embedding, linear transformers, context 80)."""
     import comfy.supported_models as sm
 
-    class MicroSDXL(sm.SDXL):
-        unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
+    class MicroSDXL(sm.SDXL):  # 64-channel heads: what core assumes when it reads back a ControlNet of unknown size
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 64}
 
     config = MicroSDXL({**tiny_models._UNET_BASE, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
                         "transformer_depth": [0, 0, 0, 0, 1, 1], "transformer_depth_output": [0] * 6 + [1] * 3,
@@ -861,3 +861,26 @@ def test_unsupported_controls_are_clear_errors():
         latents, hints, masks, cond = task()
         loop.train_local_control(micro_sd15(True), loop.fresh_adapter(micro_sd15(True), 0), latents, hints, masks, cond,
                                  loop.TrainConfig(steps=1, lora_rank=2, lora_algorithm="dora"))
+
+
+def test_sdxl_layout_fresh_controlnet_copies_the_label_embedding_trains_and_loads_back_identically():
+    patcher = micro_sdxl()
+    control = loop.fresh_controlnet(patcher, 0)
+    net, unet = control.control_model.state_dict(), patcher.model.diffusion_model.state_dict()
+    label = [k for k in net if k.startswith("label_emb.")]
+    assert label and all(torch.equal(net[k], unet[k]) for k in label)  # SDXL's size/pooled embedding
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    hints = torch.rand(2, 128, 128, 3, generator=g)
+    masks = torch.zeros(2, 128, 128)
+    masks[:, 32:96, 32:96] = 1.0
+    cond = [[torch.randn(1, 77, 80, generator=g), {"pooled_output": torch.randn(1, 48, generator=g)}]]
+    assert torch.equal(_z0(patcher, control, latents, hints, masks, cond), _z0(patcher, None, latents, hints, masks,
+                                                                             cond))
+    result = loop.train_local_control(patcher, control, latents, hints, masks, cond,
+                                      loop.TrainConfig(steps=3, learning_rate=1e-3, batch_size=2))
+    assert len(result.noise_loss) == 3 and all(torch.isfinite(torch.tensor(result.noise_loss + result.sobel_loss)))
+    loaded = _save_and_load(result.adapter, "test_local/xl_controlnet")
+    assert type(loaded) is comfy.controlnet.ControlNet
+    ours, theirs = (_z0(patcher, a, latents, hints, masks, cond) for a in (result.adapter, loaded))
+    assert torch.equal(ours, theirs) and not torch.equal(ours, _z0(patcher, None, latents, hints, masks, cond))
