@@ -106,6 +106,20 @@ def test_workflow_matches_the_node_definitions(info, path):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_link_matches_the_slots_it_names(path):
+    """The frontend's link check (fixBadLinks: "Expected node to match patched data") wants each link's
+    origin output slot to list it and its target input slot to hold it; the converter resolves links
+    by id and would not notice a wrong slot index."""
+    workflow = _load(path)
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        output = nodes[origin]["outputs"][origin_slot]
+        assert link_id in (output.get("links") or []) and output["type"] == kind, (path.name, link_id, output)
+        slot = nodes[target]["inputs"][target_slot]
+        assert slot.get("link") == link_id and slot["type"] in (kind, "*"), (path.name, link_id, slot)
+
+
 def test_a_renamed_input_or_changed_widget_list_fails(info):
     from harness.workflow import WorkflowError
 
