@@ -23,7 +23,7 @@ fair comparison of where masked-trained and unmasked-trained adapters act.
 
 Run from the repo root: ``.venv/bin/python benchmarks/train_local.py [--steps 8 --rounds 3]
 [--fair-seeds 0 1 2] [--fair-hints full masked] [--adapters t2i controlnet]``. Last stdout line: JSON
-with ``ratio`` (the worse adapter kind's), per-kind ratios and final losses under ``adapters``, and
+with ``ratio`` (the worse adapter kind's), ``final_losses`` per kind, per-kind timings under ``adapters``, and
 ``fair`` (the comparison's means per adapter kind, hint mode and variant).
 """
 from __future__ import annotations
@@ -228,6 +228,7 @@ def main() -> None:
                                  "ratio": timed["ratio"], "final_losses": timed["final"]["sobel"],
                                  "final_noise_loss_without_sobel": timed["final"]["plain"]["noise_loss"]}
     out["ratio"] = max(row["ratio"] for row in out["adapters"].values())  # the worse adapter kind counts
+    out["final_losses"] = {kind: row["final_losses"] for kind, row in out["adapters"].items()}
     print(f"ratio (worst kind) {out['ratio']:.3f}x (goal <= 1.15x), CPU time of this process, 1 thread")
 
     if args.fair_seeds:
