@@ -701,6 +701,20 @@ def test_fresh_controlnet_copies_the_encoder_and_starts_with_no_effect():
                                                                              cond))
 
 
+def test_fresh_controlnet_copies_the_model_with_its_loras_applied():
+    patcher = micro_sd15(True).clone()
+    key = "input_blocks.1.0.in_layers.2.weight"
+    original = patcher.model.diffusion_model.state_dict()[key].clone()
+    delta = torch.full_like(original, 0.25)
+    patcher.add_patches({f"diffusion_model.{key}": (delta,)})
+    try:
+        copied = loop.fresh_controlnet(patcher, 0).control_model.state_dict()[key]
+        assert torch.allclose(copied, original + delta, atol=1e-6)
+    finally:
+        comfy.model_management.unload_all_models()  # take the patch off the shared micro model
+    assert torch.equal(micro_sd15(True).model.diffusion_model.state_dict()[key], original)
+
+
 @pytest.fixture(scope="module")
 def trained_controlnet():
     prompt = _train_prompt()

@@ -99,7 +99,10 @@ def fresh_controlnet(model_patcher, seed: int = 0) -> comfy.controlnet.ControlNe
     block and time/label embeddings copied from the UNet, zero convolutions (and the hint
     block's last conv) zero, so training starts from "no effect"; the rest of the hint block is
     torch's default init (seeded). Any UNet layout ComfyUI's ControlNet class builds works;
-    the file it saves loads back through core Load ControlNet Model."""
+    the file it saves loads back through core Load ControlNet Model. The weights are read from
+    the loaded model, so LoRAs applied to the MODEL are part of the copy, as they are of the
+    model the ControlNet is trained against."""
+    comfy.model_management.load_models_gpu([model_patcher])
     base = model_patcher.model
     config = {k: v for k, v in base.model_config.unet_config.items()
               if k not in ("out_channels", "dtype", "device", "operations")}
@@ -116,7 +119,7 @@ def fresh_controlnet(model_patcher, seed: int = 0) -> comfy.controlnet.ControlNe
                           if c.__module__.startswith("torch.nn") and "reset_parameters" in c.__dict__), None)
             if reset is not None:
                 reset(module)
-    unet = {k: v for k, v in base.diffusion_model.state_dict().items()}
+    unet = base.diffusion_model.state_dict()
     own = net.state_dict()
     copied = {k: v.to(own[k].dtype) for k, v in unet.items() if k in own and own[k].shape == v.shape}
     net.load_state_dict(copied, strict=False)
