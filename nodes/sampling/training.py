@@ -143,7 +143,7 @@ def adapter_network(adapter) -> torch.nn.Module:
         return adapter.t2i_model
     if isinstance(adapter, comfy.controlnet.ControlLora):
         raise ValueError("Control-LoRA files cannot be trained here; load a full ControlNet or a T2I-Adapter, or "
-                         "use init 'fresh ControlNet'")
+                         "use init 'fresh ControlNet from the model'")
     if (isinstance(adapter, comfy.controlnet.ControlNet) and adapter.latent_format is None
             and isinstance(adapter.control_model, comfy.cldm.cldm.ControlNet)):
         return adapter.control_model
@@ -345,6 +345,46 @@ def _checkpointed(modules: list[torch.nn.Module], enabled: bool):
             unpatch(block)
 
 
+@contextlib.contextmanager
+def _trainable_weights(network: torch.nn.Module, lora_rank: int, algorithm: str, seed: int):
+    """The parameters to optimise: every weight of ``network`` (``lora_rank`` 0), or low-rank
+    adapters from ComfyUI's ``comfy.weight_adapter`` (the kind core Train LoRA makes) on each
+    conv/linear weight, applied through torch parametrizations and merged into the weights on
+    exit, so the result is a plain adapter core loaders read. Gradients are off again after."""
+    if lora_rank <= 0:
+        params = list(network.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            yield params
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+        return
+    from comfy.weight_adapter import adapter_maps
+    from torch.nn.utils import parametrize
+
+    if algorithm not in adapter_maps:
+        raise ValueError(f"unknown lora_algorithm {algorithm!r}; ComfyUI offers {', '.join(adapter_maps)}")
+    for p in network.parameters():
+        p.requires_grad_(False)
+    patched = [m for m in network.modules() if m._parameters.get("weight") is not None and m.weight.ndim >= 2]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in patched:
+            diff = adapter_maps[algorithm].create_train(module.weight, rank=lora_rank, alpha=1.0)
+            parametrize.register_parametrization(module, "weight", diff.to(module.weight.device), unsafe=True)
+    params = [p for module in patched for p in module.parametrizations.weight.parameters() if p.requires_grad]
+    try:
+        yield params
+    finally:
+        with torch.no_grad():
+            for module in patched:
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        for p in network.parameters():
+            p.requires_grad_(False)
+
+
 def check_dataset(latents: torch.Tensor, hints: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Broadcast batches of 1 and check sizes; control images must be 8x the latent size."""
     masks = as_mask(masks)
@@ -428,46 +468,6 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
                     break
     network.cpu()
     return result
-
-
-@contextlib.contextmanager
-def _trainable_weights(network: torch.nn.Module, lora_rank: int, algorithm: str, seed: int):
-    """The parameters to optimise: every weight of ``network`` (``lora_rank`` 0), or low-rank
-    adapters from ComfyUI's ``comfy.weight_adapter`` (the kind core Train LoRA makes) on each
-    conv/linear weight, applied through torch parametrizations and merged into the weights on
-    exit, so the result is a plain adapter core loaders read. Gradients are off again after."""
-    if lora_rank <= 0:
-        params = list(network.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            yield params
-        finally:
-            for p in params:
-                p.requires_grad_(False)
-        return
-    from comfy.weight_adapter import adapter_maps
-    from torch.nn.utils import parametrize
-
-    if algorithm not in adapter_maps:
-        raise ValueError(f"unknown lora_algorithm {algorithm!r}; ComfyUI offers {', '.join(adapter_maps)}")
-    for p in network.parameters():
-        p.requires_grad_(False)
-    patched = [m for m in network.modules() if m._parameters.get("weight") is not None and m.weight.ndim >= 2]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in patched:
-            diff = adapter_maps[algorithm].create_train(module.weight, rank=lora_rank, alpha=1.0)
-            parametrize.register_parametrization(module, "weight", diff.to(module.weight.device), unsafe=True)
-    params = [p for module in patched for p in module.parametrizations.weight.parameters() if p.requires_grad]
-    try:
-        yield params
-    finally:
-        with torch.no_grad():
-            for module in patched:
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        for p in network.parameters():
-            p.requires_grad_(False)
 
 
 def evaluate(model_patcher, adapter, latents, hints, masks, conditioning, sigmas: torch.Tensor, seed: int = 0):
