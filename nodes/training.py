@@ -20,6 +20,7 @@ from .sampling import training as loop
 
 CATEGORY = "selective_control/training"
 INIT_OPTIONS = ("from control_net", "fresh standard T2I-Adapter", "fresh ControlNet from the model")
+SAVE_FORMATS = ("full weights", "Control-LoRA (difference to the model)")
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LOG = logging.getLogger(__name__)
 TEXT_INTERVAL_S = 0.25  # the node's progress text is refreshed at most this often (and at the last step)
@@ -169,8 +170,10 @@ class SCTrainLocalControl(io.ComfyNode):
                 io.Int.Input("lora_rank", default=0, min=0, max=1024, optional=True,
                              tooltip="0 = train every weight of the adapter. Above 0 = train a low-rank adapter of "
                                      "this rank on each conv/linear weight instead (far fewer trainable weights "
-                                     "and optimiser memory: fine-tuning a ControlNet on a small GPU); it is merged "
-                                     "in, so the result saves and loads like any adapter."),
+                                     "and optimiser memory: fine-tuning a ControlNet on a small GPU); a "
+                                     "ControlNet's hint block and zero convolutions still train fully. It is merged "
+                                     "in, so the result saves and loads like any adapter; a fresh ControlNet "
+                                     "trained this way saves as a small Control-LoRA file (Save Adapter)."),
                 io.Combo.Input("lora_algorithm", options=list(adapter_maps), default=next(iter(adapter_maps)),
                                optional=True,
                                tooltip="The low-rank kind when lora_rank > 0 (ComfyUI's own, as in Train LoRA)."),
@@ -268,7 +271,8 @@ class SCSaveAdapter(io.ComfyNode):
             is_output_node=True,
             description=(
                 "Save a T2I-Adapter or ControlNet as safetensors into models/controlnet, where Load ControlNet Model "
-                "finds it (refresh the node list), ready for Apply ControlNet (Masked)."
+                "finds it (refresh the node list), ready for Apply ControlNet (Masked): as full weights, or a "
+                "ControlNet as a Control-LoRA (differences to the model's UNet, a few % of the size)."
             ),
             inputs=[
                 io.ControlNet.Input("control_net",
@@ -278,20 +282,46 @@ class SCSaveAdapter(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="float32", optional=True,
                                tooltip="Precision of the saved weights: float16 halves the file (how most published "
                                        "ControlNets ship); float32 keeps the trained values exactly."),
+                io.Combo.Input("save_as", options=list(SAVE_FORMATS), default=SAVE_FORMATS[0], optional=True,
+                               tooltip="full weights: the whole adapter. Control-LoRA: a ControlNet stored as "
+                                       "low-rank differences to the model's UNet plus its own hint block and zero "
+                                       "convolutions, a file a few % of the size that core Load ControlNet Model "
+                                       "reads (it rebuilds the rest from the model you sample with). Exact for a "
+                                       "fresh ControlNet trained with lora_rank <= control_lora_rank."),
+                io.Model.Input("model", optional=True,
+                               tooltip="Control-LoRA only: the model the ControlNet was trained against."),
+                io.Int.Input("control_lora_rank", default=16, min=1, max=1024, optional=True,
+                             tooltip="Control-LoRA only: rank of the stored differences (use the training's "
+                                     "lora_rank; lower ranks approximate, see truncation_error)."),
             ],
-            outputs=[io.String.Output("filename", tooltip="The saved file, relative to models/controlnet.")],
+            outputs=[io.String.Output("filename", tooltip="The saved file, relative to models/controlnet."),
+                     io.Float.Output("truncation_error",
+                                     tooltip="Control-LoRA: the worst relative error of a stored difference (0 = "
+                                             "exact); 0 for full weights.")],
         )
 
     @classmethod
-    def execute(cls, control_net, filename_prefix, dtype="float32") -> io.NodeOutput:
-        state = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v
-                 for k, v in loop.adapter_state_dict(control_net).items()}
+    def execute(cls, control_net, filename_prefix, dtype="float32", save_as=SAVE_FORMATS[0], model=None,
+                control_lora_rank=16) -> io.NodeOutput:
+        error = 0.0
+        if save_as == SAVE_FORMATS[1]:
+            if model is None:
+                raise ValueError("save_as Control-LoRA stores differences to the model's UNet: connect the model the "
+                                 "ControlNet was trained against")
+            weights, error = loop.control_lora_state_dict(control_net, model, control_lora_rank)
+            if error > 1e-3:
+                _LOG.warning("Control-LoRA at rank %d leaves out %.1f%% of a weight difference; raise "
+                             "control_lora_rank to the training's lora_rank for an exact file", control_lora_rank,
+                             100 * error)
+        else:
+            weights = loop.adapter_state_dict(control_net)
+        state = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
         root = folder_paths.get_folder_paths("controlnet")[0]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         os.makedirs(folder, exist_ok=True)
         file = f"{name}_{counter:05}_.safetensors"
         comfy.utils.save_torch_file(state, os.path.join(folder, file), metadata={"format": "pt"})
-        return io.NodeOutput(os.path.join(subfolder, file).replace(os.sep, "/"))
+        return io.NodeOutput(os.path.join(subfolder, file).replace(os.sep, "/"), error)
 
 
 TRAINING_NODES: list[type[io.ComfyNode]] = [SCTrainLocalControl, SCSaveAdapter]

@@ -797,8 +797,13 @@ def test_lora_training_changes_only_a_low_rank_part_and_is_merged(kind):
     after = dict(loop.adapter_network(result.adapter).named_parameters())
     assert before.keys() == after.keys()  # merged: a plain adapter, no parametrization left
     changed = 0
+    own = loop.controlnet_own_parts(loop.adapter_network(start))
+    assert bool(own) == (kind == "ControlNet")
+    assert all(not torch.equal(after[k], before[k]) for k in after if k.startswith(own) and k.endswith("weight"))
     for name, p in after.items():
         delta = (p - before[name]).reshape(p.shape[0], -1)
+        if name.startswith(own):
+            continue  # the hint block and zero convolutions train fully, as in Control-LoRA
         if p.ndim < 2:
             assert torch.equal(p, before[name]), name  # biases and norms are not trained
         elif delta.abs().max() > 0:
@@ -809,6 +814,50 @@ def test_lora_training_changes_only_a_low_rank_part_and_is_merged(kind):
     loaded = _save_and_load(result.adapter, f"test_local/lora_{kind}")
     assert torch.equal(_z0(micro_sd15(True), result.adapter, latents, hints, masks, cond),
                        _z0(micro_sd15(True), loaded, latents, hints, masks, cond))
+
+
+def _lora_trained_fresh_controlnet(rank=4):
+    latents, hints, masks, cond = task()
+    return loop.train_local_control(micro_sd15(True), loop.fresh_controlnet(micro_sd15(True), 0), latents, hints,
+                                    masks, cond, loop.TrainConfig(steps=3, learning_rate=1e-2, batch_size=2,
+                                                                  lora_rank=rank)).adapter
+
+
+def test_control_lora_file_is_small_and_core_rebuilds_the_same_controlnet_from_the_model():
+    import os
+
+    import folder_paths
+
+    save = pack_import("nodes.training").SCSaveAdapter
+    adapter = _lora_trained_fresh_controlnet(rank=4)
+    full = save.execute(adapter, "test_local/cl_full").args
+    small = save.execute(adapter, "test_local/cl_lora", "float32", "Control-LoRA (difference to the model)",
+                         micro_sd15(True), 4).args
+    assert full[1] == 0.0 and small[1] < 1e-3  # trained at rank 4: exact up to float32 rounding of the merged weights
+    root = folder_paths.get_folder_paths("controlnet")[0]
+    sizes = [os.path.getsize(os.path.join(root, f)) for f in (full[0], small[0])]
+    print("full / Control-LoRA file bytes", sizes)
+    assert sizes[1] < 0.5 * sizes[0]
+    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": small[0]}}},
+                        outputs=["load"]).output("load", 0)
+    assert isinstance(loaded, comfy.controlnet.ControlLora)
+    latents, hints, masks, cond = task()
+    ours, theirs = (_z0(micro_sd15(True), a, latents, hints, masks, cond) for a in (adapter, loaded))
+    scale = float(ours.abs().max())
+    assert (ours - theirs).abs().max() < 1e-5 * scale
+    assert not torch.allclose(ours, _z0(micro_sd15(True), None, latents, hints, masks, cond), atol=1e-3 * scale)
+
+
+def test_control_lora_at_a_lower_rank_reports_its_truncation_error():
+    weights, error = loop.control_lora_state_dict(_lora_trained_fresh_controlnet(rank=4), micro_sd15(True), 1)
+    assert 1e-3 < error < 1.0
+    ups = [v for k, v in weights.items() if k.endswith(".up")]
+    assert ups and all(v.shape[1] == 1 for v in ups)
+    with pytest.raises(ValueError, match="no UNet copy: save it as 'full weights'"):
+        loop.control_lora_state_dict(loop.fresh_adapter(micro_sd15(True), 0), micro_sd15(True), 4)
+    with pytest.raises(ValueError, match="connect the model the ControlNet was trained against"):
+        pack_import("nodes.training").SCSaveAdapter.execute(tiny_controlnet_trained_once(), "test_local/x", "float32",
+                                                            "Control-LoRA (difference to the model)")
 
 
 @pytest.mark.parametrize("algorithm", ["LoHa", "LoKr", "OFT"])

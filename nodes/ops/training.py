@@ -52,6 +52,41 @@ def masked_sobel_loss(z0_pred: torch.Tensor, z0: torch.Tensor, mask: torch.Tenso
     return total / count.clamp_min(1e-8)
 
 
+def control_lora_weights(control: dict[str, torch.Tensor], unet: dict[str, torch.Tensor], rank: int,
+                         own_parts: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], float]:
+    """A ControlNet as a Control-LoRA (the format core ComfyUI loads as ``ControlLora``): every weight
+    copied from the UNet stored as its difference to the UNet's, ``{module}.up`` ``[out, r]`` and
+    ``{module}.down`` ``[r, in]`` from a truncated SVD, unchanged ones left out, changed 1-D ones
+    (norms, biases) in full; the ControlNet's own parts (``own_parts`` prefixes) in full. Core
+    rebuilds the rest from the sampling model's UNet. Returns the weights and the worst relative
+    (Frobenius) error the truncation makes in a difference: 0 up to rounding when the
+    ControlNet was trained with LoRA of rank <= ``rank``."""
+    if rank < 1:
+        raise ValueError(f"a Control-LoRA needs a rank of at least 1, got {rank}")
+    out: dict[str, torch.Tensor] = {"lora_controlnet": torch.tensor([])}
+    worst = 0.0
+    for key, value in control.items():
+        base = unet.get(key)
+        if key.startswith(own_parts) or base is None or base.shape != value.shape:
+            out[key] = value
+            continue
+        diff = value.float() - base.to(value.device).float()
+        if not bool(diff.any()):
+            continue
+        if value.ndim < 2 or not key.endswith(".weight"):
+            out[key] = value
+            continue
+        matrix = diff.reshape(diff.shape[0], -1)
+        u, singular, vh = torch.linalg.svd(matrix, full_matrices=False)
+        r = min(rank, singular.shape[0])
+        dropped = singular[r:].square().sum().sqrt() / singular.square().sum().sqrt()
+        worst = max(worst, float(dropped))
+        module = key.removesuffix(".weight")
+        out[f"{module}.up"] = (u[:, :r] * singular[:r]).to(value.dtype).contiguous()
+        out[f"{module}.down"] = vh[:r].to(value.dtype).contiguous()
+    return out, worst
+
+
 def z0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """z0' = x_t - sigma * eps (ComfyUI's form, x_t = z0 + sigma * eps); ``sigma`` is ``[B]``."""
     return x_t - eps * _per_sample(sigma, x_t)

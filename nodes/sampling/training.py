@@ -35,6 +35,7 @@ from ..ops.shapes import as_mask
 from .masked_control import MaskedControl
 
 _LOG = logging.getLogger(__name__)
+CONTROLNET_OWN_PARTS = ("input_hint_block.", "zero_convs.", "middle_block_out.")  # weights no UNet has
 
 
 @dataclass
@@ -128,8 +129,7 @@ def fresh_controlnet(model_patcher, seed: int = 0) -> comfy.controlnet.ControlNe
         for module in zero:
             for p in module.parameters():
                 p.zero_()
-    not_copied = sorted({k.split(".")[0] for k in own if k not in copied} - {"zero_convs", "middle_block_out",
-                                                                            "input_hint_block"})
+    not_copied = sorted({k.split(".")[0] for k in own if k not in copied and not k.startswith(CONTROLNET_OWN_PARTS)})
     if not_copied:
         raise ValueError(f"a fresh ControlNet could not copy {', '.join(not_copied)} from the model's UNet; "
                          "load an existing ControlNet with Load ControlNet Model instead")
@@ -153,10 +153,27 @@ def adapter_network(adapter) -> torch.nn.Module:
                      + ". Load one with Load ControlNet Model or use a fresh option")
 
 
+def controlnet_own_parts(network: torch.nn.Module) -> tuple[str, ...]:
+    """The weight-name prefixes of ``network`` that are not copies of UNet weights (none for a T2I-Adapter)."""
+    return CONTROLNET_OWN_PARTS if isinstance(network, comfy.cldm.cldm.ControlNet) else ()
+
+
 def adapter_state_dict(adapter) -> dict[str, torch.Tensor]:
     """The weights in the layout core ControlNetLoader detects: T2I-Adapter keys as they are,
     ControlNet keys without prefix (``zero_convs.0.0.weight`` ...)."""
     return {k: v.detach().cpu().contiguous() for k, v in adapter_network(adapter).state_dict().items()}
+
+
+def control_lora_state_dict(adapter, model_patcher, rank: int) -> tuple[dict[str, torch.Tensor], float]:
+    """A ControlNet as Control-LoRA weights against ``model_patcher``'s UNet (loaded, so its LoRAs
+    count, as core's ControlLora reads them when sampling); see ``ops.control_lora_weights``."""
+    if not isinstance(adapter, comfy.controlnet.ControlNet):
+        raise ValueError(f"a Control-LoRA file holds a ControlNet as differences to the model's UNet; "
+                         f"{type(adapter).__name__} has no UNet copy: save it as 'full weights'")
+    check_fits(adapter, model_patcher)
+    comfy.model_management.load_models_gpu([model_patcher])
+    unet = {k: v.detach().cpu() for k, v in model_patcher.model.diffusion_model.state_dict().items()}
+    return ops.control_lora_weights(adapter_state_dict(adapter), unet, rank, CONTROLNET_OWN_PARTS)
 
 
 def check_fits(adapter, model_patcher) -> None:
@@ -350,7 +367,9 @@ def _trainable_weights(network: torch.nn.Module, lora_rank: int, algorithm: str,
     """The parameters to optimise: every weight of ``network`` (``lora_rank`` 0), or low-rank
     adapters from ComfyUI's ``comfy.weight_adapter`` (the kind core Train LoRA makes) on each
     conv/linear weight, applied through torch parametrizations and merged into the weights on
-    exit, so the result is a plain adapter core loaders read. Gradients are off again after."""
+    exit, so the result is a plain adapter core loaders read. A ControlNet's own parts (hint
+    block, zero convolutions: nothing a UNet has) train fully, as in Control-LoRA. Gradients
+    are off again after."""
     if lora_rank <= 0:
         params = list(network.parameters())
         for p in params:
@@ -368,13 +387,18 @@ def _trainable_weights(network: torch.nn.Module, lora_rank: int, algorithm: str,
         raise ValueError(f"unknown lora_algorithm {algorithm!r}; ComfyUI offers {', '.join(adapter_maps)}")
     for p in network.parameters():
         p.requires_grad_(False)
-    patched = [m for m in network.modules() if m._parameters.get("weight") is not None and m.weight.ndim >= 2]
+    own = controlnet_own_parts(network)
+    full = [p for name, p in network.named_parameters() if name.startswith(own)]
+    for p in full:
+        p.requires_grad_(True)
+    patched = [m for name, m in network.named_modules() if not name.startswith(own)
+               and m._parameters.get("weight") is not None and m.weight.ndim >= 2]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in patched:
             diff = adapter_maps[algorithm].create_train(module.weight, rank=lora_rank, alpha=1.0)
             parametrize.register_parametrization(module, "weight", diff.to(module.weight.device), unsafe=True)
-    params = [p for module in patched for p in module.parametrizations.weight.parameters() if p.requires_grad]
+    params = full + [p for module in patched for p in module.parametrizations.weight.parameters() if p.requires_grad]
     try:
         yield params
     finally:
