@@ -641,16 +641,22 @@ def micro_sdxl():
                                             offload_device=mm.unet_offload_device())
 
 
-def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
-    patcher = micro_sdxl()
-    adapter = loop.fresh_adapter(patcher, 0)
-    assert adapter.t2i_model.xl and adapter.t2i_model.unshuffle_amount == 16
+def sdxl_task():
+    """Random latents and control images with a centred square mask, and an SDXL-style prompt (pooled output)."""
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 4, 16, 16, generator=g)
     hints = torch.rand(2, 128, 128, 3, generator=g)
     masks = torch.zeros(2, 128, 128)
     masks[:, 32:96, 32:96] = 1.0
     cond = [[torch.randn(1, 77, 80, generator=g), {"pooled_output": torch.randn(1, 48, generator=g)}]]
+    return latents, hints, masks, cond
+
+
+def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
+    patcher = micro_sdxl()
+    adapter = loop.fresh_adapter(patcher, 0)
+    assert adapter.t2i_model.xl and adapter.t2i_model.unshuffle_amount == 16
+    latents, hints, masks, cond = sdxl_task()
     result = loop.train_local_control(patcher, adapter, latents, hints, masks, cond,
                                       loop.TrainConfig(steps=3, learning_rate=1e-3, batch_size=2))
     assert len(result.noise_loss) == 3 and all(torch.isfinite(torch.tensor(result.noise_loss + result.sobel_loss)))
@@ -662,7 +668,7 @@ def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
                         outputs=["load"]).output("load", 0)
     assert isinstance(loaded, comfy.controlnet.T2IAdapter) and loaded.t2i_model.xl
     step = loop._Step(patcher, cond)
-    noise, sigma = torch.randn(latents.shape, generator=g), torch.full((2,), 1.5)
+    noise, sigma = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1)), torch.full((2,), 1.5)
     with torch.no_grad():
         a = step.losses(result.adapter, latents, hints, masks, noise, sigma)[2]
         b = step.losses(loaded, latents, hints, masks, noise, sigma)[2]
@@ -932,12 +938,7 @@ def test_sdxl_layout_fresh_controlnet_copies_the_label_embedding_trains_and_load
     net, unet = control.control_model.state_dict(), patcher.model.diffusion_model.state_dict()
     label = [k for k in net if k.startswith("label_emb.")]
     assert label and all(torch.equal(net[k], unet[k]) for k in label)  # SDXL's size/pooled embedding
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 16, 16, generator=g)
-    hints = torch.rand(2, 128, 128, 3, generator=g)
-    masks = torch.zeros(2, 128, 128)
-    masks[:, 32:96, 32:96] = 1.0
-    cond = [[torch.randn(1, 77, 80, generator=g), {"pooled_output": torch.randn(1, 48, generator=g)}]]
+    latents, hints, masks, cond = sdxl_task()
     assert torch.equal(_z0(patcher, control, latents, hints, masks, cond), _z0(patcher, None, latents, hints, masks,
                                                                              cond))
     result = loop.train_local_control(patcher, control, latents, hints, masks, cond,
