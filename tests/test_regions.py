@@ -135,7 +135,8 @@ def test_masks_of_other_size_and_batch():
     assert torch.isfinite(sample(m, p, n, batch=2)).all()
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent[:1].repeat(3, 1, 1), 1.0)),
                                         "attention", 0)
-    with pytest.raises(ValueError, match="mask batch of 1 or one mask per latent"):
+    with pytest.raises(ValueError, match=r"region 1's mask has batch 3 but the latent batch is 2 .*; "
+                       r"use one mask for all latents \(a batch of 1\) or one mask per latent"):
         sample(m, p, n, batch=2)
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent[:1].repeat(3, 1, 1), 1.0),
                                                                    (cond("sd15", 3), half("right"), 1.0)), "instances", 0)
@@ -248,6 +249,24 @@ def test_instances_with_a_control_mask_and_a_controlnet_on_the_base_prompt():
     unbatched = sample(model, p, n)  # ComfyUI alone on the same conditioning: the reference maths
     assert_close_to_scale(batched, unbatched, 1e-5)
     assert unet_rows == [5, 5]  # the negative shares the call: it carries the same base ControlNet
+
+
+def test_instances_control_image_and_control_mask_batches_must_match_the_latents():
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    images = instance_regions("sd15")
+    images[1] = regional.Region(**{**images[1].__dict__, "control_image": hint(31, batch=3)})
+    m, p, n, _ = regional.apply_regions(model, pos, neg, images, "instances", 0)
+    with pytest.raises(ValueError, match=r"region 2's control image has batch 3 but the latent batch is 2 "
+                       r"\(image shape \(3, 3, 64, 64\)\); use one image for all latents \(a batch of 1\) "
+                       r"or one image per latent"):
+        sample(m, p, n, batch=2)
+    masks = instance_regions("sd15")
+    masks[0] = regional.Region(**{**masks[0].__dict__, "control_mask": half("left").repeat(3, 1, 1)})
+    m, p, n, _ = regional.apply_regions(model, pos, neg, masks, "instances", 0)
+    with pytest.raises(ValueError, match=r"region 1's control mask has batch 3 but the latent batch is 2 "
+                       r"\(mask shape \(3, 1, .*\)\); use one mask for all latents"):
+        sample(m, p, n, batch=2)
 
 
 def test_instances_split_the_batch_when_memory_is_short(monkeypatch):

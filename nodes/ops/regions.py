@@ -24,14 +24,19 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
 NEUTRAL_CANVAS = 0.5
 
 
-def match_batch(mask: torch.Tensor, items: int, name: str = "region mask") -> torch.Tensor:
-    """``mask`` ``[Bm,...]`` broadcast to ``items`` latents: a batch of 1 applies to all, else one per latent."""
-    if mask.shape[0] == items:
-        return mask
-    if mask.shape[0] == 1:
-        return mask.expand(items, *mask.shape[1:])
+def match_batch(tensor: torch.Tensor, items: int, name: str = "region mask", kind: str = "mask") -> torch.Tensor:
+    """``tensor`` ``[B,...]`` broadcast to ``items`` latents: a batch of 1 applies to all, else one per latent.
+
+    ``name`` says whose tensor it is and ``kind`` what the user connects (mask, image), so the
+    error tells them which input to change.
+    """
+    if tensor.shape[0] == items:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(items, *tensor.shape[1:])
     raise ValueError(
-        f"{name} has batch {mask.shape[0]} but the latent batch is {items}; use a mask batch of 1 or one mask per latent"
+        f"{name} has batch {tensor.shape[0]} but the latent batch is {items} ({kind} shape {tuple(tensor.shape)}); "
+        f"use one {kind} for all latents (a batch of 1) or one {kind} per latent"
     )
 
 
@@ -60,8 +65,8 @@ def cross_attention_bias(
         raise ValueError(f"context of {context_len} tokens is not a repeat of the {total} region tokens")
     tokens = grid[0].shape[-2] * grid[0].shape[-1] if grid else 0
     columns = [torch.zeros(items, tokens, base_len, device=grid[0].device)]
-    for m, w, n in zip(grid, weights, region_lens):
-        m = match_batch(m, items).reshape(items, tokens, 1).float()
+    for index, (m, w, n) in enumerate(zip(grid, weights, region_lens)):
+        m = match_batch(m, items, f"region {index + 1}'s mask").reshape(items, tokens, 1).float()
         columns.append(torch.log(m * float(w)).expand(items, tokens, n))
     bias = torch.cat(columns, dim=2)
     return bias.repeat(1, 1, context_len // total)
@@ -69,7 +74,8 @@ def cross_attention_bias(
 
 def partition(grid: Sequence[torch.Tensor], items: int) -> torch.Tensor:
     """``[R+1, items, tokens]`` soft region membership per token (regions, then the uncovered part), summing to 1."""
-    flat = torch.stack([match_batch(m, items).reshape(items, -1).float() for m in grid])
+    flat = torch.stack([match_batch(m, items, f"region {index + 1}'s mask").reshape(items, -1).float()
+                        for index, m in enumerate(grid)])
     covered = flat.sum(0)
     background = (1.0 - covered).clamp(min=0.0)
     parts = torch.cat((flat, background.unsqueeze(0)))

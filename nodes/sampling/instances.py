@@ -185,11 +185,9 @@ def collapse(plan: Expansion, output: torch.Tensor) -> torch.Tensor:
 def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[Path] | None:
     """The group's paths for this step, or None when ComfyUI must run the entries itself."""
     for entry in (*members[1:], members[0]):  # regions first: the base prompt's mask is derived from theirs
-        mask = entry.get("mask")
-        if mask is not None and mask.shape[0] not in (1, x_in.shape[0]):
+        if entry.get("mask") is not None:  # checked here: ComfyUI's own error would come from deep in torch
             name = "the base prompt" if entry[ROLE_KEY] == "carrier" else f"region {entry[ROLE_KEY] + 1}"
-            raise ValueError(f"{name}'s mask has batch {mask.shape[0]} but the latent batch is {x_in.shape[0]}; "
-                             "use a mask batch of 1 or one mask per latent")
+            region_ops.match_batch(entry["mask"], x_in.shape[0], f"{name}'s mask")
     paths = []
     for entry in members:
         prepared = comfy.samplers.get_area_and_mult(entry, x_in, timestep)
@@ -384,7 +382,7 @@ class InstanceControl(comfy.controlnet.ControlBase):
         if key not in self._copies:
             specs = [self.group.specs[r] for r in regions]
             size = specs[0].hint.shape[-2:]
-            hints = [_per_item(_hint_at(s.hint, size), items, f"region {r + 1}'s control image")
+            hints = [region_ops.match_batch(_hint_at(s.hint, size), items, f"region {r + 1}'s control image", "image")
                      for s, r in zip(specs, regions)]
             copy = specs[0].control_net.copy().set_cond_hint(torch.cat(hints), 1.0, (0.0, 1.0))
             copy.set_previous_controlnet(None)
@@ -405,7 +403,7 @@ class InstanceControl(comfy.controlnet.ControlBase):
                 else:
                     weight = mask_for_residual(spec.control_mask, tuple(latent_hw), tuple(residual.shape[-2:]))
                     weight = weight * spec.strength
-                rows.append(_per_item(weight, items, f"region {r + 1}'s control mask"))
+                rows.append(region_ops.match_batch(weight, items, f"region {r + 1}'s control mask"))
             shapes = {w.shape[-2:] for w in rows}
             if len(shapes) > 1:
                 rows = [w.expand(-1, -1, *residual.shape[-2:]) for w in rows]
@@ -450,16 +448,6 @@ def _hint_at(hint: torch.Tensor, size) -> torch.Tensor:
     import comfy.utils
 
     return comfy.utils.common_upscale(hint, size[1], size[0], "nearest-exact", "center")
-
-
-def _per_item(tensor: torch.Tensor, items: int, name: str) -> torch.Tensor:
-    """``tensor`` with one row per latent item: a batch of 1 is repeated."""
-    if tensor.shape[0] == items:
-        return tensor
-    if tensor.shape[0] == 1:
-        return tensor.expand(items, *tensor.shape[1:])
-    raise ValueError(f"{name} has a batch of {tensor.shape[0]} but the latent batch is {items}; "
-                     "use a batch of 1 or one per latent")
 
 
 # --------------------------------------------------------------------------- building the sampler inputs
