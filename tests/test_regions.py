@@ -251,6 +251,21 @@ def test_instances_with_a_control_mask_and_a_controlnet_on_the_base_prompt():
     assert unet_rows == [5, 5]  # the negative shares the call: it carries the same base ControlNet
 
 
+def test_instances_make_one_expansion_per_model_call(monkeypatch):
+    """The batched ControlNet and the UNet wrapper of a call share its expansion; the result is unchanged."""
+    instances = pack_import("nodes.sampling.instances")
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, instance_regions("sd15"), "instances", 0)
+    made = []
+    make = instances._expansion
+    monkeypatch.setattr(instances, "_expansion", lambda *args: made.append(args[2]) or make(*args))
+    batched, unet_rows, net_rows = counted_sample(m, p, n, [tiny_models.controlnet("sd15")], steps=3)
+    assert unet_rows == [5] * 3 and net_rows == [3] * 3
+    assert made == [2] * 3  # one expansion of the 2 sampler rows (cond, uncond) per call, not one per user
+    assert_close_to_scale(batched, sample(model, p, n, steps=3), 1e-5)  # ComfyUI alone on the same conds
+
+
 def test_instances_control_image_and_control_mask_batches_must_match_the_latents():
     model = tiny_models.unet("sd15")
     pos, neg = cond("sd15", 0), cond("sd15", 1)

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 GROUP_KEY = "sc_instance_group"  # conditioning option: the InstanceGroup an entry belongs to
 ROLE_KEY = "sc_instance_role"  # "carrier" for the base entry, the region index for a region entry
 PATHS_KEY = "sc_instance_paths"  # transformer_options: carrier uuid -> list[Path] for this call
+EXPANSION_KEY = "sc_instance_expansion"  # transformer_options: this call's Expansion, with what it was made from
 WRAPPER_KEY = "selective_control.instances"
 MEMORY_MARGIN = 1.5  # the same safety factor ComfyUI's cond batching uses
 
@@ -99,12 +100,27 @@ class Expansion:
 
 
 def expansion(transformer_options: dict, rows: int) -> Expansion | None:
-    """The expansion for a model call, or None when no chunk of it carries instance paths."""
+    """The expansion for a model call, or None when no chunk of it carries instance paths.
+
+    Both the carrier's :class:`InstanceControl` (before the model call) and :class:`InstanceBatch`
+    (in it) need it and get the call's own ``transformer_options`` (a fresh dict, and a fresh
+    paths dict, per call), so it is made once and kept there with everything it depends on; a
+    copy of the options with other rows (e.g. with appended reference rows) gets its own.
+    """
     paths_by_uuid = transformer_options.get(PATHS_KEY)
     uuids = transformer_options.get("uuids")
     if not paths_by_uuid or not uuids:
         return None
-    extra = appended_rows(transformer_options)
+    made_from = (rows, appended_rows(transformer_options), tuple(uuids))
+    kept = transformer_options.get(EXPANSION_KEY)
+    if kept is not None and kept[0] is paths_by_uuid and kept[1] == made_from:
+        return kept[2]
+    plan = _expansion(paths_by_uuid, uuids, rows, made_from[1])
+    transformer_options[EXPANSION_KEY] = (paths_by_uuid, made_from, plan)
+    return plan
+
+
+def _expansion(paths_by_uuid: dict, uuids: list, rows: int, extra: int) -> Expansion | None:
     chunks = len(uuids)
     if (rows - extra) % chunks:
         return None
