@@ -30,10 +30,11 @@ def half(side="left", size=SIZE):
     return mask
 
 
-def sample(model, positive, negative, steps=2, sampler="euler", cfg=5.0, batch=1, size=SIZE, seed=5):
+def sample(model, positive, negative, steps=2, sampler="euler", cfg=5.0, batch=1, size=SIZE, seed=5, callback=None):
     latent = torch.zeros(batch, 4, size // 8, size // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed,
+                               callback=callback)
 
 
 def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, relative: float = 1e-5) -> None:
@@ -112,6 +113,28 @@ def test_hard_masks_give_exactly_zero_attention_outside_the_region(arch, monkeyp
         assert bool((left[..., a].sum(-1) > 0.05).all()) and bool((right[..., b].sum(-1) > 0.05).all())
         assert bool((grid[..., :77].sum(-1) > 0).all())  # the base prompt is seen everywhere
     assert grids == {8, 4}  # every attention resolution of the tiny UNet
+
+
+def test_attention_caches_hold_one_run_only():
+    """Biases and grid masks are cached within a run (the same every step) and emptied after it, so a
+    patched model sampled at many sizes holds nothing between runs; results are bit-identical."""
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 2.0))
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 8, locality=0.5)
+    cross = next(iter(m.model_options["transformer_options"]["patches_replace"]["attn2"].values()))
+    locality = next(iter(m.model_options["transformer_options"]["patches_replace"]["attn1"].values())).extensions[0]
+    outputs = {}
+    for size in (64, 96, 128, 64):
+        entries = []
+
+        def count(step, x0, x, total):
+            entries.append((len(cross.biases), len(cross.grids.cache), len(locality.grids.cache)))
+
+        outputs.setdefault(size, []).append(sample(m, p, n, steps=3, size=size, callback=count))
+        assert entries == [(2, 2, 2)] * 3, (size, entries)  # 2 token grids, one cond/uncond layout, every step
+        assert (len(cross.biases), len(cross.grids.cache), len(locality.grids.cache)) == (0, 0, 0)
+    assert torch.equal(outputs[64][0], outputs[64][1])  # after runs at other sizes, as on the first run
 
 
 def test_uncond_rows_and_soft_masks():

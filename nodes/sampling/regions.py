@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+import comfy.patcher_extension
+
 from ..ops import regions as region_ops
 from .attention import (
     Extension, appended_rows, attention, attn1_block_keys, batch_layout, install_self_attention_extension, token_grid,
@@ -26,6 +28,8 @@ from .instances import apply_instance_regions
 from .masked_control import apply_masked_control
 
 logger = logging.getLogger(__name__)
+
+CACHE_KEY = "selective_control.regions"  # ON_CLEANUP callbacks that empty the patches' caches after a run
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,9 @@ class _GridCache:
             self.cache[key] = [m.to(device) for m in region_ops.grid_masks(self.masks, latent, grid)]
         return self.cache[key]
 
+    def clear(self) -> None:
+        self.cache.clear()
+
 
 class RegionalCrossAttention:
     """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only."""
@@ -148,6 +155,11 @@ class RegionalCrossAttention:
 
     def __deepcopy__(self, memo):  # shared by model clones; the cache only holds derived masks
         return self
+
+    def clear_caches(self, model_patcher) -> None:
+        """ON_CLEANUP callback: a run's biases are not kept for the next (other sizes would pile up on the GPU)."""
+        self.biases.clear()
+        self.grids.clear()
 
     def layout(self, context_len: int) -> tuple[int, tuple[int, ...]] | None:
         fits = [total for total in self.layouts if context_len % total == 0]
@@ -167,7 +179,7 @@ class RegionalCrossAttention:
         """``[rows, tokens, context]`` logit bias: the region bias on cond rows, 0 on uncond and appended rows.
 
         Zero bias over an uncond row's (repeat-padded) context is its plain attention, so one call
-        serves the whole batch. Cached per resolution and batch layout: it is the same every step.
+        serves the whole batch. Cached per resolution and batch layout until the run ends: it is the same every step.
         """
         grid_hw = token_grid(q.shape[1], extra_options)
         key = (latent_hw(extra_options), grid_hw, q.device, q.dtype, context_len, tuple(cond_or_uncond), items,
@@ -194,6 +206,10 @@ class RegionLocality:
 
     def __deepcopy__(self, memo):
         return self
+
+    def clear_caches(self, model_patcher) -> None:
+        """ON_CLEANUP callback, as :meth:`RegionalCrossAttention.clear_caches`."""
+        self.grids.clear()
 
     def extend(self, q, k, v, extra_options) -> list[Extension]:
         rows = q.shape[0] - appended_rows(extra_options)
@@ -234,9 +250,13 @@ def apply_attention_regions(model, positive: list, negative: list, regions: list
     """``(model, positive, negative)`` for any core sampler: regions by masked cross-attention."""
     joined, layouts = joined_positive(positive, regions)
     out = model.clone()
-    install_cross_attention(out, RegionalCrossAttention(masks, [r.weight for r in regions], layouts))
+    patches = [RegionalCrossAttention(masks, [r.weight for r in regions], layouts)]
+    install_cross_attention(out, patches[0])
     if locality > 0:
-        install_self_attention_extension(out, RegionLocality(masks, locality))
+        patches.append(RegionLocality(masks, locality))
+        install_self_attention_extension(out, patches[1])
+    for patch in patches:  # cached per resolution and batch layout within a run, emptied after it
+        out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, CACHE_KEY, patch.clear_caches)
     joined, negative = apply_region_controls(joined, [[t, o.copy()] for t, o in negative], regions, masks)
     return out, joined, negative
 
