@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_threads_argument, clock_name, seconds_per_step  # noqa: E402
 from harness import boot, pack_import  # noqa: E402
 
 UNET = {
@@ -61,26 +62,19 @@ def build_model():
 
 
 def per_step(model, batch: int, steps: int) -> float:
-    """CPU seconds per step of one ``steps``-step euler sample (process time: robust to other load)."""
-    import comfy.sample
-
+    """Seconds per step of a ``batch``-latent sample with random prompts (the same ones every call)."""
     gen = torch.Generator().manual_seed(1)
     positive = [[torch.randn(1, 77, 768, generator=gen), {}]]
     negative = [[torch.randn(1, 77, 768, generator=gen), {}]]
-    latent = torch.zeros(batch, 4, LATENT, LATENT)
-    noise = torch.randn(latent.shape, generator=gen)
-    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
-    start = clock()
-    comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True, seed=1)
-    return (clock() - start) / steps
+    noise = torch.randn((batch, 4, LATENT, LATENT), generator=gen)
+    return seconds_per_step(model, positive, negative, noise, steps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; with 1 the clock is process CPU time, which other load barely affects")
+    add_threads_argument(parser)
     parser.add_argument("--attention", default="default",
                         help="ComfyUI attention function for every call (pytorch, sub_quad, split); "
                              "default: the one ComfyUI picked for this machine (sub_quad on CPU)")
@@ -133,7 +127,7 @@ def main() -> None:
         "goals": {"preserve_region": 1.03, "reference_attention": 1.6},
         "config": {"unet": "SD1.5 arch, model_channels 64, mult 1/2/4, 8 heads, ctx 768", "latent": [LATENT, LATENT],
                    "sampler": "euler", "cfg": 5.0, "steps": args.steps, "repeats": args.repeats,
-                   "clock": "process CPU time" if args.threads == 1 else "wall time",
+                   "clock": clock_name(),
                    "device": str(model.load_device), "threads": torch.get_num_threads(),
                    "attention": comfy_attention.optimized_attention.__name__},
     }))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -33,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blending import LATENT, UNET, build_model  # noqa: E402
+from _common import add_threads_argument, clock_name, seconds_per_step  # noqa: E402
 from harness import boot, pack_import, tiny_models  # noqa: E402
 
 ATTENTION_N = (1, 2, 4, 8)
@@ -90,24 +90,16 @@ def core_masked(positive: list, region_list: list) -> list:
 
 
 def per_step(model, positive, negative, steps: int, side: int = LATENT) -> float:
-    import comfy.sample
-
-    gen = torch.Generator().manual_seed(1)
-    latent = torch.zeros(1, 4, side, side)
-    noise = torch.randn(latent.shape, generator=gen)
-    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
-    start = clock()
-    comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True,
-                        seed=1)
-    return (clock() - start) / steps
+    """Seconds per step of a one-latent sample at ``side`` x ``side`` (the same noise every call)."""
+    noise = torch.randn((1, 4, side, side), generator=torch.Generator().manual_seed(1))
+    return seconds_per_step(model, positive, negative, noise, steps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; with 1 the clock is process CPU time, which other load barely affects")
+    add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     boot()
@@ -155,7 +147,7 @@ def main() -> None:
         "config": {"unet": "SD1.5 arch, model_channels 64, mult 1/2/4, 8 heads, ctx 768, + same-shape ControlNet",
                    "latent": [LATENT, LATENT], "attention_latent": [BIG_LATENT, BIG_LATENT], "sampler": "euler",
                    "cfg": 5.0, "steps": args.steps, "steps_at_attention_latent": 1, "repeats": args.repeats,
-                   "clock": "process CPU time" if args.threads == 1 else "wall time",
+                   "clock": clock_name(),
                    "device": str(model.load_device), "threads": torch.get_num_threads()},
     }
     print(json.dumps(result))
