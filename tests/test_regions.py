@@ -346,6 +346,20 @@ def test_instances_with_cfg_one_and_a_latent_batch():
     assert rows == [8, 8]  # (background + 3 regions) x 2 latents, no negative at cfg 1
 
 
+def test_region_prompt_batch_must_match_the_base_prompt():
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0, batch=2), cond("sd15", 1)
+    with pytest.raises(ValueError, match=r"region 1's conditioning has batch 3 but the base prompt batch is 2 "
+                       r"\(prompt shape \(3, 77, 64\)\); use one prompt for all base prompts \(a batch of 1\) "
+                       r"or one prompt per base prompt"):
+        regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2, batch=3), half("left"), 1.0)),
+                               "attention", 0)
+    _, joined, _, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), half("left"), 1.0)),
+                                             "attention", 0)
+    assert joined[0][0].shape == (2, 154, 64)
+    assert torch.equal(joined[0][0][1, 77:], cond("sd15", 2)[0][0][0])  # one region prompt for both base prompts
+
+
 def test_sdxl_conditioning_into_sd15_is_a_clear_error():
     model = tiny_models.unet("sd15")
     with pytest.raises(ValueError, match="SDXL prompt into an SD1.5 model"):

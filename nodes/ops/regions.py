@@ -24,19 +24,20 @@ PALETTE: tuple[tuple[float, float, float], ...] = (
 NEUTRAL_CANVAS = 0.5
 
 
-def match_batch(tensor: torch.Tensor, items: int, name: str = "region mask", kind: str = "mask") -> torch.Tensor:
-    """``tensor`` ``[B,...]`` broadcast to ``items`` latents: a batch of 1 applies to all, else one per latent.
+def match_batch(tensor: torch.Tensor, items: int, name: str = "region mask", kind: str = "mask",
+                per: str = "latent") -> torch.Tensor:
+    """``tensor`` ``[B,...]`` broadcast to ``items`` (latents, or ``per``): a batch of 1 applies to all, else one each.
 
-    ``name`` says whose tensor it is and ``kind`` what the user connects (mask, image), so the
-    error tells them which input to change.
+    ``name`` says whose tensor it is and ``kind`` what the user connects (mask, image, prompt), so
+    the error tells them which input to change.
     """
     if tensor.shape[0] == items:
         return tensor
     if tensor.shape[0] == 1:
         return tensor.expand(items, *tensor.shape[1:])
     raise ValueError(
-        f"{name} has batch {tensor.shape[0]} but the latent batch is {items} ({kind} shape {tuple(tensor.shape)}); "
-        f"use one {kind} for all latents (a batch of 1) or one {kind} per latent"
+        f"{name} has batch {tensor.shape[0]} but the {per} batch is {items} ({kind} shape {tuple(tensor.shape)}); "
+        f"use one {kind} for all {per}s (a batch of 1) or one {kind} per {per}"
     )
 
 

@@ -91,22 +91,14 @@ def usable_regions(regions: list[Region]) -> list[Region]:
     return kept
 
 
-def _match_rows(context: torch.Tensor, rows: int, name: str) -> torch.Tensor:
-    if context.shape[0] == rows:
-        return context
-    if context.shape[0] == 1:
-        return context.expand(rows, *context.shape[1:])
-    raise ValueError(f"{name} has a batch of {context.shape[0]} prompts but the base prompt has {rows}")
-
-
 def joined_positive(positive: list, regions: list[Region]) -> tuple[list, dict[int, tuple[int, tuple[int, ...]]]]:
     """Base entries with all region tokens appended; ``layouts``: total length -> (base, region lengths)."""
     lengths = tuple(r.context.shape[1] for r in regions)
     layouts = {}
     out = []
     for tensor, options in positive:
-        parts = [tensor] + [_match_rows(r.context, tensor.shape[0], f"region {i + 1}").to(tensor)
-                            for i, r in enumerate(regions)]
+        parts = [tensor] + [region_ops.match_batch(r.context, tensor.shape[0], f"region {i + 1}'s conditioning",
+                                                   "prompt", "base prompt").to(tensor) for i, r in enumerate(regions)]
         joined = torch.cat(parts, dim=1)
         layouts[joined.shape[1]] = (tensor.shape[1], lengths)
         out.append([joined, options.copy()])
