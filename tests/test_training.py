@@ -172,6 +172,12 @@ def _train_prompt():
     }
 
 
+def _load_through_core(filename: str):
+    """The file as core Load ControlNet Model loads it (the user's next step after Save Adapter)."""
+    return run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
+                      outputs=["load"]).output("load", 0)
+
+
 @pytest.fixture(scope="module")
 def trained():
     return run_prompt(_train_prompt(), outputs=["train", "save"])
@@ -195,8 +201,7 @@ def test_training_lowers_both_losses(trained):
 def test_saved_adapter_loads_through_core_loader_with_identical_outputs(trained):
     filename = trained.output("save", 0)
     assert filename.startswith("test_local/") and filename.endswith(".safetensors")
-    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
-                        outputs=["load"]).output("load", 0)
+    loaded = _load_through_core(filename)
     assert isinstance(loaded, comfy.controlnet.T2IAdapter)
     ours = trained.output("train", 0)
     latents, hints, masks, cond = task()
@@ -664,8 +669,7 @@ def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
                                                       adapter.t2i_model.parameters())]
     assert all(changed)  # every weight of the XL adapter gets a gradient through the SDXL UNet
     filename = pack_import("nodes.training").SCSaveAdapter.execute(result.adapter, "test_local/xl").args[0]
-    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
-                        outputs=["load"]).output("load", 0)
+    loaded = _load_through_core(filename)
     assert isinstance(loaded, comfy.controlnet.T2IAdapter) and loaded.t2i_model.xl
     step = loop._Step(patcher, cond)
     noise, sigma = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1)), torch.full((2,), 1.5)
@@ -681,8 +685,7 @@ def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
 
 def _save_and_load(adapter, prefix, dtype="float32"):
     filename = pack_import("nodes.training").SCSaveAdapter.execute(adapter, prefix, dtype).args[0]
-    return run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
-                      outputs=["load"]).output("load", 0)
+    return _load_through_core(filename)
 
 
 def _z0(patcher, adapter, latents, hints, masks, cond, sigma=1.5, seed=3):
@@ -740,8 +743,7 @@ def test_controlnet_training_lowers_both_losses_and_loads_back_identically(train
     print("ControlNet losses before", before, "after", after)
     assert after[0] < before[0] and after[1] < before[1]
     filename = trained_controlnet.output("save", 0)
-    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": filename}}},
-                        outputs=["load"]).output("load", 0)
+    loaded = _load_through_core(filename)
     assert type(loaded) is comfy.controlnet.ControlNet
     ours, theirs = (_z0(micro_sd15(True), a, latents, hints, masks, cond) for a in (adapter, loaded))
     assert torch.equal(ours, theirs)
@@ -844,8 +846,7 @@ def test_control_lora_file_is_small_and_core_rebuilds_the_same_controlnet_from_t
     sizes = [os.path.getsize(os.path.join(root, f)) for f in (full[0], small[0])]
     print("full / Control-LoRA file bytes", sizes)
     assert sizes[1] < 0.5 * sizes[0]
-    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": small[0]}}},
-                        outputs=["load"]).output("load", 0)
+    loaded = _load_through_core(small[0])
     assert isinstance(loaded, comfy.controlnet.ControlLora)
     latents, hints, masks, cond = task()
     ours, theirs = (_z0(micro_sd15(True), a, latents, hints, masks, cond) for a in (adapter, loaded))
@@ -891,8 +892,7 @@ def test_saving_in_float16_halves_the_file_and_loads_within_half_precision():
     root = folder_paths.get_folder_paths("controlnet")[0]
     sizes = [os.path.getsize(os.path.join(root, f)) for f in (full, half)]
     assert 0.45 < sizes[1] / sizes[0] < 0.55
-    loaded = run_prompt({"load": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": half}}},
-                        outputs=["load"]).output("load", 0)
+    loaded = _load_through_core(half)
     ours = loop.adapter_state_dict(adapter)
     theirs = loop.adapter_state_dict(loaded)
     assert all(torch.allclose(theirs[k].float(), ours[k], rtol=1e-3, atol=1e-4) for k in ours)
