@@ -194,18 +194,13 @@ def trainable_copy(adapter, device) -> comfy.controlnet.ControlBase:
     """The same kind of control with its own float32 copy of the weights on ``device``, every
     layer running plain torch ops (no ComfyUI weight casting, which is not built for autograd);
     the input control is left as it is."""
-    source = adapter_network(adapter)
     with torch.inference_mode(False):  # nodes run in inference mode; trainable weights must be normal tensors
-        net = copy.deepcopy(source)
-        for module in net.modules():
-            for name, p in list(module._parameters.items()):
-                if p is not None:
-                    module._parameters[name] = torch.nn.Parameter(p.detach().clone().float().to(device))
-            for name, b in list(module._buffers.items()):
-                if b is not None:
-                    module._buffers[name] = b.detach().clone().to(device)
-            if getattr(module, "comfy_cast_weights", False):
-                module.comfy_cast_weights = False
+        net = copy.deepcopy(adapter_network(adapter))
+    _replace_tensors(net, lambda t: t.detach().clone().to(
+        device, torch.float32 if isinstance(t, torch.nn.Parameter) else t.dtype))  # buffers keep their dtype
+    for module in net.modules():
+        if getattr(module, "comfy_cast_weights", False):
+            module.comfy_cast_weights = False
     if isinstance(adapter, comfy.controlnet.T2IAdapter):
         return comfy.controlnet.T2IAdapter(net, adapter.channels_in, adapter.compression_ratio,
                                            adapter.upscale_algorithm, device=device)
@@ -298,19 +293,27 @@ def _without_inference_tensors(module: torch.nn.Module) -> int:
     node loads: ComfyUI runs nodes in inference mode) by equal normal tensors, which autograd may
     save for the backward pass through the frozen UNet. Values are unchanged, so everything else
     that uses the model sees the same weights; each tensor is replaced once. Returns the count."""
+    replaced = _replace_tensors(module, lambda t: t.clone() if t.is_inference() else None)
+    if replaced:
+        _LOG.debug("local-control training: %d inference-mode tensors of the model made trainable-safe", replaced)
+    return replaced
+
+
+def _replace_tensors(module: torch.nn.Module, replace: Callable[[torch.Tensor], torch.Tensor | None]) -> int:
+    """Swap every parameter and buffer of ``module`` for ``replace(tensor)`` where that is not None
+    (made outside inference mode; parameters stay parameters with their requires_grad); the count."""
     replaced = 0
     with torch.inference_mode(False):
         for sub in module.modules():
-            for name, p in list(sub._parameters.items()):
-                if p is not None and p.is_inference():
-                    sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+            for slots in (sub._parameters, sub._buffers):
+                for name, tensor in list(slots.items()):
+                    new = None if tensor is None else replace(tensor)
+                    if new is None:
+                        continue
+                    if isinstance(tensor, torch.nn.Parameter):
+                        new = torch.nn.Parameter(new, requires_grad=tensor.requires_grad)
+                    slots[name] = new
                     replaced += 1
-            for name, b in list(sub._buffers.items()):
-                if b is not None and b.is_inference():
-                    sub._buffers[name] = b.clone()
-                    replaced += 1
-    if replaced:
-        _LOG.debug("local-control training: %d inference-mode tensors of the model made trainable-safe", replaced)
     return replaced
 
 
