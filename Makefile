@@ -1,22 +1,33 @@
-# Two commands: `make run` serves ComfyUI with the pack at http://127.0.0.1:8188,
-# `make test` runs the whole suite. Both build .venv and .comfyui first (idempotent).
-# Set COMFYUI_PATH to use your own ComfyUI checkout instead of .comfyui.
-PY := .venv/bin/python
+# `make run` serves ComfyUI with the pack at http://127.0.0.1:8188 (installs only what a user needs).
+# `make test` runs the whole suite on the floor leg: ComfyUI 0.3.75 with the oldest supported
+# dependency versions. `make test-latest` runs it on the latest leg: the newest ComfyUI in
+# ../shared/comfyui (or COMFYUI_PATH) with whatever pip resolves today. CI runs both.
+# Every target builds its environment first (idempotent). LEG=latest makes `make run` use the latest leg.
 PORT ?= 8188
+LEG ?= floor
+LATEST_COMFY := $(or $(COMFYUI_PATH),$(CURDIR)/.comfyui-latest)
 
-.PHONY: setup run test bench readme
+.PHONY: setup run test test-latest bench readme
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh --leg $(LEG)
 
-run: setup
-	@bash scripts/run.sh $(PORT)
+run:
+	@bash scripts/setup.sh --leg $(LEG) --link
+	@bash scripts/run.sh --leg $(LEG) --port $(PORT)
 
-test: setup
-	$(PY) -m pytest -q
+test:
+	@bash scripts/setup.sh --leg floor --dev
+	.venv/bin/python -m pytest -q
 
-bench: setup
-	$(PY) benchmarks/run_all.py
+test-latest:
+	@bash scripts/setup.sh --leg latest --dev
+	COMFYUI_PATH=$(LATEST_COMFY) .venv-latest/bin/python -m pytest -q
 
-readme: setup
-	$(PY) scripts/node_docs.py --write
+bench:
+	@bash scripts/setup.sh --leg floor --dev
+	.venv/bin/python benchmarks/run_all.py
+
+readme:
+	@bash scripts/setup.sh --leg floor --dev
+	.venv/bin/python scripts/node_docs.py --write

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import itertools
 import os
 import shutil
@@ -165,7 +166,7 @@ def run_prompt(prompt: dict, outputs: list[str] | None = None) -> PromptResult:
     if not valid and not (outputs and error.get("type") == "prompt_no_outputs"):
         raise PromptError(f"prompt invalid: {error}\nnode errors: {node_errors}")
     server = _ServerStub()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args=_CACHE_ARGS)
     targets = list(outputs) if outputs else list(output_nodes)
     executor.execute(prompt, prompt_id, {}, targets)
     if not executor.success:
@@ -173,10 +174,21 @@ def run_prompt(prompt: dict, outputs: list[str] | None = None) -> PromptResult:
         raise PromptError(_format_failure(failures[0]) if failures else "execution failed")
     collected = {}
     for node_id in prompt:
-        entry = executor.caches.outputs.get(node_id)
+        entry = _cached_output(executor, node_id)
         if entry is not None:
             collected[node_id] = entry.outputs
     return PromptResult(collected, executor.history_result.get("outputs", {}), server.events)
+
+
+# The executor's cache is ComfyUI internals; the versions differ here and nowhere else:
+# 0.33 reads cache_args["ram_inactive"] (GB of headroom; 0.3.75 ignores it) and made
+# the output cache's get() a coroutine.
+_CACHE_ARGS = {"lru": 0, "ram": 0, "ram_inactive": 0}
+
+
+def _cached_output(executor, node_id: str):
+    entry = executor.caches.outputs.get(node_id)
+    return asyncio.run(entry) if inspect.isawaitable(entry) else entry
 
 
 def _format_failure(data: dict) -> str:
