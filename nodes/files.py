@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from .ops import files as ops
 from .ops.shapes import as_image
+from .sampling import compat
 
 CATEGORY = "selective_control/files"
 NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder)."
@@ -100,7 +101,7 @@ class SCSaveImagesNamed(io.ComfyNode):
                              "images (after a filter, through Select Names)")
         root = Path(folder_paths.get_output_directory())
         paths = ops.named_paths(root, subfolder, names)
-        metadata = ui.ImageSaveHelper._create_png_metadata(cls)  # core's prompt/workflow PNG text chunks
+        metadata = compat.png_metadata(cls)  # core's prompt/workflow PNG text chunks
         for image, path in zip(images, paths):
             ops.save_png(image, path, metadata)
         folder = paths[0].parent.relative_to(root.resolve()).as_posix() if paths else ""

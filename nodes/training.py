@@ -12,10 +12,10 @@ import comfy.utils
 import folder_paths
 from comfy.weight_adapter import adapter_maps
 from comfy_api.latest import io
-from comfy_execution.utils import get_executing_context
 from tqdm.auto import tqdm
 
 from .ops import training as ops
+from .sampling import compat
 from .sampling import training as loop
 
 CATEGORY = "selective_control/training"
@@ -33,8 +33,7 @@ class _Progress:
 
     def __init__(self, steps: int):
         self.steps = steps
-        context = get_executing_context()
-        self.node_id = context.node_id if context is not None else None
+        self.node_id = compat.executing_node_id()
         self.bar = comfy.utils.ProgressBar(steps, node_id=self.node_id)
         self.console = tqdm(total=steps, desc="Training local control", disable=not comfy.utils.PROGRESS_BAR_ENABLED)
         self.last_text = float("-inf")
@@ -50,14 +49,10 @@ class _Progress:
         if step % 10 == 0 or step == self.steps:
             _LOG.info("local control step %d/%d: noise loss %.4f, sobel loss %.4f", step, self.steps, noise_loss,
                       sobel_loss)
-        self.bar.update_absolute(step, self.steps)  # last: ComfyUI's hook raises here when the run is cancelled
+        compat.report_every_step(self.bar, step, self.steps)  # last: ComfyUI's hook raises here on cancel
 
     def send_text(self, text: str) -> None:
-        from server import PromptServer
-
-        server = getattr(PromptServer, "instance", None)
-        if server is not None and self.node_id is not None:
-            server.send_progress_text(text, self.node_id)
+        compat.send_progress_text(text, self.node_id)
 
     def close(self) -> None:
         self.console.close()

@@ -21,6 +21,7 @@ from harness import pack_import, run_prompt, tiny_models
 
 ops = pack_import("nodes.ops.training")
 loop = pack_import("nodes.sampling.training")
+compat = pack_import("nodes.sampling.compat")
 
 LATENT, N = 8, 4
 MICRO_UNET = {
@@ -758,7 +759,7 @@ def _controlnet_gradients(hints, checkpointing=False) -> list[torch.Tensor]:
     net = control.control_model
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode(False), torch.enable_grad(), loop._frozen(step.base.diffusion_model), \
-            loop._checkpointed([step.base.diffusion_model, net], checkpointing) as blocks:
+            compat.checkpointed_blocks([step.base.diffusion_model, net], checkpointing) as blocks:
         adapter_blocks = set(net.modules()) & set(blocks)
         assert bool(adapter_blocks) == checkpointing == (len(blocks) > len(adapter_blocks))  # UNet blocks too
         for p in net.parameters():

@@ -35,11 +35,11 @@ import torch
 import comfy.controlnet
 import comfy.model_management
 import comfy.patcher_extension
-import comfy.samplers
 
 from ..ops import regions as region_ops
 from ..ops.control import mask_for_residual
 from ..ops.shapes import as_mask
+from . import compat
 from .attention import appended_rows
 from .masked_control import _merge, _with_cond_mask, apply_masked_control
 
@@ -206,7 +206,7 @@ def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[Pa
             region_ops.match_batch(entry["mask"], x_in.shape[0], f"{name}'s mask")
     paths = []
     for entry in members:
-        prepared = comfy.samplers.get_area_and_mult(entry, x_in, timestep)
+        prepared = compat.area_and_mult(entry, x_in, timestep)
         if prepared is None:  # outside its own timestep range this step
             continue
         if prepared.area is not None or prepared.hooks is not None or prepared.patches is not None:

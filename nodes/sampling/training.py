@@ -32,6 +32,7 @@ import comfy.t2i_adapter.adapter
 from ..ops import training as ops
 from ..ops.control import mask_for_residual
 from ..ops.shapes import as_mask
+from . import compat
 from .masked_control import MaskedControl
 
 _LOG = logging.getLogger(__name__)
@@ -349,23 +350,6 @@ def _frozen(module: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _checkpointed(modules: list[torch.nn.Module], enabled: bool):
-    """Gradient checkpointing with core Train LoRA's block patch on the highest blocks of every
-    module (the frozen UNet and the adapter being trained): their activations are recomputed in
-    the backward pass instead of kept. Yields the patched blocks."""
-    from comfy_extras.nodes_train import find_all_highest_child_module_with_forward, patch, unpatch
-
-    blocks = [b for m in modules for b in find_all_highest_child_module_with_forward(m)] if enabled else []
-    for block in blocks:
-        patch(block)
-    try:
-        yield blocks
-    finally:
-        for block in blocks:
-            unpatch(block)
-
-
-@contextlib.contextmanager
 def _trainable_weights(network: torch.nn.Module, lora_rank: int, algorithm: str, seed: int):
     """The parameters to optimise: every weight of ``network`` (``lora_rank`` 0), or low-rank
     adapters from ComfyUI's ``comfy.weight_adapter`` (the kind core Train LoRA makes) on each
@@ -455,7 +439,7 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     generator = torch.Generator().manual_seed(config.seed)
     with torch.inference_mode(False), torch.enable_grad(), _frozen(step.base.diffusion_model), \
             _trainable_weights(network, config.lora_rank, config.lora_algorithm, config.seed) as params, \
-            _checkpointed([step.base.diffusion_model, network], config.gradient_checkpointing):
+            compat.checkpointed_blocks([step.base.diffusion_model, network], config.gradient_checkpointing):
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
         n = latents.shape[0]
         for i in range(config.steps):
