@@ -80,3 +80,19 @@ def report_every_step(bar, value: int, total: int) -> None:
     bar.current = min(value, total)
     if bar.hook is not None:
         bar.hook(bar.current, bar.total, None, node_id=bar.node_id)
+
+
+def device_copy(control, load_device):
+    """A deep copy of a ComfyUI control (ControlNet, T2I-Adapter, ...) whose model runs on
+    ``load_device``, for ComfyUI's MultiGPU: ``ControlBase.deepclone_multigpu``, new in 0.33
+    (0.3.75 has no MultiGPU and never asks for one)."""
+    return control.deepclone_multigpu(load_device)
+
+
+def register_device_copy(control, load_device, clone, autoregister: bool):
+    """Record ``clone`` as ``control``'s copy for ``load_device`` when core asks (``autoregister``):
+    0.33's ``ControlBase.multigpu_clones``, which core's MultiGPU reads back through
+    ``get_instance_for_device``. Returns ``clone``."""
+    if autoregister:
+        control.multigpu_clones[load_device] = clone
+    return clone

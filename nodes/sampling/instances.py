@@ -456,6 +456,13 @@ class InstanceControl(comfy.controlnet.ControlBase):
         self.copy_to(out)
         return out
 
+    def deepclone_multigpu(self, load_device, autoregister=False):
+        """ComfyUI's MultiGPU (0.33+) asks for a copy per device; the batched ControlNet serves every
+        region from the regions' own ControlNets on one device, so it is refused with what to do."""
+        raise ValueError("Apply Regions in instances mode does not run under ComfyUI's MultiGPU: its batched "
+                         "ControlNet runs every region's ControlNet on one device. Set Apply Regions' mode to "
+                         "attention, or sample this model on one GPU (without the MultiGPU node)")
+
 
 def _hint_at(hint: torch.Tensor, size) -> torch.Tensor:
     """A control image at ``size`` (ComfyUI's centre-crop resize) so one ControlNet call takes all of them."""

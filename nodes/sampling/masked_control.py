@@ -27,6 +27,7 @@ import comfy.controlnet
 
 from ..ops.control import mask_for_residual
 from ..ops.shapes import as_mask
+from . import compat
 
 
 class MaskedControl(comfy.controlnet.ControlBase):
@@ -112,6 +113,12 @@ class MaskedControl(comfy.controlnet.ControlBase):
 
     def copy(self):
         return MaskedControl(self.inner.copy(), self.mask)
+
+    def deepclone_multigpu(self, load_device, autoregister=False):
+        """ComfyUI's MultiGPU (0.33+) runs one copy of each control per device: this mask around a
+        device copy of the inner control."""
+        clone = MaskedControl(compat.device_copy(self.inner, load_device), self.mask)
+        return compat.register_device_copy(self, load_device, clone, autoregister)
 
 
 def _merge(control: dict[str, list], control_prev: dict[str, list] | None) -> dict[str, list]:
