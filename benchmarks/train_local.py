@@ -12,7 +12,7 @@ fair comparison of where masked-trained and unmasked-trained adapters act.
 2. Fair comparison. The same UNet, first fitted for ``--pretrain-steps`` to flat one-colour latents
    (so, like a real pretrained model, it already denoises the part outside the mask and the noise
    loss gives the adapter no reason to act there), then frozen. On the synthetic stripes task
-   (``ops.stripes_task``: stripes that must appear only inside a square mask; the control image
+   (``_training.stripes_task``: stripes that must appear only inside a square mask; the control image
    shows the stripes everywhere (``full``) or only inside the mask (``masked``)) the same fresh
    adapter is trained with the same seed, steps and data as: ``masked`` (features masked + masked
    Sobel: the paper's method), ``unmasked`` (features and Sobel over the whole image), and both
@@ -40,13 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import boot, pack_import  # noqa: E402
 
-UNET = {
-    "model_channels": 32, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [0] * 8, "transformer_depth_output": [0] * 12, "transformer_depth_middle": 1,
-    "use_spatial_transformer": True, "legacy": False, "use_temporal_attention": False, "use_temporal_resblock": False,
-    "in_channels": 4, "out_channels": 4, "image_size": 32, "context_dim": 64, "use_linear_in_transformer": False,
-    "adm_in_channels": None, "num_head_channels": 32, "num_heads": -1,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere (the tests load this file)
+import _training  # noqa: E402
+
 LATENT = 16
 EVAL_SIGMAS = (0.3, 1.0, 2.5)
 # name -> TrainConfig fields; every variant also gets the shared seed, steps and learning rate
@@ -59,21 +55,11 @@ VARIANTS = {
 
 
 def micro_model(seed: int = 0, normalise: bool = True):
-    """A ModelPatcher around a randomly initialised SD1.5-layout micro UNet (``UNET``)."""
+    """A ModelPatcher around a randomly initialised SD1.5-layout micro UNet (the tests' ``MICRO_SD15_UNET``)."""
     boot()
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
     from harness import tiny_models
 
-    config = comfy.supported_models.SD15(dict(UNET))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    tiny_models._randomize(model.diffusion_model, seed)
-    if normalise:
-        tiny_models._normalise_output(model.diffusion_model, "sd15", seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return tiny_models.micro_sd15(seed, normalise)
 
 
 def pretrain_background(patcher, conditioning, latent: int, steps: int = 300, seed: int = 0,
@@ -83,8 +69,8 @@ def pretrain_background(patcher, conditioning, latent: int, steps: int = 300, se
     import torch.nn.functional as F
 
     loop = pack_import("nodes.sampling.training")
-    ops = pack_import("nodes.ops.training")
-    step = loop._Step(patcher, conditioning)
+    loss_maths = pack_import("nodes.ops.losses")
+    step = loop.TrainingStep(patcher, conditioning)
     generator = torch.Generator().manual_seed(seed)
     net = patcher.model.diffusion_model
     size = latent * 8
@@ -101,7 +87,7 @@ def pretrain_background(patcher, conditioning, latent: int, steps: int = 300, se
             sigma = step.sigmas(batch, 0.0, 1.0, generator)
             x_t = step.sampling.noise_scaling(sigma, noise, z0.contiguous())
             pred = step.predict(None, x_t, sigma, hint, mask)
-            loss = F.mse_loss(ops.eps_from_z0(x_t, pred, sigma), noise)
+            loss = F.mse_loss(loss_maths.eps_from_z0(x_t, pred, sigma), noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,9 +105,9 @@ def measure_variant(patcher, init, data, name: str, steps: int, seed: int, learn
                                  "start_percent": 0.2, "end_percent": 0.9, "seed": seed, **VARIANTS[name]})
     result = loop.train_local_control(patcher, init, latents, hints, masks, cond, config)
     sigmas = torch.tensor(EVAL_SIGMAS)
-    on = loop.control_effect(patcher, result.adapter, latents, hints, masks, cond, sigmas, inference_mask=True)
-    off = loop.control_effect(patcher, result.adapter, latents, hints, masks, cond, sigmas, inference_mask=False)
-    evaluated = loop.evaluate(patcher, result.adapter, latents, hints, masks, cond, sigmas)
+    on = _training.control_effect(patcher, result.adapter, latents, hints, masks, cond, sigmas, inference_mask=True)
+    off = _training.control_effect(patcher, result.adapter, latents, hints, masks, cond, sigmas, inference_mask=False)
+    evaluated = _training.evaluate(patcher, result.adapter, latents, hints, masks, cond, sigmas)
     return {
         "outside_on": on["outside"], "inside_on": on["inside"], "leak_on": on["outside"] / on["inside"],
         "far_on": on.get("far", float("nan")),
@@ -140,18 +126,16 @@ ADAPTERS = ("t2i", "controlnet")
 def fresh(patcher, kind: str, seed: int):
     """A fresh adapter of ``kind`` for ``patcher``: a standard T2I-Adapter, or a ControlNet copied
     from the UNet's encoder with zero convolutions."""
-    loop = pack_import("nodes.sampling.training")
-    return loop.fresh_adapter(patcher, seed) if kind == "t2i" else loop.fresh_controlnet(patcher, seed)
+    adapters = pack_import("nodes.sampling.adapters")
+    return adapters.fresh_adapter(patcher, seed) if kind == "t2i" else adapters.fresh_controlnet(patcher, seed)
 
 
 def fair_comparison(patcher, latent: int = LATENT, seeds=(0, 1, 2), steps: int = 40, full_hint: bool = True,
                     variants=tuple(VARIANTS), learning_rate: float = 1e-3, adapter: str = "t2i") -> dict:
     """Per variant: the mean of ``measure_variant`` over ``seeds`` (and the per-seed values)."""
-    loop = pack_import("nodes.sampling.training")
-    ops = pack_import("nodes.ops.training")
     per_seed: dict[str, list[dict]] = {name: [] for name in variants}
     for seed in seeds:
-        data = ops.stripes_task(4, latent, seed, full_hint)
+        data = _training.stripes_task(4, latent, seed, full_hint)
         init = fresh(patcher, adapter, seed + 7)
         for name in variants:
             per_seed[name].append(measure_variant(patcher, init, data, name, steps, seed + 7, learning_rate))
@@ -161,7 +145,7 @@ def fair_comparison(patcher, latent: int = LATENT, seeds=(0, 1, 2), steps: int =
 
 def background_conditioning(latent: int):
     """The conditioning the stripes tasks use (the same for every seed: one prompt)."""
-    return pack_import("nodes.ops.training").stripes_task(4, latent, 0)[3]
+    return _training.stripes_task(4, latent, 0)[3]
 
 
 def timing(steps: int, rounds: int, kind: str = "t2i") -> dict:

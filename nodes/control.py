@@ -14,9 +14,9 @@ from .ops import pose as pose_ops
 from .ops.regions import preview as overlay
 from .ops.shapes import as_mask, as_rgb, broadcast_batch, resize_mask
 from .sampling.masked_control import apply_masked_control
+from .types import PoseKeypoint
 
 CATEGORY = "selective_control/control"
-PoseKeypoint = io.Custom("POSE_KEYPOINT")
 
 
 class SCMaskedControlImage(io.ComfyNode):

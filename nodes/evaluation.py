@@ -10,13 +10,12 @@ import torch
 import comfy.model_management
 from comfy_api.latest import io, ui
 
-from .control import PoseKeypoint
-from .finding import ClipMatcher
 from .ops import charts, metrics
 from .ops import control as control_ops
 from .ops import finding as finding_ops
 from .ops import pose as pose_ops
 from .ops.shapes import as_mask, as_rgb, resize_mask
+from .types import ClipMatcher, PoseKeypoint
 
 CATEGORY = "selective_control/evaluation"
 MASK_MEANINGS = ("edited area", "kept area")

@@ -14,15 +14,13 @@ from comfy_execution.graph import ExecutionBlocker
 from .models import list_models
 from .models import clip_matcher as clip_models
 from .models import rembg_models, sam as sam_models
-from .ops import finding as ops
+from .ops import finding as finding_ops
 from .ops.regions import preview as overlay
 from .ops.shapes import as_rgb
 from .ops.shapes import as_image, fit_mask_to_image
+from .types import ClipMatcher, Found, SamModel
 
 CATEGORY = "selective_control/finding"
-SamModel = io.Custom("SC_SAM_MODEL")
-ClipMatcher = io.Custom("SC_CLIP_MATCHER")
-Found = io.Custom("SC_FOUND")  # list[bool], one per image of the batch
 
 
 def _intermediate(tensor: torch.Tensor) -> torch.Tensor:
@@ -93,9 +91,9 @@ class SCFindObjects(io.ComfyNode):
                                 "more like these than like a class name never matches. Empty uses 'background'."),
                 io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Minimum CLIP probability of a class name for a mask to count as found."),
-                io.Combo.Input("merge", options=list(ops.MERGE_MODES), default="best",
+                io.Combo.Input("merge", options=list(finding_ops.MERGE_MODES), default="best",
                                tooltip="'best': the single best matching mask; 'all': union of every matching mask."),
-                io.Combo.Input("mode", options=list(ops.FIND_MODES), default="guided",
+                io.Combo.Input("mode", options=list(finding_ops.FIND_MODES), default="guided",
                                tooltip="'guided': few prompts chosen by CLIP (fast); 'automatic': SAM's automatic "
                                "mask generator on a full point grid (slow, for comparison)."),
                 io.String.Input("prompt_template", default="a photo of a {}",
@@ -124,29 +122,29 @@ class SCFindObjects(io.ComfyNode):
     def execute(cls, image, sam, clip_matcher, class_names, negative_names, threshold, merge, mode, prompt_template,
                 max_prompts=16, pred_iou_thresh=0.88, stability_thresh=0.95, dedupe_iou=0.85,
                 amg_points_per_side=32) -> io.NodeOutput:
-        names = ops.require_class_names(class_names)
-        negatives = [n for n in ops.parse_names(negative_names) if n not in names] or list(ops.DEFAULT_NEGATIVES)
+        names = finding_ops.require_class_names(class_names)
+        negatives = [n for n in finding_ops.parse_names(negative_names) if n not in names] or list(finding_ops.DEFAULT_NEGATIVES)
         images = as_rgb(image)
-        settings = ops.FinderSettings(max_points=max_prompts, pred_iou_thresh=pred_iou_thresh,
+        settings = finding_ops.FinderSettings(max_points=max_prompts, pred_iou_thresh=pred_iou_thresh,
                                       stability_thresh=stability_thresh, dedupe_iou=dedupe_iou)
         comfy.model_management.load_models_gpu([sam, clip_matcher])
         segmenter = sam_models.SAMSegmenter(sam.model, amg_points_per_side, pred_iou_thresh, stability_thresh)
         matcher = clip_matcher.model
-        text_embeds = matcher.encode_text(ops.prompt_texts(names + negatives, prompt_template))
+        text_embeds = matcher.encode_text(finding_ops.prompt_texts(names + negatives, prompt_template))
         progress = comfy.utils.ProgressBar(images.shape[0])
         results, masks, previews = [], [], []
         for item in images:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            result = ops.find_in_image(item.to(segmenter.device), segmenter, matcher, text_embeds, names, threshold,
+            result = finding_ops.find_in_image(item.to(segmenter.device), segmenter, matcher, text_embeds, names, threshold,
                                        settings, mode)
             results.append(result)
-            masks.append(ops.merged_mask(result, merge, item.shape[0], item.shape[1]))
-            previews.append(ops.preview(item, result, merge))
+            masks.append(finding_ops.merged_mask(result, merge, item.shape[0], item.shape[1]))
+            previews.append(finding_ops.preview(item, result, merge))
             progress.update(1)
         found = [r.found for r in results]
         logging.info("selective_control: found the object in %d of %d images", sum(found), len(found))
         previews = torch.stack(previews)
-        return io.NodeOutput(_intermediate(torch.stack(masks)), found, ops.report(results), _intermediate(previews),
+        return io.NodeOutput(_intermediate(torch.stack(masks)), found, finding_ops.report(results), _intermediate(previews),
                              ui=ui.PreviewImage(previews, cls=cls))
 
 
@@ -190,7 +188,7 @@ class SCRemoveBackground(io.ComfyNode):
         masks = []
         for item in images:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            alpha = rembg_models.remove_background(session, ops.to_uint8(item), alpha_matting, foreground_threshold,
+            alpha = rembg_models.remove_background(session, finding_ops.to_uint8(item), alpha_matting, foreground_threshold,
                                                    background_threshold, erode_size, post_process)
             masks.append(torch.from_numpy(alpha))
             progress.update(1)

@@ -1,12 +1,12 @@
-"""Mask operation nodes (thin V3 wrappers over ops.masks): validate, convert, call."""
+"""Mask operation nodes (thin V3 wrappers over mask_ops.masks): validate, convert, call."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .ops import masks as ops
+from .ops import masks as mask_ops
+from .types import CropInfoType
 
 CATEGORY = "selective_control/masks"
-CropInfoType = io.Custom("SC_CROP")
 
 _RESIZE_RULE = "A mask of another size is first resized to the image (bilinear)."
 _BATCH_RULE = "A batch of 1 applies to every item of the other batch; other batch mismatches are an error."
@@ -28,10 +28,10 @@ class SCFeatherMask(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="The mask to feather; its shape is the part >= 0.5."),
                 io.Int.Input("radius", default=16, min=0, max=4096, step=1,
                              tooltip="Width of the soft ramp in pixels. 0 = unchanged."),
-                io.Combo.Input("direction", options=list(ops.DIRECTIONS), default="centred",
+                io.Combo.Input("direction", options=list(mask_ops.DIRECTIONS), default="centred",
                                tooltip="inward: never grows the mask; outward: never shrinks it; "
                                        "centred: the ramp straddles the edge."),
-                io.Combo.Input("falloff", options=list(ops.FALLOFFS), default="smoothstep",
+                io.Combo.Input("falloff", options=list(mask_ops.FALLOFFS), default="smoothstep",
                                tooltip="Ramp shape: linear, smoothstep (3t^2-2t^3) or gaussian (sigma = radius/3)."),
             ],
             outputs=[io.Mask.Output(display_name="mask", tooltip="The feathered mask, same shape as the input.")],
@@ -39,7 +39,7 @@ class SCFeatherMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, radius: int, direction: str, falloff: str) -> io.NodeOutput:
-        return io.NodeOutput(ops.feather(mask, radius, direction, falloff))
+        return io.NodeOutput(mask_ops.feather(mask, radius, direction, falloff))
 
 
 class SCGrowMask(io.ComfyNode):
@@ -63,7 +63,7 @@ class SCGrowMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, pixels: int) -> io.NodeOutput:
-        return io.NodeOutput(ops.grow(mask, pixels))
+        return io.NodeOutput(mask_ops.grow(mask, pixels))
 
 
 class SCCombineMasks(io.ComfyNode):
@@ -80,7 +80,7 @@ class SCCombineMasks(io.ComfyNode):
             inputs=[
                 io.Mask.Input("mask_a", tooltip="First mask; the result has its size."),
                 io.Mask.Input("mask_b", tooltip="Second mask; resized to mask_a's size (bilinear) if it differs."),
-                io.Combo.Input("operation", options=list(ops.COMBINE_OPS), default="union",
+                io.Combo.Input("operation", options=list(mask_ops.COMBINE_OPS), default="union",
                                tooltip="union, intersection, difference (a minus b) or xor."),
             ],
             outputs=[io.Mask.Output(display_name="mask", tooltip="The combined mask.")],
@@ -88,7 +88,7 @@ class SCCombineMasks(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask_a, mask_b, operation: str) -> io.NodeOutput:
-        return io.NodeOutput(ops.combine(mask_a, mask_b, operation))
+        return io.NodeOutput(mask_ops.combine(mask_a, mask_b, operation))
 
 
 class SCMaskCleanup(io.ComfyNode):
@@ -117,7 +117,7 @@ class SCMaskCleanup(io.ComfyNode):
 
     @classmethod
     def execute(cls, mask, threshold: float, fill_holes: bool, min_island_px: int) -> io.NodeOutput:
-        return io.NodeOutput(ops.cleanup(mask, threshold, fill_holes, min_island_px))
+        return io.NodeOutput(mask_ops.cleanup(mask, threshold, fill_holes, min_island_px))
 
 
 class SCCropToMask(io.ComfyNode):
@@ -152,7 +152,7 @@ class SCCropToMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, mask, padding: int, round_to_8: bool, target_size: int) -> io.NodeOutput:
-        crop, crop_mask, info = ops.crop_to_mask(image, mask, padding, round_to_8, target_size)
+        crop, crop_mask, info = mask_ops.crop_to_mask(image, mask, padding, round_to_8, target_size)
         return io.NodeOutput(crop, crop_mask, info)
 
 
@@ -183,11 +183,11 @@ class SCUncrop(io.ComfyNode):
 
     @classmethod
     def execute(cls, original, crop, crop_info, feather: int, mask=None) -> io.NodeOutput:
-        if not isinstance(crop_info, ops.CropInfo):
+        if not isinstance(crop_info, mask_ops.CropInfo):
             raise ValueError("crop_info must come from a Crop To Mask (SC) node")
         if mask is not None and feather > 0:
-            mask = ops.feather(mask, feather, "inward", "smoothstep")
-        return io.NodeOutput(ops.uncrop(original, crop, crop_info, mask))
+            mask = mask_ops.feather(mask, feather, "inward", "smoothstep")
+        return io.NodeOutput(mask_ops.uncrop(original, crop, crop_info, mask))
 
 
 class SCMaskToLatent(io.ComfyNode):
@@ -216,7 +216,7 @@ class SCMaskToLatent(io.ComfyNode):
         samples = latent.get("samples") if isinstance(latent, dict) else None
         if samples is None or samples.ndim < 4:
             raise ValueError("latent must be a LATENT with 'samples' of shape [B,C,h,w]; connect a latent output")
-        grid = ops.mask_to_latent(mask, samples.shape[-2], samples.shape[-1])
+        grid = mask_ops.mask_to_latent(mask, samples.shape[-2], samples.shape[-1])
         if grid.shape[0] not in (1, samples.shape[0]):
             raise ValueError(
                 f"mask batch {tuple(grid.shape)} does not match latent batch {tuple(samples.shape)}; "

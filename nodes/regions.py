@@ -6,9 +6,9 @@ from comfy_api.latest import io, ui
 from .ops import regions as region_ops
 from .ops.shapes import as_mask
 from .sampling import regions as regional
+from .types import Regions
 
 CATEGORY = "selective_control/regions"
-Regions = io.Custom("SC_REGIONS")
 MODES = ("attention", "instances")
 
 

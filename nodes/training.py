@@ -14,13 +14,16 @@ from comfy.weight_adapter import adapter_maps
 from comfy_api.latest import io
 from tqdm.auto import tqdm
 
-from .ops import training as ops
-from .sampling import compat
+from .ops.charts import loss_plot
+from .ops.files import read_dataset_folder
+from .sampling import adapters, compat
 from .sampling import training as loop
+from .sampling.control_lora import control_lora_state_dict
 
 CATEGORY = "selective_control/training"
-INIT_OPTIONS = ("from control_net", "fresh standard T2I-Adapter", "fresh ControlNet from the model")
-SAVE_FORMATS = ("full weights", "Control-LoRA (difference to the model)")
+FROM_CONTROL_NET, FRESH_T2I_ADAPTER, FRESH_CONTROLNET = INIT_OPTIONS = (
+    "from control_net", "fresh standard T2I-Adapter", "fresh ControlNet from the model")
+FULL_WEIGHTS, CONTROL_LORA = SAVE_FORMATS = ("full weights", "Control-LoRA (difference to the model)")
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _LOG = logging.getLogger(__name__)
 TEXT_INTERVAL_S = 0.25  # the node's progress text is refreshed at most this often (and at the last step)
@@ -97,6 +100,55 @@ def joined_batch(values: list[torch.Tensor] | None, name: str) -> torch.Tensor |
     return torch.cat(values) if len(values) > 1 else values[0]
 
 
+def starting_adapter(model, init: str, control_net, seed: int):
+    """The adapter training starts from: the connected control_net, or a fresh one made for ``model``."""
+    if init == FRESH_T2I_ADAPTER:
+        return adapters.fresh_adapter(model, seed)
+    if init == FRESH_CONTROLNET:
+        return adapters.fresh_controlnet(model, seed)
+    if control_net is None:
+        raise ValueError("connect a control_net (a T2I-Adapter or ControlNet) or set init to a fresh option")
+    return control_net
+
+
+def training_dataset(dataset_folder: str, vae, clip, positive, latents, images, control_images, masks):
+    """``(latents, control images, masks, positive)`` from dataset_folder (VAE-encoded, captions
+    through the clip when one is connected) or from the connected inputs; a clear error for
+    every missing or conflicting input."""
+    captions = None
+    if dataset_folder and dataset_folder.strip():
+        connected = [name for name, value in (("latents", latents), ("images", images),
+                                              ("control_images", control_images), ("masks", masks))
+                     if value is not None]
+        if connected:
+            raise ValueError(f"dataset_folder is set and {', '.join(connected)} connected too: disconnect "
+                             "them (the folder provides the dataset) or clear dataset_folder")
+        data = read_dataset_folder(dataset_root(dataset_folder))
+        if vae is None:
+            raise ValueError(f"dataset_folder {dataset_folder!r} holds images: connect the VAE that encodes them")
+        samples = vae.encode(data.images)
+        control_images, masks, captions = data.controls, data.masks, data.captions
+        _LOG.info("local control dataset %s: %d images, %s", dataset_folder, len(data.names),
+                  "captions per image" if captions else "no captions")
+    else:
+        if control_images is None or masks is None:
+            raise ValueError("connect control_images and masks, or set dataset_folder")
+        if latents is not None:
+            samples = latents["samples"]
+        elif images is not None and vae is not None:
+            samples = vae.encode(images[..., :3])
+        else:
+            raise ValueError("connect training latents, or training images and a VAE (or set dataset_folder)")
+    if captions is not None and clip is not None:
+        positive = encode_captions(clip, captions)
+    elif positive is None:
+        raise ValueError("connect a positive prompt" + (" or a clip to encode the dataset folder's captions"
+                                                        if captions is not None else ""))
+    elif captions is not None:
+        _LOG.info("dataset captions ignored: no clip connected, using positive for every image")
+    return samples, control_images, masks, positive
+
+
 class SCTrainLocalControl(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -127,7 +179,7 @@ class SCTrainLocalControl(io.ComfyNode):
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Prompt conditioning used for every training image (unless "
                                               "dataset_folder has captions and a clip is connected)."),
-                io.Combo.Input("init", options=list(INIT_OPTIONS), default=INIT_OPTIONS[0],
+                io.Combo.Input("init", options=list(INIT_OPTIONS), default=FROM_CONTROL_NET,
                                tooltip="Train the connected control_net; or start from a fresh random T2I-Adapter "
                                        "sized from the model (SD1.5- or SDXL-layout UNets); or from a fresh "
                                        "ControlNet copied from the model's encoder with zero convolutions (no "
@@ -199,45 +251,9 @@ class SCTrainLocalControl(io.ComfyNode):
             latents = {"samples": joined_batch([latent["samples"] for latent in latents], "latents")}
         if positive is not None and len(positive) == 1:
             positive = positive[0]  # one prompt for every image; a longer list is one prompt per image
-        if init == INIT_OPTIONS[1]:
-            adapter = loop.fresh_adapter(model, seed)
-        elif init == INIT_OPTIONS[2]:
-            adapter = loop.fresh_controlnet(model, seed)
-        elif control_net is None:
-            raise ValueError("connect a control_net (a T2I-Adapter or ControlNet) or set init to a fresh option")
-        else:
-            adapter = control_net
-        captions = None
-        if dataset_folder and dataset_folder.strip():
-            connected = [name for name, value in (("latents", latents), ("images", images),
-                                                  ("control_images", control_images), ("masks", masks))
-                         if value is not None]
-            if connected:
-                raise ValueError(f"dataset_folder is set and {', '.join(connected)} connected too: disconnect "
-                                 "them (the folder provides the dataset) or clear dataset_folder")
-            data = ops.read_dataset_folder(dataset_root(dataset_folder))
-            if vae is None:
-                raise ValueError(f"dataset_folder {dataset_folder!r} holds images: connect the VAE that encodes them")
-            samples = vae.encode(data.images)
-            control_images, masks, captions = data.controls, data.masks, data.captions
-            _LOG.info("local control dataset %s: %d images, %s", dataset_folder, len(data.names),
-                      "captions per image" if captions else "no captions")
-        else:
-            if control_images is None or masks is None:
-                raise ValueError("connect control_images and masks, or set dataset_folder")
-            if latents is not None:
-                samples = latents["samples"]
-            elif images is not None and vae is not None:
-                samples = vae.encode(images[..., :3])
-            else:
-                raise ValueError("connect training latents, or training images and a VAE (or set dataset_folder)")
-        if captions is not None and clip is not None:
-            positive = encode_captions(clip, captions)
-        elif positive is None:
-            raise ValueError("connect a positive prompt" + (" or a clip to encode the dataset folder's captions"
-                                                            if captions is not None else ""))
-        elif captions is not None:
-            _LOG.info("dataset captions ignored: no clip connected, using positive for every image")
+        adapter = starting_adapter(model, init, control_net, seed)
+        samples, control_images, masks, positive = training_dataset(
+            dataset_folder, vae, clip, positive, latents, images, control_images, masks)
         config = loop.TrainConfig(steps, learning_rate, batch_size, sobel_weight, start_percent, end_percent, seed,
                                   gradient_checkpointing, lora_rank=lora_rank, lora_algorithm=lora_algorithm)
         progress = _Progress(steps)
@@ -252,7 +268,7 @@ class SCTrainLocalControl(io.ComfyNode):
             progress.send_text(f"diverged at step {result.diverged_at_step} (loss not finite): returning the weights "
                                f"of step {result.diverged_at_step - 1}; lower the learning rate")
         history = result.history()
-        plot = ops.loss_plot({"noise loss": result.noise_loss, "sobel loss": result.sobel_loss})
+        plot = loss_plot({"noise loss": result.noise_loss, "sobel loss": result.sobel_loss})
         return io.NodeOutput(result.adapter, json.dumps(history), plot)
 
 
@@ -277,7 +293,7 @@ class SCSaveAdapter(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="float32", optional=True,
                                tooltip="Precision of the saved weights: float16 halves the file (how most published "
                                        "ControlNets ship); float32 keeps the trained values exactly."),
-                io.Combo.Input("save_as", options=list(SAVE_FORMATS), default=SAVE_FORMATS[0], optional=True,
+                io.Combo.Input("save_as", options=list(SAVE_FORMATS), default=FULL_WEIGHTS, optional=True,
                                tooltip="full weights: the whole adapter. Control-LoRA: a ControlNet stored as "
                                        "low-rank differences to the model's UNet plus its own hint block and zero "
                                        "convolutions, a file a few % of the size that core Load ControlNet Model "
@@ -296,20 +312,20 @@ class SCSaveAdapter(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, control_net, filename_prefix, dtype="float32", save_as=SAVE_FORMATS[0], model=None,
+    def execute(cls, control_net, filename_prefix, dtype="float32", save_as=FULL_WEIGHTS, model=None,
                 control_lora_rank=16) -> io.NodeOutput:
         error = 0.0
-        if save_as == SAVE_FORMATS[1]:
+        if save_as == CONTROL_LORA:
             if model is None:
                 raise ValueError("save_as Control-LoRA stores differences to the model's UNet: connect the model the "
                                  "ControlNet was trained against")
-            weights, error = loop.control_lora_state_dict(control_net, model, control_lora_rank)
+            weights, error = control_lora_state_dict(control_net, model, control_lora_rank)
             if error > 1e-3:
                 _LOG.warning("Control-LoRA at rank %d leaves out %.1f%% of a weight difference; raise "
                              "control_lora_rank to the training's lora_rank for an exact file", control_lora_rank,
                              100 * error)
         else:
-            weights = loop.adapter_state_dict(control_net)
+            weights = adapters.adapter_state_dict(control_net)
         state = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
         root = folder_paths.get_folder_paths("controlnet")[0]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)

@@ -1,7 +1,10 @@
-"""Layer guards: which pack module may touch what.
+"""Layer guards: which pack module may touch what (docs/ARCHITECTURE.md draws the layers).
 
 - ComfyUI internals (names outside its public API, which change between releases) only in
   ``nodes/sampling/compat.py``.
+- Node modules (``nodes/<area>.py``) import ops, sampling, models and ``nodes/types.py``, never
+  another node module.
+- In ``nodes/ops/`` only ``files.py`` reads or writes files.
 """
 import re
 
@@ -54,3 +57,47 @@ def test_the_guard_sees_what_it_forbids():
     for sample, pattern in zip(samples, COMFY_INTERNALS):
         assert re.search(pattern, sample, re.MULTILINE), (pattern, sample)
     assert COMPAT.is_file()
+
+
+NODE_MODULES = sorted(p for p in NODES.glob("*.py") if p.name not in ("__init__.py", "types.py"))
+NODE_MODULE_NAMES = {p.stem for p in NODE_MODULES}
+
+
+def _imported_siblings(text: str) -> set[str]:
+    """Names of ``nodes/`` modules a node module imports relatively (``from .x import``, ``from . import x``)."""
+    found = set(re.findall(r"^\s*from \.(\w+)[\w.]* import", text, re.MULTILINE))
+    for names in re.findall(r"^\s*from \. import ([\w, ()]+)", text, re.MULTILINE):
+        found |= {n.strip(" ()").split(" as ")[0] for n in names.split(",")}
+    return found
+
+
+@pytest.mark.parametrize("path", NODE_MODULES, ids=lambda p: p.name)
+def test_no_node_module_imports_another(path):
+    imported = _imported_siblings(path.read_text()) & NODE_MODULE_NAMES
+    assert not imported, (f"nodes/{path.name} imports the node module(s) {sorted(imported)}: move what they share "
+                          "(a custom io type to nodes/types.py, logic to ops/ or sampling/)")
+
+
+def test_the_node_import_guard_sees_sibling_imports():
+    assert _imported_siblings("from .control import PoseKeypoint\nfrom . import finding, masks as m\n") == {
+        "control", "finding", "masks"}
+    assert _imported_siblings("from .ops import masks\nfrom .types import Regions\n") == {"ops", "types"}
+
+
+FILE_IO = r"\bopen\(|\bos\.(listdir|scandir|walk|remove|makedirs)\b|\bos\.path\.(isfile|isdir|exists)\b|" \
+          r"\.(iterdir|glob|read_text|read_bytes|write_text|write_bytes)\(|\btorch\.(load|save)\(|" \
+          r"\bnp\.(load|save)\w*\(|\bImage\.open\(|\.save\("
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (NODES / "ops").glob("*.py") if p.name != "files.py"),
+                         ids=lambda p: p.name)
+def test_file_io_in_ops_only_in_its_files_module(path):
+    found = re.search(FILE_IO, _code(path))
+    assert found is None, (f"nodes/ops/{path.name} does file I/O ({found.group(0)!r}): put it in nodes/ops/files.py "
+                           "and pass tensors in")
+
+
+def test_the_file_io_guard_sees_reads_and_writes():
+    for sample in ("with open(p) as f:", "os.listdir(folder)", "Image.open(path)", "image.save(path)",
+                   "folder.iterdir()", "torch.load(f)", "np.save(p, a)"):
+        assert re.search(FILE_IO, sample), sample

@@ -17,21 +17,17 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
 import nodes
-from harness import pack_import, run_prompt, tiny_models
+from harness import benchmark_import, pack_import, run_prompt, tiny_models
 
-ops = pack_import("nodes.ops.training")
+losses = pack_import("nodes.ops.losses")
+files = pack_import("nodes.ops.files")
 loop = pack_import("nodes.sampling.training")
+adapters = pack_import("nodes.sampling.adapters")
+control_lora = pack_import("nodes.sampling.control_lora")
+bench_training = benchmark_import("_training")
 compat = pack_import("nodes.sampling.compat")
 
 LATENT, N = 8, 4
-MICRO_UNET = {
-    **tiny_models._UNET_BASE, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
-    "transformer_depth": [0] * 8, "transformer_depth_output": [0] * 12, "transformer_depth_middle": 1,
-    "context_dim": 64, "use_linear_in_transformer": False, "adm_in_channels": None, "num_head_channels": 32,
-    "num_heads": -1,
-}
-
-
 class _SD15WithCoreDefaultHeads(comfy.supported_models.SD15):
     unet_extra_config = {"num_heads": -1, "num_head_channels": 64}
 
@@ -41,25 +37,16 @@ def micro_sd15(cross_attention_in_encoder: bool = False):
     """The micro SD1.5-layout model; ``cross_attention_in_encoder`` adds a transformer to the second
     level (as real SD1.5 has in its encoder: core reads a ControlNet file's context size from
     there) with 64-channel heads (what core assumes for a ControlNet of unknown size)."""
-    unet, kind = dict(MICRO_UNET), comfy.supported_models.SD15
-    if cross_attention_in_encoder:
-        unet.update({"transformer_depth": [0, 0, 1, 1, 0, 0, 0, 0],
-                     "transformer_depth_output": [0] * 6 + [1] * 3 + [0] * 3})
-        kind = _SD15WithCoreDefaultHeads
-    config = kind(unet)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    tiny_models._randomize(model.diffusion_model, 0)
-    tiny_models._normalise_output(model.diffusion_model, "sd15", 0)
-    mm = comfy.model_management
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    if not cross_attention_in_encoder:
+        return tiny_models.micro_sd15()
+    return tiny_models.micro_sd15(config_class=_SD15WithCoreDefaultHeads, transformer_depth=[0, 0, 1, 1, 0, 0, 0, 0],
+                                  transformer_depth_output=[0] * 6 + [1] * 3 + [0] * 3)
 
 
 @functools.cache
 def task():
     """Vertical stripes that must appear only inside a per-image square; flat latent elsewhere."""
-    latents, hints, masks, cond, _ = ops.stripes_task(N, LATENT, seed=0)
+    latents, hints, masks, cond, _ = bench_training.stripes_task(N, LATENT, seed=0)
     return latents, hints, masks, cond
 
 
@@ -94,25 +81,25 @@ def _edges_pair(seed=0):
 
 def test_sobel_loss_is_zero_for_equal_latents_and_grows_with_edge_differences_inside():
     z0, mask = _edges_pair()
-    assert ops.masked_sobel_loss(z0.clone(), z0, mask).item() == 0.0
+    assert losses.masked_sobel_loss(z0.clone(), z0, mask).item() == 0.0
     bump = torch.zeros_like(z0)
     bump[..., 7:9, 7:9] = 1.0  # an edge change in the middle of the mask
-    small = ops.masked_sobel_loss(z0 + 0.1 * bump, z0, mask).item()
-    large = ops.masked_sobel_loss(z0 + 0.5 * bump, z0, mask).item()
+    small = losses.masked_sobel_loss(z0 + 0.1 * bump, z0, mask).item()
+    large = losses.masked_sobel_loss(z0 + 0.5 * bump, z0, mask).item()
     assert 0 < small < large
     assert large == pytest.approx(25 * small, rel=1e-4)  # quadratic in the edge difference
-    flat = ops.masked_sobel_loss(z0 + 3.0, z0, mask).item()  # a constant shift has no edges
+    flat = losses.masked_sobel_loss(z0 + 3.0, z0, mask).item()  # a constant shift has no edges
     assert flat == pytest.approx(0.0, abs=1e-10)
     outside = torch.zeros_like(z0)
     outside[..., 0:2, 0:2] = 5.0
-    assert ops.masked_sobel_loss(z0 + outside, z0, mask).item() == 0.0
-    assert ops.masked_sobel_loss(z0 + bump, z0, torch.zeros_like(mask)).item() == 0.0
+    assert losses.masked_sobel_loss(z0 + outside, z0, mask).item() == 0.0
+    assert losses.masked_sobel_loss(z0 + bump, z0, torch.zeros_like(mask)).item() == 0.0
 
 
 def test_outside_mask_pixels_get_zero_gradient():
     z0, mask = _edges_pair(1)
     pred = (z0 + torch.randn_like(z0)).requires_grad_(True)
-    ops.masked_sobel_loss(pred, z0, mask).backward()
+    losses.masked_sobel_loss(pred, z0, mask).backward()
     grad = pred.grad.abs()
     inside = mask.expand_as(grad) > 0
     assert torch.count_nonzero(grad[~inside]) == 0
@@ -122,7 +109,7 @@ def test_outside_mask_pixels_get_zero_gradient():
 def test_sobel_matches_the_textbook_kernel():
     x = torch.zeros(1, 1, 5, 5)
     x[..., 3:] = 1.0  # a vertical step between columns 2 and 3
-    gx, gy = ops.sobel(x)[0, 0]
+    gx, gy = losses.sobel(x)[0, 0]
     assert torch.allclose(gx[1:4, 2], torch.full((3,), 0.5)) and torch.allclose(gx[1:4, 0], torch.zeros(3))
     assert torch.count_nonzero(gy) == 0
 
@@ -134,16 +121,16 @@ def test_z0_estimate_matches_model_sampling():
     sigma = sampling.sigmas[index]
     x_t, eps = torch.randn(4, 4, 8, 8, generator=g) * 3, torch.randn(4, 4, 8, 8, generator=g)
     denoised = sampling.calculate_denoised(sigma, eps, x_t)
-    assert torch.allclose(ops.z0_from_eps(x_t, eps, sigma), denoised, atol=1e-5)
+    assert torch.allclose(losses.z0_from_eps(x_t, eps, sigma), denoised, atol=1e-5)
     # the paper's form on the UNet's own (variance preserving) input
     z_t = sampling.calculate_input(sigma, x_t)
     alpha_bar = 1.0 / (1.0 + sigma.double() ** 2)  # ModelSamplingDiscrete keeps sigma = sqrt((1 - a) / a)
-    assert torch.allclose(ops.z0_from_eps_vp(z_t, eps, alpha_bar), denoised, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(ops.eps_from_z0(x_t, denoised, sigma), eps, atol=1e-4)
+    assert torch.allclose(losses.z0_from_eps_vp(z_t, eps, alpha_bar), denoised, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(losses.eps_from_z0(x_t, denoised, sigma), eps, atol=1e-4)
     # and the training step's z0' is the model's own calculate_denoised of its output
     z0 = torch.randn(1, 4, 8, 8, generator=g)
     hint, mask = torch.zeros(1, 64, 64, 3), torch.ones(1, 64, 64)
-    step = loop._Step(micro_sd15(), task()[3])
+    step = loop.TrainingStep(micro_sd15(), task()[3])
     with torch.no_grad():
         _, _, z0_pred = step.losses(None, z0, hint, mask, eps[:1], sigma[1:2])
         x = sampling.noise_scaling(sigma[1:2], eps[:1], z0)
@@ -186,13 +173,13 @@ def trained():
 
 def test_training_lowers_both_losses(trained):
     latents, hints, masks, cond = task()
-    initial = loop.fresh_adapter(micro_sd15(), 7)
+    initial = adapters.fresh_adapter(micro_sd15(), 7)
     adapter = trained.output("train", 0)
     history = json.loads(trained.output("train", 1))
     assert history["steps_done"] == TRAIN_STEPS and not history["interrupted"]
     assert len(history["noise_loss"]) == len(history["sobel_loss"]) == TRAIN_STEPS
-    before = loop.evaluate(micro_sd15(), initial, latents, hints, masks, cond, EVAL_SIGMAS)
-    after = loop.evaluate(micro_sd15(), adapter, latents, hints, masks, cond, EVAL_SIGMAS)
+    before = bench_training.evaluate(micro_sd15(), initial, latents, hints, masks, cond, EVAL_SIGMAS)
+    after = bench_training.evaluate(micro_sd15(), adapter, latents, hints, masks, cond, EVAL_SIGMAS)
     print("losses before", before, "after", after)
     assert after[0] < before[0] and after[1] < before[1]
     plot = trained.output("train", 2)
@@ -206,7 +193,7 @@ def test_saved_adapter_loads_through_core_loader_with_identical_outputs(trained)
     assert isinstance(loaded, comfy.controlnet.T2IAdapter)
     ours = trained.output("train", 0)
     latents, hints, masks, cond = task()
-    step = loop._Step(micro_sd15(), cond)
+    step = loop.TrainingStep(micro_sd15(), cond)
     noise, sigma = torch.randn(latents.shape, generator=torch.Generator().manual_seed(3)), torch.full((N,), 1.5)
     with torch.no_grad():
         a = step.losses(ours, latents, hints, masks, noise, sigma)[2]
@@ -253,7 +240,7 @@ def test_saved_adapter_works_in_apply_controlnet_masked_right_away():
 
 def test_interrupt_returns_the_weights_of_the_last_finished_step():
     latents, hints, masks, cond = task()
-    initial = loop.fresh_adapter(micro_sd15(), 1)
+    initial = adapters.fresh_adapter(micro_sd15(), 1)
     snapshots = []
 
     def on_step(step, noise_loss, sobel_loss):
@@ -348,14 +335,7 @@ def test_cancel_through_comfyuis_progress_hook_keeps_the_finished_steps(progress
 
 def _benchmark():
     """benchmarks/train_local.py as a module: the test asserts on the benchmark's own measurement."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_local.py"
-    spec = importlib.util.spec_from_file_location("sc_bench_train_local", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_import("train_local")
 
 
 @pytest.mark.slow
@@ -432,7 +412,7 @@ def _dataset_folder(name, size=(64, 64), names=("a", "b", "c"), captions=None, m
 def test_dataset_folder_is_read_by_name_with_sizes_cropped_and_masks_resized():
     root = _dataset_folder("ds_read", size=(68, 61), names=("b", "a"), mask_size=(34, 30),
                            captions=["a red stripe", "  blue  \n"])
-    data = ops.read_dataset_folder(str(root))
+    data = files.read_dataset_folder(str(root))
     assert data.names == ["a", "b"]
     assert data.images.shape == (2, 64, 56, 3) and data.controls.shape == (2, 64, 56, 3)
     assert data.masks.shape == (2, 64, 56)
@@ -473,7 +453,7 @@ def test_dataset_folder_errors_name_the_missing_or_wrong_file(breakage, message)
         for f in (root / "images").iterdir():
             f.unlink()
     with pytest.raises(ValueError, match=message):
-        ops.read_dataset_folder(str(root))
+        files.read_dataset_folder(str(root))
 
 
 def _folder_prompt(folder, with_clip=True, with_positive=False, steps=2):
@@ -565,14 +545,14 @@ def test_per_item_conditioning_reaches_the_unet_per_item():
     latents, hints, masks, cond = task()
     g = torch.Generator().manual_seed(5)
     items = [[[torch.randn(1, 77 * (1 + i % 2), 64, generator=g), {}]] for i in range(N)]  # 77 and 154 tokens
-    step = loop._Step(micro_sd15(), items)
+    step = loop.TrainingStep(micro_sd15(), items)
     kwargs = loop._model_kwargs(step.base, items, 2, step.device, latents[:2], index=[1, 2])
     context = kwargs["c_crossattn"]
     assert context.shape == (2, 154, 64)
     assert torch.equal(context[0], items[1][0][0][0])
     assert torch.equal(context[1], items[2][0][0][0].repeat(2, 1))  # repeated to the common length, as core does
     with pytest.raises(ValueError, match="3 per-item conditionings for a dataset of 4"):
-        loop.train_local_control(micro_sd15(), loop.fresh_adapter(micro_sd15()), latents, hints, masks, items[:3],
+        loop.train_local_control(micro_sd15(), adapters.fresh_adapter(micro_sd15()), latents, hints, masks, items[:3],
                                  loop.TrainConfig(steps=1))
 
 
@@ -617,7 +597,7 @@ def test_trains_a_model_loaded_in_inference_mode_without_changing_its_weights():
         latents, hints, masks, cond = (t.clone() if isinstance(t, torch.Tensor) else t for t in task())
     assert all(p.is_inference() for p in patcher.model.diffusion_model.parameters())
     before = {k: v.clone() for k, v in patcher.model.diffusion_model.state_dict().items()}
-    result = loop.train_local_control(patcher, loop.fresh_adapter(patcher, 0), latents, hints, masks, cond,
+    result = loop.train_local_control(patcher, adapters.fresh_adapter(patcher, 0), latents, hints, masks, cond,
                                       loop.TrainConfig(steps=2, learning_rate=1e-3, batch_size=2))
     assert len(result.noise_loss) == 2
     after = patcher.model.diffusion_model.state_dict()
@@ -660,7 +640,7 @@ def sdxl_task():
 
 def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
     patcher = micro_sdxl()
-    adapter = loop.fresh_adapter(patcher, 0)
+    adapter = adapters.fresh_adapter(patcher, 0)
     assert adapter.t2i_model.xl and adapter.t2i_model.unshuffle_amount == 16
     latents, hints, masks, cond = sdxl_task()
     result = loop.train_local_control(patcher, adapter, latents, hints, masks, cond,
@@ -672,7 +652,7 @@ def test_sdxl_layout_trains_a_fresh_xl_adapter_that_loads_back_identically():
     filename = pack_import("nodes.training").SCSaveAdapter.execute(result.adapter, "test_local/xl").args[0]
     loaded = _load_through_core(filename)
     assert isinstance(loaded, comfy.controlnet.T2IAdapter) and loaded.t2i_model.xl
-    step = loop._Step(patcher, cond)
+    step = loop.TrainingStep(patcher, cond)
     noise, sigma = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1)), torch.full((2,), 1.5)
     with torch.no_grad():
         a = step.losses(result.adapter, latents, hints, masks, noise, sigma)[2]
@@ -690,7 +670,7 @@ def _save_and_load(adapter, prefix, dtype="float32"):
 
 
 def _z0(patcher, adapter, latents, hints, masks, cond, sigma=1.5, seed=3):
-    step = loop._Step(patcher, cond)
+    step = loop.TrainingStep(patcher, cond)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         return step.losses(adapter, latents, hints, masks, noise, torch.full((latents.shape[0],), sigma))[2]
@@ -698,7 +678,7 @@ def _z0(patcher, adapter, latents, hints, masks, cond, sigma=1.5, seed=3):
 
 def test_fresh_controlnet_copies_the_encoder_and_starts_with_no_effect():
     patcher = micro_sd15(True)
-    control = loop.fresh_controlnet(patcher, 0)
+    control = adapters.fresh_controlnet(patcher, 0)
     net, unet = control.control_model.state_dict(), patcher.model.diffusion_model.state_dict()
     copied = [k for k in net if k.split(".")[0] in ("input_blocks", "middle_block", "time_embed")]
     assert copied and all(torch.equal(net[k], unet[k]) for k in copied)
@@ -718,7 +698,7 @@ def test_fresh_controlnet_copies_the_model_with_its_loras_applied():
     delta = torch.full_like(original, 0.25)
     patcher.add_patches({f"diffusion_model.{key}": (delta,)})
     try:
-        copied = loop.fresh_controlnet(patcher, 0).control_model.state_dict()[key]
+        copied = adapters.fresh_controlnet(patcher, 0).control_model.state_dict()[key]
         assert torch.allclose(copied, original + delta, atol=1e-6)
     finally:
         comfy.model_management.unload_all_models()  # take the patch off the shared micro model
@@ -736,11 +716,11 @@ def trained_controlnet():
 
 def test_controlnet_training_lowers_both_losses_and_loads_back_identically(trained_controlnet):
     latents, hints, masks, cond = task()
-    initial = loop.fresh_controlnet(micro_sd15(True), 7)
+    initial = adapters.fresh_controlnet(micro_sd15(True), 7)
     adapter = trained_controlnet.output("train", 0)
     assert type(adapter) is comfy.controlnet.ControlNet
-    before = loop.evaluate(micro_sd15(True), initial, latents, hints, masks, cond, EVAL_SIGMAS)
-    after = loop.evaluate(micro_sd15(True), adapter, latents, hints, masks, cond, EVAL_SIGMAS)
+    before = bench_training.evaluate(micro_sd15(True), initial, latents, hints, masks, cond, EVAL_SIGMAS)
+    after = bench_training.evaluate(micro_sd15(True), adapter, latents, hints, masks, cond, EVAL_SIGMAS)
     print("ControlNet losses before", before, "after", after)
     assert after[0] < before[0] and after[1] < before[1]
     filename = trained_controlnet.output("save", 0)
@@ -754,8 +734,8 @@ def test_controlnet_training_lowers_both_losses_and_loads_back_identically(train
 def _controlnet_gradients(hints, checkpointing=False) -> list[torch.Tensor]:
     """Gradients of both losses for the once-trained ControlNet's weights, at fixed noise and sigma."""
     latents, _, masks, cond = task()
-    step = loop._Step(micro_sd15(True), cond)
-    control = loop.trainable_copy(tiny_controlnet_trained_once(), "cpu")
+    step = loop.TrainingStep(micro_sd15(True), cond)
+    control = adapters.trainable_copy(tiny_controlnet_trained_once(), "cpu")
     net = control.control_model
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode(False), torch.enable_grad(), loop._frozen(step.base.diffusion_model), \
@@ -791,22 +771,22 @@ def test_gradient_checkpointing_covers_the_adapter_too_and_gives_the_same_gradie
 def tiny_controlnet_trained_once():
     """A fresh ControlNet after 2 steps (non-zero zero-convs, so the control reaches the UNet)."""
     latents, hints, masks, cond = task()
-    return loop.train_local_control(micro_sd15(True), loop.fresh_controlnet(micro_sd15(True), 0), latents, hints, masks,
-                                    cond, loop.TrainConfig(steps=2, learning_rate=1e-3, batch_size=2)).adapter
+    return loop.train_local_control(micro_sd15(True), adapters.fresh_controlnet(micro_sd15(True), 0), latents, hints,
+                                    masks, cond, loop.TrainConfig(steps=2, learning_rate=1e-3, batch_size=2)).adapter
 
 
 @pytest.mark.parametrize("kind", ["T2I-Adapter", "ControlNet"])
 def test_lora_training_changes_only_a_low_rank_part_and_is_merged(kind):
     latents, hints, masks, cond = task()
-    start = (loop.fresh_adapter(micro_sd15(True), 0) if kind == "T2I-Adapter" else tiny_controlnet_trained_once())
+    start = (adapters.fresh_adapter(micro_sd15(True), 0) if kind == "T2I-Adapter" else tiny_controlnet_trained_once())
     rank = 2
     result = loop.train_local_control(micro_sd15(True), start, latents, hints, masks, cond,
                                       loop.TrainConfig(steps=3, learning_rate=1e-2, batch_size=2, lora_rank=rank))
-    before = dict(loop.adapter_network(start).named_parameters())
-    after = dict(loop.adapter_network(result.adapter).named_parameters())
+    before = dict(adapters.adapter_network(start).named_parameters())
+    after = dict(adapters.adapter_network(result.adapter).named_parameters())
     assert before.keys() == after.keys()  # merged: a plain adapter, no parametrization left
     changed = 0
-    own = loop.controlnet_own_parts(loop.adapter_network(start))
+    own = adapters.controlnet_own_parts(adapters.adapter_network(start))
     assert bool(own) == (kind == "ControlNet")
     assert all(not torch.equal(after[k], before[k]) for k in after if k.startswith(own) and k.endswith("weight"))
     for name, p in after.items():
@@ -827,7 +807,7 @@ def test_lora_training_changes_only_a_low_rank_part_and_is_merged(kind):
 
 def _lora_trained_fresh_controlnet(rank=4):
     latents, hints, masks, cond = task()
-    return loop.train_local_control(micro_sd15(True), loop.fresh_controlnet(micro_sd15(True), 0), latents, hints,
+    return loop.train_local_control(micro_sd15(True), adapters.fresh_controlnet(micro_sd15(True), 0), latents, hints,
                                     masks, cond, loop.TrainConfig(steps=3, learning_rate=1e-2, batch_size=2,
                                                                   lora_rank=rank)).adapter
 
@@ -857,12 +837,12 @@ def test_control_lora_file_is_small_and_core_rebuilds_the_same_controlnet_from_t
 
 
 def test_control_lora_at_a_lower_rank_reports_its_truncation_error():
-    weights, error = loop.control_lora_state_dict(_lora_trained_fresh_controlnet(rank=4), micro_sd15(True), 1)
+    weights, error = control_lora.control_lora_state_dict(_lora_trained_fresh_controlnet(rank=4), micro_sd15(True), 1)
     assert 1e-3 < error < 1.0
     ups = [v for k, v in weights.items() if k.endswith(".up")]
     assert ups and all(v.shape[1] == 1 for v in ups)
     with pytest.raises(ValueError, match="no UNet copy: save it as 'full weights'"):
-        loop.control_lora_state_dict(loop.fresh_adapter(micro_sd15(True), 0), micro_sd15(True), 4)
+        control_lora.control_lora_state_dict(adapters.fresh_adapter(micro_sd15(True), 0), micro_sd15(True), 4)
     with pytest.raises(ValueError, match="connect the model the ControlNet was trained against"):
         pack_import("nodes.training").SCSaveAdapter.execute(tiny_controlnet_trained_once(), "test_local/x", "float32",
                                                             "Control-LoRA (difference to the model)")
@@ -871,12 +851,12 @@ def test_control_lora_at_a_lower_rank_reports_its_truncation_error():
 @pytest.mark.parametrize("algorithm", ["LoHa", "LoKr", "OFT"])
 def test_every_core_low_rank_kind_trains_and_merges(algorithm):
     latents, hints, masks, cond = task()
-    start = loop.fresh_adapter(micro_sd15(True), 0)
+    start = adapters.fresh_adapter(micro_sd15(True), 0)
     result = loop.train_local_control(micro_sd15(True), start, latents, hints, masks, cond,
                                       loop.TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, lora_rank=2,
                                                        lora_algorithm=algorithm))
-    before = dict(loop.adapter_network(start).named_parameters())
-    after = dict(loop.adapter_network(result.adapter).named_parameters())
+    before = dict(adapters.adapter_network(start).named_parameters())
+    after = dict(adapters.adapter_network(result.adapter).named_parameters())
     assert before.keys() == after.keys() and len(result.noise_loss) == 2
     assert any(not torch.equal(after[k], before[k]) for k in after)
     assert all(torch.isfinite(p).all() for p in after.values())
@@ -894,30 +874,30 @@ def test_saving_in_float16_halves_the_file_and_loads_within_half_precision():
     sizes = [os.path.getsize(os.path.join(root, f)) for f in (full, half)]
     assert 0.45 < sizes[1] / sizes[0] < 0.55
     loaded = _load_through_core(half)
-    ours = loop.adapter_state_dict(adapter)
-    theirs = loop.adapter_state_dict(loaded)
+    ours = adapters.adapter_state_dict(adapter)
+    theirs = adapters.adapter_state_dict(loaded)
     assert all(torch.allclose(theirs[k].float(), ours[k], rtol=1e-3, atol=1e-4) for k in ours)
 
 
 def test_a_diverging_run_stops_and_returns_the_last_finite_weights(monkeypatch):
     latents, hints, masks, cond = task()
     calls = []
-    real = loop.ops.masked_sobel_loss
+    real = loop.losses.masked_sobel_loss
 
     def sobel_that_blows_up(*args):
         calls.append(None)
         value = real(*args)
         return value * float("nan") if len(calls) == 4 else value
 
-    monkeypatch.setattr(loop.ops, "masked_sobel_loss", sobel_that_blows_up)
+    monkeypatch.setattr(loop.losses, "masked_sobel_loss", sobel_that_blows_up)
     snapshots = []
-    result = loop.train_local_control(micro_sd15(), loop.fresh_adapter(micro_sd15(), 0), latents, hints, masks, cond,
-                                      loop.TrainConfig(steps=10, learning_rate=1e-3, batch_size=2),
+    result = loop.train_local_control(micro_sd15(), adapters.fresh_adapter(micro_sd15(), 0), latents, hints, masks,
+                                      cond, loop.TrainConfig(steps=10, learning_rate=1e-3, batch_size=2),
                                       lambda *_: snapshots.append(None))
     assert result.diverged_at_step == 4 and len(result.noise_loss) == 3 == len(snapshots)
     assert result.history()["diverged_at_step"] == 4 and not result.interrupted
-    monkeypatch.setattr(loop.ops, "masked_sobel_loss", real)
-    three = loop.train_local_control(micro_sd15(), loop.fresh_adapter(micro_sd15(), 0), latents, hints, masks, cond,
+    monkeypatch.setattr(loop.losses, "masked_sobel_loss", real)
+    three = loop.train_local_control(micro_sd15(), adapters.fresh_adapter(micro_sd15(), 0), latents, hints, masks, cond,
                                      loop.TrainConfig(steps=3, learning_rate=1e-3, batch_size=2))
     assert all(torch.equal(p, q) for p, q in zip(result.adapter.t2i_model.parameters(),
                                                  three.adapter.t2i_model.parameters()))  # exactly step 3's weights
@@ -926,16 +906,16 @@ def test_a_diverging_run_stops_and_returns_the_last_finite_weights(monkeypatch):
 def test_unsupported_controls_are_clear_errors():
     weird = comfy.controlnet.ControlNet(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="T2I-Adapters and SD1.5/SDXL ControlNets; got ControlNet \\(Linear\\)"):
-        loop.adapter_network(weird)
+        adapters.adapter_network(weird)
     with pytest.raises(ValueError, match="unknown lora_algorithm 'dora'"):
         latents, hints, masks, cond = task()
-        loop.train_local_control(micro_sd15(True), loop.fresh_adapter(micro_sd15(True), 0), latents, hints, masks, cond,
-                                 loop.TrainConfig(steps=1, lora_rank=2, lora_algorithm="dora"))
+        loop.train_local_control(micro_sd15(True), adapters.fresh_adapter(micro_sd15(True), 0), latents, hints, masks,
+                                 cond, loop.TrainConfig(steps=1, lora_rank=2, lora_algorithm="dora"))
 
 
 def test_sdxl_layout_fresh_controlnet_copies_the_label_embedding_trains_and_loads_back_identically():
     patcher = micro_sdxl()
-    control = loop.fresh_controlnet(patcher, 0)
+    control = adapters.fresh_controlnet(patcher, 0)
     net, unet = control.control_model.state_dict(), patcher.model.diffusion_model.state_dict()
     label = [k for k in net if k.startswith("label_emb.")]
     assert label and all(torch.equal(net[k], unet[k]) for k in label)  # SDXL's size/pooled embedding

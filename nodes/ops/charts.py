@@ -65,3 +65,22 @@ def heatmap(title: str, matrix: Sequence[Sequence[float]], row_labels: Sequence[
     axes.set_title(title)
     figure.colorbar(image, ax=axes)
     return _to_image(figure)
+
+
+def loss_plot(history: dict[str, list[float]], width_px: int = 640, height_px: int = 360) -> torch.Tensor:
+    """IMAGE ``[1,H,W,3]``: each loss series against the step, log scale when all are positive."""
+    figure = _figure(width_px, height_px)
+    axes = figure.add_subplot()
+    positive = True
+    for name, values in history.items():
+        if not values:
+            continue
+        axes.plot(range(1, len(values) + 1), values, label=name)
+        positive = positive and min(values) > 0
+    if positive and any(history.values()):
+        axes.set_yscale("log")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("Local-control adapter training")
+    axes.legend(fontsize=8)
+    return _to_image(figure)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .masks import feather, grow
-from .shapes import as_mask, as_rgb, fit_mask_to_image, resize_image
+from .shapes import as_mask, as_rgb, fit_mask_to_image, resize_image, to_uint8
 
 MODES: tuple[str, ...] = ("mask_then_annotate", "annotate_then_mask")
 NEUTRAL_FILLS: dict[str, float] = {"grey": 0.5, "black": 0.0, "white": 1.0}
@@ -76,11 +76,6 @@ def masked_control_image(
     control = resize_image(control.to(image.dtype), height, width)
     control = control * soft.to(control.dtype).unsqueeze(-1)
     return control, soft.contiguous()
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[B,H,W,C]`` float 0..1 -> uint8 numpy (rounded)."""
-    return (image.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
 
 
 def from_uint8(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .regions import PALETTE
+from .shapes import to_uint8
 
 DEFAULT_NEGATIVES: tuple[str, ...] = ("background",)
 MERGE_MODES: tuple[str, ...] = ("best", "all")
@@ -126,11 +128,6 @@ def prompt_texts(names: list[str], template: str) -> list[str]:
     if "{}" not in template:
         template = template + " {}"
     return [template.replace("{}", name) for name in names]
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[H,W,3]`` float 0..1 -> contiguous uint8 numpy array on the CPU."""
-    return np.ascontiguousarray((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
 # --------------------------------------------------------------------------- prompts from CLIP
@@ -392,11 +389,6 @@ def report(results: list[FindResult]) -> str:
     )
 
 
-_COLOURS = torch.tensor(
-    [[0.95, 0.26, 0.21], [0.13, 0.59, 0.95], [0.3, 0.69, 0.31], [1.0, 0.76, 0.03], [0.61, 0.15, 0.69], [0, 0.74, 0.83]]
-)
-
-
 def preview(image: torch.Tensor, result: FindResult, merge: str) -> torch.Tensor:
     """``[H,W,3]`` photo with the chosen masks tinted, outlined and labelled ("name 0.87")."""
     from PIL import Image, ImageDraw
@@ -407,7 +399,7 @@ def preview(image: torch.Tensor, result: FindResult, merge: str) -> torch.Tensor
         chosen = chosen[:1]
     for k, i in enumerate(chosen):
         mask = result.masks[i].cpu()
-        colour = _COLOURS[k % len(_COLOURS)]
+        colour = torch.tensor(PALETTE[k % len(PALETTE)])
         out[mask] = out[mask] * 0.5 + colour * 0.5
         edge = mask & ~(-F.max_pool2d(-mask.float()[None, None], 3, stride=1, padding=1)[0, 0]).bool()
         out[edge] = colour
@@ -415,7 +407,7 @@ def preview(image: torch.Tensor, result: FindResult, merge: str) -> torch.Tensor
     draw = ImageDraw.Draw(picture)
     for k, i in enumerate(chosen):
         x0, y0, _, _ = result.boxes[i]
-        colour = tuple(int(c * 255) for c in _COLOURS[k % len(_COLOURS)])
+        colour = tuple(int(c * 255) for c in PALETTE[k % len(PALETTE)])
         text = f"{result.labels[i]} {float(result.scores[i]):.2f}"
         draw.rectangle(draw.textbbox((x0 + 2, y0 + 2), text), fill=colour)
         draw.text((x0 + 2, y0 + 2), text, fill=(255, 255, 255))

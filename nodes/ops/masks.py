@@ -40,11 +40,6 @@ _GROUP_PIXELS = 1 << 24  # masks handled together in the full-image passes
 _GAUSS_K = 4.5  # gaussian falloff exp(-4.5 (1-t)^2): sigma = radius / 3
 
 
-def binarize(mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """The mask's shape as a bool tensor (``mask >= threshold``)."""
-    return as_mask(mask) >= threshold
-
-
 # --------------------------------------------------------------------------- distances
 
 

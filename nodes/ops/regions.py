@@ -14,31 +14,14 @@ from typing import Sequence
 import torch
 
 from .masks import mask_to_latent
-from .shapes import as_mask, resize_mask
+from .shapes import as_mask, match_batch, resize_mask
 
-# Preview colours (RGB 0..1), one per region in order, repeating.
+# The pack's preview colours (RGB 0..1), one per region or found object in order, repeating.
 PALETTE: tuple[tuple[float, float, float], ...] = (
     (0.90, 0.20, 0.20), (0.20, 0.55, 0.95), (0.25, 0.80, 0.30), (0.95, 0.75, 0.15),
     (0.70, 0.30, 0.85), (0.10, 0.80, 0.80), (0.95, 0.45, 0.70), (0.55, 0.40, 0.25),
 )
 NEUTRAL_CANVAS = 0.5
-
-
-def match_batch(tensor: torch.Tensor, items: int, name: str = "region mask", kind: str = "mask",
-                per: str = "latent") -> torch.Tensor:
-    """``tensor`` ``[B,...]`` broadcast to ``items`` (latents, or ``per``): a batch of 1 applies to all, else one each.
-
-    ``name`` says whose tensor it is and ``kind`` what the user connects (mask, image, prompt), so
-    the error tells them which input to change.
-    """
-    if tensor.shape[0] == items:
-        return tensor
-    if tensor.shape[0] == 1:
-        return tensor.expand(items, *tensor.shape[1:])
-    raise ValueError(
-        f"{name} has batch {tensor.shape[0]} but the {per} batch is {items} ({kind} shape {tuple(tensor.shape)}); "
-        f"use one {kind} for all {per}s (a batch of 1) or one {kind} per {per}"
-    )
 
 
 def latent_masks(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int]) -> list[torch.Tensor]:

@@ -1,10 +1,11 @@
 """Shape rules shared by every op: normalising masks and images, batch broadcasting, resizing.
 
 One place for these rules so every node reports the same errors and resizes the same way
-(DESIGN.md: batch 1 broadcasts against batch N; other sizes are resized, never cropped).
+(a batch of 1 broadcasts against a batch of N; other sizes are resized, never cropped).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,24 +58,46 @@ def as_rgb(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     raise ValueError(f"{name} must have 1, 3 or 4 channels, got shape {tuple(image.shape)}")
 
 
+def _expanded(tensor: torch.Tensor, items: int) -> torch.Tensor:
+    """A batch of 1 as a view of ``items`` (no copy); a batch of ``items`` as it is."""
+    return tensor if tensor.shape[0] == items else tensor.expand(items, *tensor.shape[1:])
+
+
 def broadcast_batch(
     a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", "b")
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expand a batch of 1 to the other's batch size (a view, no copy).
+    """Two tensors to one batch size: a batch of 1 expands to the other's (a view, no copy).
 
     Any other batch mismatch is an error: silently repeating or cutting batches hides wiring mistakes.
     """
     na, nb = a.shape[0], b.shape[0]
-    if na == nb:
-        return a, b
-    if na == 1:
-        return a.expand(nb, *a.shape[1:]), b
-    if nb == 1:
-        return a, b.expand(na, *b.shape[1:])
-    raise ValueError(
-        f"batch sizes differ: {names[0]} has shape {tuple(a.shape)} and {names[1]} has shape {tuple(b.shape)}; "
-        "use the same batch size for both, or a batch of 1 that applies to every item"
-    )
+    if na != nb and 1 not in (na, nb):
+        raise ValueError(
+            f"batch sizes differ: {names[0]} has shape {tuple(a.shape)} and {names[1]} has shape {tuple(b.shape)}; "
+            "use the same batch size for both, or a batch of 1 that applies to every item"
+        )
+    return _expanded(a, max(na, nb)), _expanded(b, max(na, nb))
+
+
+def match_batch(tensor: torch.Tensor, items: int, name: str = "region mask", kind: str = "mask",
+                per: str = "latent") -> torch.Tensor:
+    """One tensor ``[B,...]`` to a given batch of ``items`` (latents, or ``per``): a batch of 1 applies
+    to all, else one each; the same rule as :func:`broadcast_batch`, against a count.
+
+    ``name`` says whose tensor it is and ``kind`` what the user connects (mask, image, prompt), so
+    the error tells them which input to change.
+    """
+    if tensor.shape[0] not in (1, items):
+        raise ValueError(
+            f"{name} has batch {tensor.shape[0]} but the {per} batch is {items} ({kind} shape {tuple(tensor.shape)}); "
+            f"use one {kind} for all {per}s (a batch of 1) or one {kind} per {per}"
+        )
+    return _expanded(tensor, items)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """Float 0..1 pixels (any shape) -> contiguous uint8 numpy on the CPU, rounded to the nearest level."""
+    return np.ascontiguousarray((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
 
 
 def resize_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:

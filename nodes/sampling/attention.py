@@ -6,9 +6,10 @@ receives the projected ``q, k, v`` (``[rows, tokens, heads*dim_head]``) and ``ex
 ``transformer_options`` of the current model call plus ``n_heads``, ``dim_head``,
 ``attn_precision``). Only one replace patch fits a block, so every pack feature that wants more
 keys/values in self-attention goes through one :class:`SelfAttentionDispatcher` per block that
-holds a tuple of *extensions* (reference attention, cross-frame attention, later regional
-attention). Each extension says, for the current call, which rows get which extra keys/values and
-with what weight; the dispatcher computes the attention once per group of rows and blends:
+holds a tuple of *extensions* (reference attention, cross-frame attention, regional
+self-attention locality). Each extension says, for the current call, which rows get which
+extra keys/values and with what weight; the dispatcher computes the attention once per group
+of rows and blends:
 
     out = plain + weight * (attention(q, [k; k_extra], [v; v_extra]) - plain)
 

@@ -105,8 +105,8 @@ def joined_positive(positive: list, regions: list[Region]) -> tuple[list, dict[i
     return out, layouts
 
 
-def chunk_rows(cond_or_uncond: list[int], items: int, want: int, device) -> torch.Tensor:
-    """Row indices of the chunks whose flag is ``want``."""
+def rows_flagged(cond_or_uncond: list[int], items: int, want: int, device) -> torch.Tensor:
+    """Row indices of the batch's chunks whose ``cond_or_uncond`` flag is ``want`` (0 cond, 1 uncond)."""
     return torch.tensor([c * items + i for c, flag in enumerate(cond_or_uncond) if flag == want for i in range(items)],
                         dtype=torch.long, device=device)
 
@@ -209,7 +209,7 @@ class RegionLocality:
         if 0 not in cond_or_uncond:
             return []
         grid = self.grids.get(latent_hw(extra_options), token_grid(q.shape[1], extra_options), q.device)
-        cond = chunk_rows(cond_or_uncond, items, 0, q.device)
+        cond = rows_flagged(cond_or_uncond, items, 0, q.device)
         bias = region_ops.locality_bias(grid, self.strength, items).repeat(cond.numel() // items, 1, 1)
         empty = k.new_zeros((cond.numel(), 0, k.shape[-1]))
         return [Extension(rows=cond, k=empty, v=empty, weight=1.0, bias=bias)]

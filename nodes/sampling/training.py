@@ -13,7 +13,6 @@ change; the input adapter is not modified (a deep copy is trained).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import math
 from collections.abc import Callable
@@ -22,21 +21,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-import comfy.cldm.cldm
 import comfy.controlnet
 import comfy.model_management
 import comfy.model_sampling
-import comfy.ops
-import comfy.t2i_adapter.adapter
 
-from ..ops import training as ops
+from ..ops import losses
 from ..ops.control import mask_for_residual
 from ..ops.shapes import as_mask
 from . import compat
+from .adapters import adapter_network, check_fits, controlnet_own_parts, replace_tensors, trainable_copy
 from .masked_control import MaskedControl
 
 _LOG = logging.getLogger(__name__)
-CONTROLNET_OWN_PARTS = ("input_hint_block.", "zero_convs.", "middle_block_out.")  # weights no UNet has
 
 
 @dataclass
@@ -73,145 +69,6 @@ class TrainResult:
                 "diverged_at_step": self.diverged_at_step}
 
 
-def fresh_adapter(model_patcher, seed: int = 0) -> comfy.controlnet.T2IAdapter:
-    """A randomly initialised standard T2I-Adapter sized from the model's UNet, in the format core
-    ControlNetLoader reads back (``conv_in`` / ``body.*``): the SD1.5 kind (4 levels, features at
-    1/8) for SD1.5/SD2-layout UNets, the XL kind (pixel-unshuffle 16, features into levels 2-3
-    and the middle block) for SDXL-layout UNets (3 levels with a label embedding)."""
-    config = model_patcher.model.model_config.unet_config
-    channels = config.get("model_channels")
-    mult = list(config.get("channel_mult", []))
-    if mult == [1, 2, 4, 4] and not config.get("adm_in_channels"):
-        xl = False
-    elif mult == [1, 2, 4] and config.get("adm_in_channels"):
-        xl = True
-    else:
-        raise ValueError(f"a fresh T2I-Adapter needs an SD1.5- or SDXL-layout UNet (channel_mult 1,2,4,4 or 1,2,4; "
-                         f"this one has {mult}); load an existing adapter with Load ControlNet Model instead")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = comfy.t2i_adapter.adapter.Adapter(cin=(256 if xl else 64) * 3,
-                                                channels=[channels, channels * 2, channels * 4, channels * 4],
-                                                nums_rb=2, ksize=1, sk=True, use_conv=False, xl=xl)
-    return comfy.controlnet.T2IAdapter(net, net.input_channels, 8, "nearest-exact")
-
-
-def fresh_controlnet(model_patcher, seed: int = 0) -> comfy.controlnet.ControlNet:
-    """A ControlNet made from the model the way the ControlNet paper starts one: encoder, middle
-    block and time/label embeddings copied from the UNet, zero convolutions (and the hint
-    block's last conv) zero, so training starts from "no effect"; the rest of the hint block is
-    torch's default init (seeded). Any UNet layout ComfyUI's ControlNet class builds works;
-    the file it saves loads back through core Load ControlNet Model. The weights are read from
-    the loaded model, so LoRAs applied to the MODEL are part of the copy, as they are of the
-    model the ControlNet is trained against."""
-    comfy.model_management.load_models_gpu([model_patcher])
-    base = model_patcher.model
-    config = {k: v for k, v in base.model_config.unet_config.items()
-              if k not in ("out_channels", "dtype", "device", "operations")}
-    try:
-        net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init,
-                                         dtype=torch.float32, device="cpu", **config)
-    except (AssertionError, TypeError) as error:
-        raise ValueError(f"a fresh ControlNet cannot be built for this model ({type(base).__name__}): {error}; "
-                         "load an existing ControlNet with Load ControlNet Model instead") from error
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for module in net.modules():  # disable_weight_init leaves weights unset: give every one torch's default
-            reset = next((c.__dict__["reset_parameters"] for c in type(module).__mro__
-                          if c.__module__.startswith("torch.nn") and "reset_parameters" in c.__dict__), None)
-            if reset is not None:
-                reset(module)
-    unet = base.diffusion_model.state_dict()
-    own = net.state_dict()
-    copied = {k: v.to(own[k].dtype) for k, v in unet.items() if k in own and own[k].shape == v.shape}
-    net.load_state_dict(copied, strict=False)
-    zero = [*net.zero_convs, net.middle_block_out, net.input_hint_block[-1]]
-    with torch.no_grad():
-        for module in zero:
-            for p in module.parameters():
-                p.zero_()
-    not_copied = sorted({k.split(".")[0] for k in own if k not in copied and not k.startswith(CONTROLNET_OWN_PARTS)})
-    if not_copied:
-        raise ValueError(f"a fresh ControlNet could not copy {', '.join(not_copied)} from the model's UNet; "
-                         "load an existing ControlNet with Load ControlNet Model instead")
-    return comfy.controlnet.ControlNet(net, load_device=comfy.model_management.get_torch_device())
-
-
-def adapter_network(adapter) -> torch.nn.Module:
-    """The trainable network inside a control: a T2I-Adapter's ``t2i_model`` or a ControlNet's
-    ``control_model`` (the SD1.5/SDXL kind core ControlNetLoader builds); a clear error otherwise."""
-    if isinstance(adapter, comfy.controlnet.T2IAdapter):
-        return adapter.t2i_model
-    if isinstance(adapter, comfy.controlnet.ControlLora):
-        raise ValueError("Control-LoRA files cannot be trained here; load a full ControlNet or a T2I-Adapter, or "
-                         "use init 'fresh ControlNet from the model'")
-    if (isinstance(adapter, comfy.controlnet.ControlNet) and adapter.latent_format is None
-            and isinstance(adapter.control_model, comfy.cldm.cldm.ControlNet)):
-        return adapter.control_model
-    raise ValueError(f"SCTrainLocalControl trains T2I-Adapters and SD1.5/SDXL ControlNets; got "
-                     f"{type(adapter).__name__}"
-                     + (f" ({type(adapter.control_model).__name__})" if hasattr(adapter, "control_model") else "")
-                     + ". Load one with Load ControlNet Model or use a fresh option")
-
-
-def controlnet_own_parts(network: torch.nn.Module) -> tuple[str, ...]:
-    """The weight-name prefixes of ``network`` that are not copies of UNet weights (none for a T2I-Adapter)."""
-    return CONTROLNET_OWN_PARTS if isinstance(network, comfy.cldm.cldm.ControlNet) else ()
-
-
-def adapter_state_dict(adapter) -> dict[str, torch.Tensor]:
-    """The weights in the layout core ControlNetLoader detects: T2I-Adapter keys as they are,
-    ControlNet keys without prefix (``zero_convs.0.0.weight`` ...)."""
-    return {k: v.detach().cpu().contiguous() for k, v in adapter_network(adapter).state_dict().items()}
-
-
-def control_lora_state_dict(adapter, model_patcher, rank: int) -> tuple[dict[str, torch.Tensor], float]:
-    """A ControlNet as Control-LoRA weights against ``model_patcher``'s UNet (loaded, so its LoRAs
-    count, as core's ControlLora reads them when sampling); see ``ops.control_lora_weights``."""
-    if not isinstance(adapter, comfy.controlnet.ControlNet):
-        raise ValueError(f"a Control-LoRA file holds a ControlNet as differences to the model's UNet; "
-                         f"{type(adapter).__name__} has no UNet copy: save it as 'full weights'")
-    check_fits(adapter, model_patcher)
-    comfy.model_management.load_models_gpu([model_patcher])
-    unet = {k: v.detach().cpu() for k, v in model_patcher.model.diffusion_model.state_dict().items()}
-    return ops.control_lora_weights(adapter_state_dict(adapter), unet, rank, CONTROLNET_OWN_PARTS)
-
-
-def check_fits(adapter, model_patcher) -> None:
-    """A ControlNet made for another model (SD1.5 vs SDXL, other widths) is an error naming the
-    first weight that differs, not ComfyUI's per-step "control could not be applied" warning."""
-    if not isinstance(adapter, comfy.controlnet.ControlNet):
-        return
-    unet = model_patcher.model.diffusion_model.state_dict()
-    for key, value in adapter_network(adapter).state_dict().items():
-        if key.startswith(("input_blocks.", "middle_block.")) and (key not in unet or unet[key].shape != value.shape):
-            theirs = f"is {list(unet[key].shape)}" if key in unet else "does not exist"
-            raise ValueError(f"this ControlNet does not fit the model: its {key} is {list(value.shape)} but the "
-                             f"model's {theirs}; load a ControlNet made for this model (SD1.5 vs SDXL) or use "
-                             "init 'fresh ControlNet from the model'")
-
-
-def trainable_copy(adapter, device) -> comfy.controlnet.ControlBase:
-    """The same kind of control with its own float32 copy of the weights on ``device``, every
-    layer running plain torch ops (no ComfyUI weight casting, which is not built for autograd);
-    the input control is left as it is."""
-    with torch.inference_mode(False):  # nodes run in inference mode; trainable weights must be normal tensors
-        net = copy.deepcopy(adapter_network(adapter))
-    _replace_tensors(net, lambda t: t.detach().clone().to(
-        device, torch.float32 if isinstance(t, torch.nn.Parameter) else t.dtype))  # buffers keep their dtype
-    for module in net.modules():
-        if getattr(module, "comfy_cast_weights", False):
-            module.comfy_cast_weights = False
-    if isinstance(adapter, comfy.controlnet.T2IAdapter):
-        return comfy.controlnet.T2IAdapter(net, adapter.channels_in, adapter.compression_ratio,
-                                           adapter.upscale_algorithm, device=device)
-    net.dtype = torch.float32
-    return comfy.controlnet.ControlNet(net, global_average_pooling=adapter.global_average_pooling,
-                                       compression_ratio=adapter.compression_ratio, load_device=device,
-                                       strength_type=adapter.strength_type, concat_mask=adapter.concat_mask,
-                                       preprocess_image=adapter.preprocess_image)
-
-
 def is_shared_conditioning(conditioning: list) -> bool:
     """True for one CONDITIONING (``[[tensor, options], ...]``), False for a list of them (one per item)."""
     return bool(conditioning) and isinstance(conditioning[0][0], torch.Tensor)
@@ -240,8 +97,8 @@ def _model_kwargs(base_model, conditioning: list, batch: int, device, x: torch.T
     return {k: items[0][k].concat([item[k] for item in items[1:]]).to(device) for k in items[0]}
 
 
-class _Step:
-    """Forward pass and both losses for one batch (shared by training, evaluation and the benchmark)."""
+class TrainingStep:
+    """Forward pass and both losses for one batch (the training loop; the benchmark measures with it too)."""
 
     def __init__(self, model_patcher, conditioning: list):
         """``conditioning``: one CONDITIONING for every item, or a list with one per dataset item."""
@@ -267,13 +124,13 @@ class _Step:
         """
         x_t = self.sampling.noise_scaling(sigma, noise, z0)
         z0_pred = self.predict(adapter, x_t, sigma, hint, mask if mask_features else torch.ones_like(mask), index)
-        noise_loss = F.mse_loss(ops.eps_from_z0(x_t, z0_pred, sigma), noise)
+        noise_loss = F.mse_loss(losses.eps_from_z0(x_t, z0_pred, sigma), noise)
         sobel_loss = None
         if sobel:
             latent_mask = mask_for_residual(mask, tuple(z0.shape[-2:]), tuple(z0.shape[-2:])).to(z0)
             if not mask_sobel:
                 latent_mask = torch.ones_like(latent_mask)
-            sobel_loss = ops.masked_sobel_loss(z0_pred, z0, latent_mask)
+            sobel_loss = losses.masked_sobel_loss(z0_pred, z0, latent_mask)
         return noise_loss, sobel_loss, z0_pred
 
     def predict(self, adapter, x_t, sigma, hint, mask, index: list[int] | None = None):
@@ -294,27 +151,9 @@ def _without_inference_tensors(module: torch.nn.Module) -> int:
     node loads: ComfyUI runs nodes in inference mode) by equal normal tensors, which autograd may
     save for the backward pass through the frozen UNet. Values are unchanged, so everything else
     that uses the model sees the same weights; each tensor is replaced once. Returns the count."""
-    replaced = _replace_tensors(module, lambda t: t.clone() if t.is_inference() else None)
+    replaced = replace_tensors(module, lambda t: t.clone() if t.is_inference() else None)
     if replaced:
         _LOG.debug("local-control training: %d inference-mode tensors of the model made trainable-safe", replaced)
-    return replaced
-
-
-def _replace_tensors(module: torch.nn.Module, replace: Callable[[torch.Tensor], torch.Tensor | None]) -> int:
-    """Swap every parameter and buffer of ``module`` for ``replace(tensor)`` where that is not None
-    (made outside inference mode; parameters stay parameters with their requires_grad); the count."""
-    replaced = 0
-    with torch.inference_mode(False):
-        for sub in module.modules():
-            for slots in (sub._parameters, sub._buffers):
-                for name, tensor in list(slots.items()):
-                    new = None if tensor is None else replace(tensor)
-                    if new is None:
-                        continue
-                    if isinstance(tensor, torch.nn.Parameter):
-                        new = torch.nn.Parameter(new, requires_grad=tensor.requires_grad)
-                    slots[name] = new
-                    replaced += 1
     return replaced
 
 
@@ -427,7 +266,7 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     cancel) stops after the last finished step and returns those weights."""
     comfy.model_management.load_models_gpu([model_patcher])
     latents, hints, masks, conditioning = _without_inference_mode((latents, hints, masks, conditioning))
-    step = _Step(model_patcher, conditioning)
+    step = TrainingStep(model_patcher, conditioning)
     device = step.device
     latents, hints, masks = check_dataset(latents, hints, masks)
     check_conditioning(conditioning, latents.shape[0])
@@ -479,79 +318,3 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
                     break
     network.cpu()
     return result
-
-
-def evaluate(model_patcher, adapter, latents, hints, masks, conditioning, sigmas: torch.Tensor, seed: int = 0):
-    """Mean (noise loss, sobel loss) over the dataset at fixed noise and the given sigmas."""
-    comfy.model_management.load_models_gpu([model_patcher])
-    step = _Step(model_patcher, conditioning)
-    latents, hints, masks = check_dataset(latents, hints, masks)
-    check_conditioning(conditioning, latents.shape[0])
-    generator = torch.Generator().manual_seed(seed)
-    noise_total = sobel_total = 0.0
-    with torch.no_grad():
-        for sigma in sigmas:
-            noise = torch.randn(latents.shape, generator=generator).to(step.device)
-            s = torch.full((latents.shape[0],), float(sigma), device=step.device)
-            noise_loss, sobel_loss, _ = step.losses(adapter, latents.to(step.device), hints, masks, noise, s,
-                                                    index=list(range(latents.shape[0])))
-            noise_total += noise_loss.item()
-            sobel_total += sobel_loss.item()
-    return noise_total / len(sigmas), sobel_total / len(sigmas)
-
-
-def control_effect(model_patcher, adapter, latents, hints, masks, conditioning, sigmas: torch.Tensor,
-                   inference_mask: bool = True, seed: int = 0, pattern: torch.Tensor | None = None) -> dict[str, float]:
-    """Where an adapter acts, at fixed noise and the given sigmas, averaged over them.
-
-    Regions of latent cells: ``inside`` (fully covered by the mask), ``outside`` (not touched by
-    it) and ``far`` (outside and at least 2 cells from any touched cell). For each region:
-
-    - ``<region>``: mean |z0'(with adapter) - z0'(model alone)|, the adapter's effect there;
-    - ``<region>_error`` / ``<region>_error_base``: mean |z0' - z0| with the adapter / without;
-    - with a latent-size ``pattern`` (e.g. the control's own pattern, ``[1|B,1|C,h,w]``),
-      ``<region>_pattern``: how much of it the adapter adds there (least-squares amplitude of
-      the difference along the pattern; 1 = the pattern itself, 0 = none of it).
-
-    ``inference_mask`` True masks the features as Apply ControlNet (Masked) does; False applies
-    the adapter unmasked (as core Apply ControlNet does).
-    """
-    comfy.model_management.load_models_gpu([model_patcher])
-    step = _Step(model_patcher, conditioning)
-    latents, hints, masks = check_dataset(latents, hints, masks)
-    check_conditioning(conditioning, latents.shape[0])
-    latents = latents.to(step.device, torch.float32)
-    latent_hw = tuple(latents.shape[-2:])
-    cells = mask_for_residual(masks, latent_hw, latent_hw).to(latents)
-    near = F.max_pool2d((cells > 0).to(latents), 5, stride=1, padding=2)
-    regions = {"inside": cells >= 1, "outside": cells == 0, "far": near == 0}
-    regions = {name: where.expand_as(latents) for name, where in regions.items()}
-    for name in ("inside", "outside"):
-        if not bool(regions[name].any()):
-            raise ValueError(f"control_effect needs masks with cells fully {name} the mask")
-    if pattern is not None:
-        pattern = pattern.to(latents).expand_as(latents)
-    generator = torch.Generator().manual_seed(seed)
-    totals: dict[str, float] = {}
-    with torch.no_grad():
-        for sigma in sigmas:
-            noise = torch.randn(latents.shape, generator=generator).to(step.device)
-            s = torch.full((latents.shape[0],), float(sigma), device=step.device)
-            x_t = step.sampling.noise_scaling(s, noise, latents)
-            index = list(range(latents.shape[0]))
-            base = step.predict(None, x_t, s, hints, masks, index)
-            with_adapter = step.predict(adapter, x_t, s, hints, masks if inference_mask else torch.ones_like(masks),
-                                        index)
-            diff = with_adapter - base
-            for name, where in regions.items():
-                if not bool(where.any()):
-                    continue
-                values = {name: diff[where].abs().mean(),
-                          f"{name}_error": (with_adapter - latents)[where].abs().mean(),
-                          f"{name}_error_base": (base - latents)[where].abs().mean()}
-                if pattern is not None:
-                    p = pattern[where]
-                    values[f"{name}_pattern"] = (diff[where] * p).sum() / p.square().sum().clamp_min(1e-12)
-                for key, value in values.items():
-                    totals[key] = totals.get(key, 0.0) + value.item() / len(sigmas)
-    return totals

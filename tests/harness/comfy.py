@@ -106,6 +106,15 @@ def pack_import(submodule: str) -> ModuleType:
     return importlib.import_module(f"{boot().__name__}.{submodule}")
 
 
+def benchmark_import(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (a benchmark, or a shared ``_``-module of them), so a test can
+    assert on a benchmark's own measurement or reuse its synthetic task."""
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(name)
+
+
 def write_model_file(folder: str, name: str, data: bytes = b"") -> Path:
     """Create a file in the test models folder ``folder`` (e.g. ``"checkpoints"``)."""
     path = workspace().models / folder / name

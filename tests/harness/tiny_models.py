@@ -111,6 +111,34 @@ def unet(arch: str = "sd15", seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
 
 
+# The micro UNet of the real SD1.5 layout (4 levels, 2 res blocks, widths 32..128, cross-attention
+# only in the middle block) that adapter training runs on: the tiny UNet above has two levels,
+# which no T2I-Adapter file layout fits. Shared by the training tests and benchmark.
+MICRO_SD15_UNET = {
+    **_UNET_BASE, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [0] * 8, "transformer_depth_output": [0] * 12, "transformer_depth_middle": 1,
+    "context_dim": 64, "use_linear_in_transformer": False, "adm_in_channels": None, "num_head_channels": 32,
+    "num_heads": -1,
+}
+
+
+def micro_sd15(seed: int = 0, normalise: bool = True, config_class=None, **unet_overrides):
+    """A new ModelPatcher around a micro SD1.5-layout UNet (``MICRO_SD15_UNET`` with
+    ``unet_overrides``), built by ``config_class`` (default ``comfy.supported_models.SD15``)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+
+    config = (config_class or sm.SD15)({**MICRO_SD15_UNET, **unet_overrides})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    _randomize(model.diffusion_model, seed)
+    if normalise:
+        _normalise_output(model.diffusion_model, "sd15", seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
 @functools.cache
 def controlnet(arch: str = "sd15", seed: int = 1):
     """A comfy.controlnet.ControlNet of the shape matching ``unet(arch)``."""
