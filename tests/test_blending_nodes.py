@@ -357,17 +357,33 @@ def test_attention_patches_together_run_with_every_sampler():
         "start_percent": 0.0, "end_percent": 1.0}}
     prompt["ref_latent"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["hint", 0], "vae": ["ckpt", 2]}}
     prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x3060C0}}
+    # each patch alone, and both at strength 0 (stacked, still inactive)
+    prompt["ref_alone"] = {**prompt["ref"], "inputs": {**prompt["ref"]["inputs"], "model": ["ckpt", 0]}}
+    prompt["xf_off"] = {**prompt["xf"], "inputs": {**prompt["xf"]["inputs"], "strength": 0.0}}
+    prompt["both_off"] = {**prompt["ref"], "inputs": {**prompt["ref"]["inputs"], "model": ["xf_off", 0], "strength": 0.0}}
     outputs = []
     for sampler in SAMPLERS:
         prompt[f"plain_{sampler}"] = sampler_node(["ckpt", 0], ["empty", 0], sampler=sampler)
         prompt[f"both_{sampler}"] = sampler_node(["ref", 0], ["empty", 0], sampler=sampler)
-        outputs += [f"plain_{sampler}", f"both_{sampler}"]
+        prompt[f"xf_{sampler}"] = sampler_node(["xf", 0], ["empty", 0], sampler=sampler)
+        prompt[f"ref_{sampler}"] = sampler_node(["ref_alone", 0], ["empty", 0], sampler=sampler)
+        prompt[f"off_{sampler}"] = sampler_node(["both_off", 0], ["empty", 0], sampler=sampler)
+        outputs += [f"{kind}_{sampler}" for kind in ("plain", "both", "xf", "ref", "off")]
     result = run_prompt(prompt, outputs=outputs)
     for sampler in SAMPLERS:
         plain, both = latents(result, f"plain_{sampler}"), latents(result, f"both_{sampler}")
         assert both.shape == plain.shape == (2, 4, 8, 8)
         assert torch.isfinite(both).all(), sampler
         assert (both - plain).abs().mean() > 1e-2, sampler
+        # both patches act in the stack: it is neither one of them alone
+        for alone in ("xf", "ref"):
+            assert (both - latents(result, f"{alone}_{sampler}")).abs().mean() > 1e-2, (sampler, alone)
+        # the anchor frame attends only to itself under cross-frame attention: frame 0 is the plain frame 0
+        xf = latents(result, f"xf_{sampler}")
+        assert torch.allclose(xf[0], plain[0], rtol=0, atol=1e-4 * plain.abs().max()), sampler
+        assert (xf[1] - plain[1]).abs().mean() > 1e-2, sampler
+        # at strength 0 the stacked patches compute exactly what the model alone computes
+        assert torch.equal(latents(result, f"off_{sampler}"), plain), sampler
 
 
 def test_attention_patch_errors_say_what_to_do():

@@ -118,6 +118,14 @@ def test_node_reports_missing_weights_and_runs_canny():
     }
     result = run_prompt(prompt, outputs=["control"])
     assert result.output("control", 0).shape == (1, 128, 128, 3)
+    # a full mask without feather: exactly OpenCV Canny of the loaded image, thresholds passed through
+    control, control_mask = result.output("control", 0), result.output("control", 1)
+    loaded = torch.from_numpy(np.asarray(Image.open(workspace().input / "astro_small.png").convert("RGB"),
+                                         dtype=np.float32) / 255.0)[None]
+    assert torch.equal(control, ops.canny(loaded, 100, 200))
+    assert not torch.equal(control, ops.canny(loaded, 50, 100))
+    assert 0.02 < float((control[..., 0] > 0).float().mean()) < 0.5  # edges, not an empty or noise image
+    assert torch.equal(control_mask, torch.ones(1, 128, 128))
     prompt["control"]["inputs"]["annotator"] = "depth_midas"
     message = node_error_message(prompt, outputs=["control"])
     assert "dpt_hybrid-midas-501f0c75.pt" in message and "models/annotators" in message

@@ -143,6 +143,25 @@ def test_uncond_rows_and_soft_masks():
     assert bias.shape == (1, 4, 10)
     assert torch.equal(bias[0, 0, :5], torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0]))  # log(0.5 * 2) = 0
     assert torch.equal(bias[..., 5:], bias[..., :5])  # repeated like ComfyUI pads contexts
+    # a soft mask of four levels: each token's bias on the region's tokens is log(mask * weight)
+    soft = torch.tensor([[[0.5, 0.25], [1.0, 0.0]]])
+    bias = region_ops.cross_attention_bias([soft], [2.0], 3, [2], 10, 1)
+    assert torch.equal(bias[0, :, :3], torch.zeros(4, 3))  # the base prompt: no bias
+    expected = torch.log(torch.tensor([1.0, 0.5, 2.0, 0.0])).view(4, 1).expand(4, 2)
+    assert torch.equal(bias[0, :, 3:5], expected) and torch.equal(bias[..., 5:], bias[..., :5])
+    # through the attention patch, batch (uncond, cond): the uncond row gets plain attention,
+    # the cond row softmax(q k^T / sqrt(d) + bias) v with that bias
+    attention = pack_import("nodes.sampling.attention").attention
+    patch = regional.RegionalCrossAttention([soft], [2.0], {5: (3, (2,))})
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, 8, generator=g), torch.randn(2, 10, 8, generator=g), torch.randn(2, 10, 8, generator=g)
+    options = {"cond_or_uncond": [1, 0], "original_shape": [2, 4, 2, 2], "n_heads": 1, "dim_head": 8}
+    out = patch(q, k, v, options)
+    plain = attention(q, k, v, options)
+    assert torch.allclose(out[0], plain[0], rtol=0, atol=1e-6)
+    manual = ((q[1] @ k[1].T) * 8 ** -0.5 + bias[0]).softmax(-1) @ v[1]
+    assert torch.allclose(out[1], manual, rtol=0, atol=1e-5)
+    assert (out[1] - plain[1]).abs().max() > 0.1
 
 
 def test_masks_of_other_size_and_batch():

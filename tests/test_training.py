@@ -244,7 +244,7 @@ def test_interrupt_returns_the_weights_of_the_last_finished_step():
     snapshots = []
 
     def on_step(step, noise_loss, sobel_loss):
-        snapshots.append(None)
+        snapshots.append((step, noise_loss, sobel_loss))
         if step == 3:
             comfy.model_management.interrupt_current_processing(True)
 
@@ -256,6 +256,12 @@ def test_interrupt_returns_the_weights_of_the_last_finished_step():
                                                       initial.t2i_model.parameters())]
     assert any(changed)
     assert all(torch.isfinite(p).all() for p in result.adapter.t2i_model.parameters())
+    assert snapshots == [(i + 1, result.noise_loss[i], result.sobel_loss[i]) for i in range(3)]  # no 4th step
+    three = loop.train_local_control(micro_sd15(), initial, latents, hints, masks, cond,
+                                     loop.TrainConfig(steps=3, learning_rate=1e-3, batch_size=1, seed=1))
+    assert three.noise_loss == result.noise_loss
+    assert all(torch.equal(p, q) for p, q in zip(result.adapter.t2i_model.parameters(),
+                                                 three.adapter.t2i_model.parameters()))  # exactly step 3's weights
 
 
 def test_a_controlnet_for_another_model_is_a_clear_error():
