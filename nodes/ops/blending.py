@@ -40,7 +40,7 @@ def latent_weight(
     return weight.unsqueeze(1)
 
 
-def blend(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, names=("samples_a", "samples_b")) -> torch.Tensor:
+def lerp_latents(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, names=("samples_a", "samples_b")) -> torch.Tensor:
     """``a * (1 - w) + b * w`` for ``[B,C,h,w]`` latents and a ``[B,1,h,w]`` weight.
 
     Where ``w`` is exactly 0 the result is ``a`` and where it is exactly 1 it is ``b`` (bit for
@@ -68,7 +68,7 @@ def blend_latent_dicts(a: dict, b: dict, mask: torch.Tensor, feather_px: float =
     """
     sa, sb = as_latent(a.get("samples"), "samples_a"), as_latent(b.get("samples"), "samples_b")
     weight = latent_weight(mask, sa.shape[-2], sa.shape[-1], feather_px)
-    samples = blend(sa, sb, weight)
+    samples = lerp_latents(sa, sb, weight)
     out = {k: v for k, v in a.items() if k not in ("samples", "batch_index", "noise_mask")}
     out["samples"] = samples
     noise_mask = a.get("noise_mask", b.get("noise_mask"))

@@ -89,7 +89,7 @@ def background(masks: Sequence[torch.Tensor]) -> torch.Tensor:
     return (1.0 - covered).clamp(min=0.0)
 
 
-def blend(outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def blend_paths(outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``sum_j w_j o_j / sum_j w_j`` over the first (path) dimension, as ComfyUI's ``calc_cond_batch`` sums masked conds.
 
     ``weights`` broadcast against ``outputs``. The tiny count ComfyUI starts from (1e-37) is kept

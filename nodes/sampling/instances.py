@@ -189,7 +189,7 @@ def collapse(plan: Expansion, output: torch.Tensor) -> torch.Tensor:
             continue
         outputs = torch.stack([o for o, _ in parts])
         weights = torch.stack([p.mult.to(o) for o, p in parts])
-        pieces.append(region_ops.blend(outputs, weights))
+        pieces.append(region_ops.blend_paths(outputs, weights))
     if plan.extra_rows:
         pieces.append(output[output.shape[0] - plan.extra_rows:])
     return torch.cat(pieces)
