@@ -69,7 +69,7 @@ class SCSelectNames(io.ComfyNode):
 
     @classmethod
     def execute(cls, names: str, indices: str) -> io.NodeOutput:
-        return io.NodeOutput(json.dumps(ops.select_names(ops.parse_names(names), indices)))
+        return io.NodeOutput(json.dumps(ops.select_names(ops.names_from_json(names), indices)))
 
 
 class SCSaveImagesNamed(io.ComfyNode):
@@ -95,7 +95,7 @@ class SCSaveImagesNamed(io.ComfyNode):
     @classmethod
     def execute(cls, images, names: str, subfolder: str) -> io.NodeOutput:
         images = as_image(images, "images")
-        names = ops.parse_names(names)
+        names = ops.names_from_json(names)
         if len(names) != images.shape[0]:
             raise ValueError(f"{len(names)} names for a batch of {images.shape[0]} images: connect the names of these "
                              "images (after a filter, through Select Names)")

@@ -123,7 +123,7 @@ class SCFindObjects(io.ComfyNode):
                 max_prompts=16, pred_iou_thresh=0.88, stability_thresh=0.95, dedupe_iou=0.85,
                 amg_points_per_side=32) -> io.NodeOutput:
         names = finding_ops.require_class_names(class_names)
-        negatives = [n for n in finding_ops.parse_names(negative_names) if n not in names] or list(finding_ops.DEFAULT_NEGATIVES)
+        negatives = [n for n in finding_ops.names_from_lines(negative_names) if n not in names] or list(finding_ops.DEFAULT_NEGATIVES)
         images = as_rgb(image)
         settings = finding_ops.FinderSettings(max_points=max_prompts, pred_iou_thresh=pred_iou_thresh,
                                       stability_thresh=stability_thresh, dedupe_iou=dedupe_iou)

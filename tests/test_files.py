@@ -54,7 +54,7 @@ def test_names_follow_the_indices_and_paths_stay_inside(tmp_path):
     with pytest.raises(ValueError, match="JSON list of batch indices"):
         ops.select_names(["a"], "0, 1")
     with pytest.raises(ValueError, match="JSON list of non-empty file names"):
-        ops.parse_names('["a", ""]')
+        ops.names_from_json('["a", ""]')
     assert ops.named_paths(tmp_path, "shots", ["a", "c"]) == [(tmp_path / "shots" / f"{n}.png").resolve() for n in "ac"]
     with pytest.raises(ValueError, match="leaves the output folder"):
         ops.named_paths(tmp_path, "../elsewhere", ["a"])

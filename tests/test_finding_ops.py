@@ -115,7 +115,7 @@ def find(image, objects, names, negatives=("white", "black"), threshold=0.5, set
 
 
 def test_names_are_split_on_lines_and_commas_without_duplicates():
-    assert ops.parse_names(" shoe\nred bag, shoe\n\n ,hat ") == ["shoe", "red bag", "hat"]
+    assert ops.names_from_lines(" shoe\nred bag, shoe\n\n ,hat ") == ["shoe", "red bag", "hat"]
     assert ops.prompt_texts(["shoe"], "a photo of a {}") == ["a photo of a shoe"]
     assert ops.prompt_texts(["shoe"], "product:") == ["product: shoe"]
 

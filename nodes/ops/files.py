@@ -48,7 +48,7 @@ def load_batch(files: list[Path]) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(images), names
 
 
-def parse_names(text: str, what: str = "names") -> list[str]:
+def names_from_json(text: str, what: str = "names") -> list[str]:
     """A JSON list of file names, as Load Image Folder makes it."""
     try:
         names = json.loads(text)

@@ -102,7 +102,7 @@ class FindResult:
 # --------------------------------------------------------------------------- inputs
 
 
-def parse_names(text: str, what: str = "class names") -> list[str]:
+def names_from_lines(text: str, what: str = "class names") -> list[str]:
     """Names from a text box: one per line or comma-separated; blanks and duplicates dropped."""
     names: list[str] = []
     for line in (text or "").replace(",", "\n").splitlines():
@@ -113,7 +113,7 @@ def parse_names(text: str, what: str = "class names") -> list[str]:
 
 
 def require_class_names(text: str) -> list[str]:
-    names = parse_names(text)
+    names = names_from_lines(text)
     if not names:
         raise ValueError(
             "the class name list is empty: write the names of the objects to find, one per line "
