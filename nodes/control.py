@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 from .models import annotators
 from .ops import control as control_ops
 from .ops import pose as pose_ops
-from .ops.regions import preview as overlay
+from .ops.regions import mask_overlay
 from .ops.shapes import as_mask, as_rgb, broadcast_batch, resize_mask
 from .sampling.masked_control import apply_masked_control
 from .types import PoseKeypoint
@@ -128,7 +128,7 @@ class SCPoseFromImage(io.ComfyNode):
         pose_image = control_ops.from_uint8(np.stack(drawn))
         person = torch.stack(person)
         people = [m[None] for m in person] if batch == 1 else [person]  # one colour per person
-        return io.NodeOutput(pose_image, keypoints, person, ui=ui.PreviewImage(overlay(people, image), cls=cls))
+        return io.NodeOutput(pose_image, keypoints, person, ui=ui.PreviewImage(mask_overlay(people, image), cls=cls))
 
 
 class SCApplyControlNetMasked(io.ComfyNode):

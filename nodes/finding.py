@@ -15,7 +15,7 @@ from .models import list_models
 from .models import clip_matcher as clip_models
 from .models import rembg_models, sam as sam_models
 from .ops import finding as finding_ops
-from .ops.regions import preview as overlay
+from .ops.regions import mask_overlay
 from .ops.shapes import as_rgb
 from .ops.shapes import as_image, fit_mask_to_image
 from .types import ClipMatcher, Found, SamModel
@@ -139,7 +139,7 @@ class SCFindObjects(io.ComfyNode):
                                        settings, mode)
             results.append(result)
             masks.append(finding_ops.merged_mask(result, merge, item.shape[0], item.shape[1]))
-            previews.append(finding_ops.preview(item, result, merge))
+            previews.append(finding_ops.found_preview(item, result, merge))
             progress.update(1)
         found = [r.found for r in results]
         logging.info("selective_control: found the object in %d of %d images", sum(found), len(found))
@@ -194,7 +194,7 @@ class SCRemoveBackground(io.ComfyNode):
             progress.update(1)
         mask = torch.stack(masks).to(images.device, images.dtype)
         return io.NodeOutput(_intermediate(mask), _intermediate(images * mask[..., None]),
-                             ui=ui.PreviewImage(overlay([mask], images), cls=cls))
+                             ui=ui.PreviewImage(mask_overlay([mask], images), cls=cls))
 
 
 class SCFilterByFound(io.ComfyNode):

@@ -134,7 +134,7 @@ class SCApplyRegions(io.ComfyNode):
         regions = list(regions or ())
         model, positive, negative, masks = regional.apply_regions(
             model, positive, negative, regions, mode, feather, self_attention_locality)
-        preview = region_ops.preview(masks, image)
+        preview = region_ops.mask_overlay(masks, image)
         return io.NodeOutput(model, positive, negative, preview, ui=ui.PreviewImage(preview, cls=cls))
 
 

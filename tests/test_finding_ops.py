@@ -255,7 +255,7 @@ def test_automatic_mode_uses_the_same_scoring_and_dedupe(scene):
 def test_preview_tints_the_chosen_mask_and_leaves_the_rest(scene):
     image, red, blue = scene
     result, _ = find(image, [red, blue], ["blue"])
-    out = ops.preview(image, result, "best")
+    out = ops.found_preview(image, result, "best")
     assert out.shape == image.shape
     inside = out[70:90, 100:120]  # inside blue, away from its edge and the label
     assert torch.allclose(inside, torch.tensor([0.95, 0.26, 0.21]) * 0.5 + torch.tensor([0.0, 0.0, 1.0]) * 0.5,

@@ -389,7 +389,7 @@ def report(results: list[FindResult]) -> str:
     )
 
 
-def preview(image: torch.Tensor, result: FindResult, merge: str) -> torch.Tensor:
+def found_preview(image: torch.Tensor, result: FindResult, merge: str) -> torch.Tensor:
     """``[H,W,3]`` photo with the chosen masks tinted, outlined and labelled ("name 0.87")."""
     from PIL import Image, ImageDraw
 

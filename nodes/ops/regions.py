@@ -106,7 +106,7 @@ def feather_masks(masks: Sequence[torch.Tensor], pixels: int) -> list[torch.Tens
     return [as_mask(m) if pixels <= 0 else feather(m, float(pixels), "centred") for m in masks]
 
 
-def preview(masks: Sequence[torch.Tensor], image: torch.Tensor | None, height: int = 512, width: int = 512,
+def mask_overlay(masks: Sequence[torch.Tensor], image: torch.Tensor | None, height: int = 512, width: int = 512,
             alpha: float = 0.55) -> torch.Tensor:
     """``[B,H,W,3]`` image: each region's colour laid over ``image`` (or a grey canvas) with its mask."""
     if image is None:
