@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
 
 import torch
+from .sharing import SharedByCopies
 
 logger = logging.getLogger(__name__)
 
@@ -202,14 +203,11 @@ def _merged_blend(q, k, v, extension: Extension, extra_options):
     return plain, (delta * weight).to(q.dtype)
 
 
-class SelfAttentionDispatcher:
+class SelfAttentionDispatcher(SharedByCopies):
     """The attn1 replace patch of one block: plain attention plus the extensions' extra keys."""
 
     def __init__(self, extensions: Sequence[SelfAttentionExtension]):
         self.extensions = tuple(extensions)
-
-    def __deepcopy__(self, memo):  # immutable; ModelPatcher.clone deep-copies model_options
-        return self
 
     def with_extension(self, extension: SelfAttentionExtension) -> "SelfAttentionDispatcher":
         return SelfAttentionDispatcher((*self.extensions, extension))

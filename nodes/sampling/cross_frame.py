@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import attention
+from .sharing import SharedByCopies
 
 
 def parse_anchors(text: str) -> tuple[int, ...]:
@@ -27,14 +28,11 @@ def parse_anchors(text: str) -> tuple[int, ...]:
     return anchors
 
 
-class CrossFrameExtension:
+class CrossFrameExtension(SharedByCopies):
     """Appends the anchor frames' k/v (same cond/uncond chunk) to every frame's own."""
 
     def __init__(self, anchors: tuple[int, ...], strength: float):
         self.anchors, self.strength = anchors, strength
-
-    def __deepcopy__(self, memo):
-        return self
 
     def resolve(self, frames: int) -> list[int]:
         out = []

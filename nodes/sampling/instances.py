@@ -42,6 +42,7 @@ from ..ops.shapes import as_mask
 from . import compat
 from .attention import appended_rows
 from .masked_control import _merge, _with_cond_mask, apply_masked_control
+from .sharing import SharedByCopies
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +64,11 @@ class InstanceSpec:
     control_mask: torch.Tensor | None
 
 
-class InstanceGroup:
+class InstanceGroup(SharedByCopies):
     """Identity of one Apply Regions result; marks its entries in the conditioning."""
 
     def __init__(self, specs: list[InstanceSpec]) -> None:
         self.specs = tuple(specs)
-
-    def __deepcopy__(self, memo):  # conditioning options get deep-copied by some nodes; keep identity
-        return self
 
 
 @dataclass(frozen=True)
@@ -243,11 +241,8 @@ def _collapse_entries(entries: list[dict], x_in, timestep, paths_by_uuid: dict) 
     return out, controls
 
 
-class CollapseInstances:
+class CollapseInstances(SharedByCopies):
     """CALC_COND_BATCH wrapper: instance groups become one carrier entry with its prepared paths."""
-
-    def __deepcopy__(self, memo):
-        return self
 
     def __call__(self, executor, model, conds, x_in, timestep, model_options):
         if not any(entry.get(GROUP_KEY) is not None for entries in conds if entries for entry in entries):
@@ -271,11 +266,8 @@ class CollapseInstances:
         return executor(model, collapsed, x_in, timestep, options)
 
 
-class InstanceBatch:
+class InstanceBatch(SharedByCopies):
     """APPLY_MODEL wrapper: expand carrier rows into their paths, run once, blend them back."""
-
-    def __deepcopy__(self, memo):
-        return self
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                  **kwargs):

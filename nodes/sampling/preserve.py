@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import blending
+from .sharing import SharedByCopies
 
 
 def sigma_to_percent(model_sampling, sigma: float) -> float:
@@ -35,7 +36,7 @@ def sigma_to_percent(model_sampling, sigma: float) -> float:
     return 0.5 * (lo + hi)
 
 
-class PreserveRegionHook:
+class PreserveRegionHook(SharedByCopies):
     """Post-CFG function: ``denoised = lerp(denoised, source, weight * schedule(sigma))``.
 
     ``source`` is the source LATENT's samples in the sampler's space (after
@@ -46,9 +47,6 @@ class PreserveRegionHook:
         blending.validate_schedule(start, end, falloff)
         self.source, self.weight = source, weight
         self.start, self.end, self.falloff = start, end, falloff
-
-    def __deepcopy__(self, memo):  # immutable; ModelPatcher.clone deep-copies model_options
-        return self
 
     def strength_at(self, model_sampling, sigma: float) -> float:
         if self.falloff == "none" and self.start == 0.0 and self.end == 1.0:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..ops.masks import mask_to_latent
 from ..ops.shapes import as_mask
 from . import attention
+from .sharing import SharedByCopies
 
 WRAPPER_KEY = "selective_control.reference_attention"
 INFO_KEY = "sc_reference_attention"
@@ -39,16 +40,13 @@ def _sigma_range(model, start: float, end: float) -> tuple[float, float]:
     return float(ms.percent_to_sigma(start)), float(ms.percent_to_sigma(end))
 
 
-class ReferenceBatchWrapper:
+class ReferenceBatchWrapper(SharedByCopies):
     """APPLY_MODEL wrapper: append the noised reference rows, then drop their outputs."""
 
     def __init__(self, key: str, reference: torch.Tensor, sigma_start: float, sigma_end: float):
         self.key = key  # transformer_options key telling the attention extension where our rows are
         self.reference = reference  # [R,C,h,w] as the VAE gave it (process_latent_in happens per call)
         self.sigma_start, self.sigma_end = sigma_start, sigma_end
-
-    def __deepcopy__(self, memo):
-        return self
 
     def _reference_rows(self, base_model, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         ref = self.reference
@@ -107,7 +105,7 @@ class ReferenceBatchWrapper:
         return out[:rows]
 
 
-class ReferenceAttentionExtension:
+class ReferenceAttentionExtension(SharedByCopies):
     """Each target row also attends to its reference row's self-attention keys/values."""
 
     def __init__(self, key: str, strength: float, style_fidelity: float, mask: torch.Tensor | None):
@@ -115,9 +113,6 @@ class ReferenceAttentionExtension:
         self.strength, self.style_fidelity = strength, style_fidelity
         self.mask = None if mask is None else as_mask(mask)
         self._grids: dict = {}
-
-    def __deepcopy__(self, memo):
-        return self
 
     def _mask_tokens(self, h: int, w: int, device, dtype) -> torch.Tensor:
         key = (h, w, str(device), dtype)

@@ -26,6 +26,7 @@ from .attention import (
 )
 from .instances import apply_instance_regions
 from .masked_control import apply_masked_control
+from .sharing import SharedByCopies
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class _GridCache:
         self.cache.clear()
 
 
-class RegionalCrossAttention:
+class RegionalCrossAttention(SharedByCopies):
     """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only."""
 
     def __init__(self, masks: list[torch.Tensor], weights: list[float],
@@ -144,9 +145,6 @@ class RegionalCrossAttention:
         self.weights = tuple(weights)
         self.layouts = dict(layouts)
         self.biases: dict[tuple, torch.Tensor] = {}
-
-    def __deepcopy__(self, memo):  # shared by model clones; the cache only holds derived masks
-        return self
 
     def clear_caches(self, model_patcher) -> None:
         """ON_CLEANUP callback: a run's biases are not kept for the next (other sizes would pile up on the GPU)."""
@@ -189,15 +187,12 @@ class RegionalCrossAttention:
         return cached
 
 
-class RegionLocality:
+class RegionLocality(SharedByCopies):
     """Self-attention extension: attention between tokens of different regions scaled by ``1 - strength``."""
 
     def __init__(self, masks: list[torch.Tensor], strength: float) -> None:
         self.grids = _GridCache(tuple(masks))
         self.strength = float(strength)
-
-    def __deepcopy__(self, memo):
-        return self
 
     def clear_caches(self, model_patcher) -> None:
         """ON_CLEANUP callback, as :meth:`RegionalCrossAttention.clear_caches`."""
