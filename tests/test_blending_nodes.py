@@ -6,7 +6,7 @@ conditioning is encoded once and each assertion reads the sampler node it needs.
 import pytest
 import torch
 
-from harness import node_error_message, run_prompt
+from harness import box_mask_nodes, node_error_message, run_prompt
 from harness import tiny_models
 
 SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_sde", "uni_pc"]
@@ -37,9 +37,7 @@ def solid(prompt, node, value, width=64, height=64):
 
 def box_mask(prompt, node="mask", x=16, y=16, width=32, height=32):
     """A 64x64 mask, white in the given box."""
-    prompt[node] = {"class_type": "MaskComposite", "inputs": {
-        "destination": solid(prompt, node + "_bg", 0.0), "source": solid(prompt, node + "_fg", 1.0, width, height),
-        "x": x, "y": y, "operation": "add"}}
+    prompt.update(box_mask_nodes(node, 64, 64, (x, y, width, height)))
     return [node, 0]
 
 

@@ -1,6 +1,6 @@
 """Region (CLIP) and pose scores through ComfyUI's executor, against known answers.
 
-Region score: the colour CLIP double (test_finding_ops.ColourMatcher) embeds a crop as its mean
+Region score: the colour CLIP double (harness.doubles.ColourMatcher) embeds a crop as its mean
 colour minus grey and a text as the colour it names, so the crop x text matrix is known in
 closed form. Pose score: mediapipe on scikit-image's astronaut, scored against itself and
 against a copy of its keypoints shifted by a known offset.
@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from harness import pack_import, run_prompt, workspace
-from test_finding_nodes import TestColourMatcherLoader
+from harness import box_mask_nodes, pack_import, run_prompt, workspace
 
 metrics = pack_import("nodes.ops.metrics")
 
@@ -50,9 +49,8 @@ class TestShiftPose:
 def test_nodes():
     import nodes
 
-    nodes.NODE_CLASS_MAPPINGS.update(TestColourMatcherLoader=TestColourMatcherLoader, TestShiftPose=TestShiftPose)
+    nodes.NODE_CLASS_MAPPINGS.update(TestShiftPose=TestShiftPose)
     yield
-    nodes.NODE_CLASS_MAPPINGS.pop("TestColourMatcherLoader")
     nodes.NODE_CLASS_MAPPINGS.pop("TestShiftPose")
 
 
@@ -62,16 +60,13 @@ def _save(name: str, pixels: np.ndarray) -> str:
 
 
 def _third_mask(node: str, x: int) -> dict:
-    return {f"{node}_m": {"class_type": "MaskComposite", "inputs": {
-                "destination": ["canvas", 0], "source": ["third", 0], "x": x, "y": 0, "operation": "add"}},
+    return {**box_mask_nodes(f"{node}_m", 192, 128, (x, 0, 64, 128)),
             f"{node}_i": {"class_type": "MaskToImage", "inputs": {"mask": [f"{node}_m", 0]}}}
 
 
 def region_prompt(image_file: str, texts: str) -> dict:
     prompt = {
         "img": {"class_type": "LoadImage", "inputs": {"image": image_file}},
-        "canvas": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 192, "height": 128}},
-        "third": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 128}},
         **_third_mask("r0", 0), **_third_mask("r1", 64), **_third_mask("r2", 128),
         "b01": {"class_type": "ImageBatch", "inputs": {"image1": ["r0_i", 0], "image2": ["r1_i", 0]}},
         "b012": {"class_type": "ImageBatch", "inputs": {"image1": ["b01", 0], "image2": ["r2_i", 0]}},

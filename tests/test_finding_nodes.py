@@ -3,7 +3,7 @@
 Models: a random SAM vit_b saved once to models/sams (its image embedding is computed once and
 reused through the loader's cache), a tiny random transformers CLIP saved to models/clip_matcher,
 and for batches and ranking a real-code SAM with a one-block encoder plus the colour CLIP double
-(test_finding_ops.ColourMatcher), injected through test-only loader nodes.
+(harness.doubles.ColourMatcher), injected through test-only loader nodes.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from harness import node_error_message, pack_import, run_prompt, workspace, write_model_file
-from test_finding_ops import ColourMatcher
 
 sam_models = pack_import("nodes.models.sam")
 clip_models = pack_import("nodes.models.clip_matcher")
@@ -74,29 +73,13 @@ class TestSAMLoader:
         return (self._cache.get("tiny-sam", lambda: sam_models.SAMModel(tiny_sam(), "tiny")),)
 
 
-class TestColourMatcherLoader:
-    """Test-only node: the colour CLIP double, as SC_CLIP_MATCHER."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("SC_CLIP_MATCHER",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self):
-        return (shared.ModelCache(1).get("colour", ColourMatcher),)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def test_nodes():
     import nodes
 
-    nodes.NODE_CLASS_MAPPINGS.update(TestSAMLoader=TestSAMLoader, TestColourMatcherLoader=TestColourMatcherLoader)
+    nodes.NODE_CLASS_MAPPINGS.update(TestSAMLoader=TestSAMLoader)
     yield
     nodes.NODE_CLASS_MAPPINGS.pop("TestSAMLoader")
-    nodes.NODE_CLASS_MAPPINGS.pop("TestColourMatcherLoader")
 
 
 @pytest.fixture(scope="module")

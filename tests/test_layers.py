@@ -26,7 +26,7 @@ COMFY_INTERNALS = {
     r"\bsend_progress_text\b|\bPromptServer\b|^\s*(from|import)\s+server\b": "the server's progress hooks",
     r"\bPROGRESS_BAR_HOOK\b|\bset_progress_bar_global_hook\b": "the progress-bar hook",
     r"\bupdate_absolute\b": "ProgressBar.update_absolute (0.33 throttles it: compat.report_every_step)",
-    r"\bmultigpu_clones\b|(?<!def )\bdeepclone_multigpu\b": "ControlBase's MultiGPU copies (defining the method is fine)",
+    r"\bmultigpu_clones\b|(?<!def )\bdeepclone_multigpu\b": "ControlBase's MultiGPU copies (defining one is fine)",
     r"\bcomfy\.[\w.]*\._(?!_)\w+|\bui\.\w+\._(?!_)\w+": "a private ComfyUI name",
 }
 

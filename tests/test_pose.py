@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage import data
 
-from harness import pack_import, run_prompt, workspace
+from harness import box_mask_nodes, pack_import, run_prompt, workspace
 
 ops = pack_import("nodes.ops.control")
 pose_ops = pack_import("nodes.ops.pose")
@@ -79,12 +79,7 @@ def test_node_with_two_person_regions_outputs_one_mask_each():
     Image.fromarray(np.ascontiguousarray(side)).save(workspace().input / "two_people.png")
     prompt = {
         "load": {"class_type": "LoadImage", "inputs": {"image": "two_people.png"}},
-        "left": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 256, "height": 256}},
-        "canvas": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 512, "height": 256}},
-        "m0": {"class_type": "MaskComposite", "inputs": {"destination": ["canvas", 0], "source": ["left", 0],
-                                                         "x": 0, "y": 0, "operation": "add"}},
-        "m1": {"class_type": "MaskComposite", "inputs": {"destination": ["canvas", 0], "source": ["left", 0],
-                                                         "x": 256, "y": 0, "operation": "add"}},
+        **box_mask_nodes("m0", 512, 256, (0, 0, 256, 256)), **box_mask_nodes("m1", 512, 256, (256, 0, 256, 256)),
         "i0": {"class_type": "MaskToImage", "inputs": {"mask": ["m0", 0]}},
         "i1": {"class_type": "MaskToImage", "inputs": {"mask": ["m1", 0]}},
         "batch": {"class_type": "ImageBatch", "inputs": {"image1": ["i0", 0], "image2": ["i1", 0]}},

@@ -4,7 +4,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.sample
-from harness import node_error_message, pack_import, run_prompt, tiny_models
+from harness import box_mask_nodes, node_error_message, pack_import, run_prompt, tiny_models
 
 regional = pack_import("nodes.sampling.regions")
 region_ops = pack_import("nodes.ops.regions")
@@ -413,12 +413,7 @@ def region_graph(mode="attention", sampler="euler", steps=2, feather=8):
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "blurry"}},
         "cat": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a cat"}},
         "dog": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": "a dog"}},
-        "full": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
-        "bg": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}},
-        "left": {"class_type": "MaskComposite", "inputs": {"destination": ["bg", 0], "source": ["full", 0],
-                                                          "x": 0, "y": 0, "operation": "add"}},
-        "right": {"class_type": "MaskComposite", "inputs": {"destination": ["bg", 0], "source": ["full", 0],
-                                                           "x": 32, "y": 0, "operation": "add"}},
+        **box_mask_nodes("left", 64, 64, (0, 0, 32, 64)), **box_mask_nodes("right", 64, 64, (32, 0, 32, 64)),
         "r1": {"class_type": "SCRegion", "inputs": {"conditioning": ["cat", 0], "mask": ["left", 0], "weight": 1.0,
                                                     "control_strength": 1.0}},
         "r2": {"class_type": "SCRegion", "inputs": {"conditioning": ["dog", 0], "mask": ["right", 0], "weight": 1.0,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import box_mask_nodes
 from harness.server import running_server
 
 pytestmark = pytest.mark.slow
@@ -33,10 +34,7 @@ def _rss_mb(pid: int) -> float:
 
 def _prompt(i: int, prefix: str) -> dict:
     return {
-        "1": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 24, "height": 24}},
-        "2": {"class_type": "MaskComposite", "inputs": {"destination": ["3", 0], "source": ["1", 0],
-                                                        "x": 20, "y": 20, "operation": "add"}},
-        "3": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}},
+        **box_mask_nodes("2", 64, 64, (20, 20, 24, 24)),
         "4": {"class_type": "SCFeatherMask", "inputs": {"mask": ["2", 0], "radius": 1 + i % 7,
                                                         "direction": "centred", "falloff": "linear"}},
         "5": {"class_type": "SCGrowMask", "inputs": {"mask": ["4", 0], "pixels": 2}},

@@ -208,6 +208,19 @@ def _format_failure(data: dict) -> str:
     )
 
 
+def box_mask_nodes(node: str, width: int, height: int, box: tuple[int, int, int, int]) -> dict:
+    """Prompt nodes for a ``width x height`` mask, 1 inside ``box`` = (x, y, box width, box height)
+    and 0 elsewhere, from core nodes (SolidMask twice, MaskComposite add); its output is ``[node, 0]``."""
+    x, y, box_width, box_height = box
+    return {
+        f"{node}_canvas": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": width, "height": height}},
+        f"{node}_box": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": box_width, "height": box_height}},
+        node: {"class_type": "MaskComposite", "inputs": {"destination": [f"{node}_canvas", 0],
+                                                         "source": [f"{node}_box", 0], "x": x, "y": y,
+                                                         "operation": "add"}},
+    }
+
+
 def node_error_message(prompt: dict, outputs: list[str] | None = None) -> str:
     """Run a prompt that must fail and return ComfyUI's error message for it."""
     try:

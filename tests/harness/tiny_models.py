@@ -263,4 +263,6 @@ def register_test_nodes() -> None:
     """Make the tiny loaders available to prompts run through the executor."""
     import nodes
 
-    nodes.NODE_CLASS_MAPPINGS.update(TEST_NODES)
+    from .doubles import TestColourMatcherLoader
+
+    nodes.NODE_CLASS_MAPPINGS.update(TEST_NODES, TestColourMatcherLoader=TestColourMatcherLoader)
