@@ -92,7 +92,7 @@ def test_the_adapter_trains_through_a_unet_whose_weights_have_gradients_off():
     swap of inference-mode weights (``_without_inference_tensors``) and the backward pass through
     streamed weights are untested on it."""
     import comfy.model_patcher
-    from test_training import _benchmark, loop, task
+    from test_training import _benchmark, adapters, loop, task
 
     patcher = _benchmark().micro_model(7)
     unet = patcher.model.diffusion_model
@@ -101,7 +101,7 @@ def test_the_adapter_trains_through_a_unet_whose_weights_have_gradients_off():
     unet.requires_grad_(False)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     latents, hints, masks, cond = task()
-    initial = loop.fresh_adapter(patcher, 3)
+    initial = adapters.fresh_adapter(patcher, 3)
     result = loop.train_local_control(patcher, initial, latents, hints, masks, cond,
                                       loop.TrainConfig(steps=2, learning_rate=1e-3, batch_size=2))
     trained = dict(result.adapter.t2i_model.named_parameters())
