@@ -278,3 +278,46 @@ def test_apply_regions_node_on_a_dit_through_the_executor():
     ours, plain = result.output("sample")["samples"], result.output("plain")["samples"]
     assert ours.shape == plain.shape == (1, 16, 8, 8) and torch.isfinite(ours).all()
     assert (ours - plain).abs().max() > 1e-3 * plain.abs().max()
+
+
+DIT_LOADER_STANDINS = {"UNETLoader": "TinyDiTLoader", "CLIPLoader": "TinyDiTCLIPLoader", "VAELoader": "TinyDiTVAELoader"}
+
+
+@needs_dit
+def test_shipped_z_image_regions_workflow_runs_on_the_tiny_z_image():
+    """workflows/regions_zimage.json as the frontend queues it; the three loaders hand in the tiny Z-Image
+    (tests/harness/tiny_dit.py) under the workflow's file names; sizes / 16, 2 steps."""
+    from harness import REPO_ROOT
+    from harness.workflow import object_info, ui_to_api
+
+    import json
+
+    path = REPO_ROOT / "workflows" / "regions_zimage.json"
+    prompt = ui_to_api(json.loads(path.read_text(encoding="utf-8")), object_info(), source=str(path))
+    files = {}
+    for entry in prompt.values():
+        kind = entry["class_type"]
+        if kind in DIT_LOADER_STANDINS:
+            files[kind] = next(v for k, v in entry["inputs"].items() if k.endswith("_name"))
+            entry["class_type"], entry["inputs"] = DIT_LOADER_STANDINS[kind], {"architecture": "z_image"}
+        elif kind in ("SolidMask", "MaskComposite", "EmptySD3LatentImage", "SCApplyRegions"):
+            entry["inputs"].update({k: v // 16 for k, v in entry["inputs"].items()
+                                    if k in ("width", "height", "x", "y", "feather")})
+        elif kind == "KSampler":
+            entry["inputs"]["steps"] = 2
+    assert files == {"UNETLoader": "z_image_turbo_bf16.safetensors", "CLIPLoader": "qwen_3_4b.safetensors",
+                     "VAELoader": "ae.safetensors"}
+    [apply] = [k for k, v in prompt.items() if v["class_type"] == "SCApplyRegions"]
+    [sampler] = [k for k, v in prompt.items() if v["class_type"] == "KSampler"]
+    assert prompt[apply]["inputs"]["mode"] == "attention" and prompt[sampler]["inputs"]["cfg"] == 1.0
+    result = run_prompt(prompt)
+    # The base prompt and both region prompts (77 tokens each from the tiny CLIP) joined; two masks, left and right.
+    positive = result.output(apply, 1)
+    assert positive[0][0].shape == (1, 3 * 77, tiny_dit.CONTEXT_DIM)
+    preview = result.output(apply, 3)[0]
+    assert preview.shape == (512, 512, 3)  # no image connected: drawn on a 512 px grey canvas
+    left, right = preview[256, 64], preview[256, 448]
+    assert left[0] > left[2] and right[2] > right[0]  # region 1 red on the left, region 2 blue on the right
+    [decode] = [k for k, v in prompt.items() if v["class_type"] == "VAEDecode"]
+    image = result.output(decode)
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
