@@ -36,7 +36,7 @@ from harness.workflow import VIRTUAL_NODE_TYPES, _ordered_inputs, _widget_kind, 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 U2NETP = REPO_ROOT / ".test-assets" / "u2netp.onnx"
 EXPECTED = {"selective_controlnet", "local_control", "product_photoshoot", "pose_identity", "multi_instance",
-            "video_consistency", "train_local_control"}
+            "video_consistency", "train_local_control", "regions_zimage"}
 LOADER_STANDINS = {"CheckpointLoaderSimple": ("TinyCheckpointLoader", {"architecture": "sd15"}),
                    "ControlNetLoader": ("TinyControlNetLoader", {"architecture": "sd15"}),
                    "SCLoadSAM": ("WorkflowTestSAM", {}), "SCLoadCLIPMatcher": ("WorkflowTestColourCLIP", {})}
@@ -62,7 +62,7 @@ def _declared_models(node: dict, workflow: dict) -> dict[str, dict]:
     return {m["name"]: m for m in [*((node.get("properties") or {}).get("models") or []), *unchecked]}
 
 
-def test_the_seven_workflows_are_shipped():
+def test_the_eight_workflows_are_shipped():
     assert {p.stem for p in WORKFLOWS} == EXPECTED
 
 

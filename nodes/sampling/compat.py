@@ -96,3 +96,97 @@ def register_device_copy(control, load_device, clone, autoregister: bool):
     if autoregister:
         control.multigpu_clones[load_device] = clone
     return clone
+
+
+# --------------------------------------------------------------------------- DiT attention hooks
+
+# ``unet_config["image_model"]`` of the DiT families whose joint attention the pack can route,
+# mapped to the hook each needs: Flux-style blocks take an ``attn1_patch`` that may return an
+# attention mask; Qwen-Image's block ignores a returned mask (0.33 keeps the mask it built before
+# the patch), so the mask goes through ComfyUI's attention override; Lumina 2 / Z-Image has no
+# attention patch at all, only the override.
+DIT_FAMILIES = {"flux": "attn1_patch", "flux2": "attn1_patch", "chroma": "attn1_patch",
+                "qwen_image": "attention_override", "lumina2": "attention_override"}
+ATTENTION_OVERRIDE = "optimized_attention_override"  # transformer_options key read by ComfyUI's wrap_attn
+
+
+def dit_family(model_patcher) -> str | None:
+    """The connected model's ``image_model`` (e.g. ``flux``, ``qwen_image``, ``lumina2``), None for UNets.
+
+    Set by ComfyUI's model detection in ``unet_config`` for every DiT in 0.3.75 and 0.33.0."""
+    config = getattr(getattr(model_patcher, "model", None), "model_config", None)
+    return None if config is None else config.unet_config.get("image_model")
+
+
+def dit_context_dim(model_patcher) -> int | None:
+    """Width of the text hidden states the DiT reads: Flux ``context_in_dim``, Qwen-Image
+    ``joint_attention_dim`` (default 3584), Lumina 2 / Z-Image ``cap_feat_dim``."""
+    config = model_patcher.model.model_config.unet_config
+    family = dit_family(model_patcher)
+    if family == "qwen_image":
+        return config.get("joint_attention_dim", 3584)
+    return config.get("context_in_dim", config.get("cap_feat_dim"))
+
+
+def dit_hook_missing(family: str) -> str | None:
+    """Why this ComfyUI cannot route ``family``'s joint attention, or None when it can.
+
+    The Flux and Qwen-Image ``attn1_patch`` calls came after 0.3.75; the attention override
+    (``wrap_attn``) exists in both versions but Lumina 2's joint attention passes it only in 0.33."""
+    import comfy.ldm.modules.attention as attention
+
+    if family not in DIT_FAMILIES:
+        return (f"the connected model is a {family} DiT, whose joint attention has no patch point the pack uses; "
+                f"regional attention supports {', '.join(sorted(DIT_FAMILIES))}")
+    if not hasattr(attention, "wrap_attn"):
+        return "this ComfyUI has no attention override (optimized_attention_override); update ComfyUI to 0.33 or later"
+    if family in ("flux", "flux2", "chroma"):
+        import comfy.ldm.flux.layers as layers
+
+        blocks = (layers.DoubleStreamBlock.forward, layers.SingleStreamBlock.forward)
+    elif family == "qwen_image":
+        import comfy.ldm.qwen_image.model as qwen
+
+        blocks = (qwen.Attention.forward,)
+    else:
+        import comfy.ldm.lumina.model as lumina
+
+        if "transformer_options" not in lumina.JointAttention.forward.__code__.co_varnames:
+            return f"this ComfyUI's {family} attention takes no transformer options; update ComfyUI to 0.33 or later"
+        return None
+    if not all("attn1_patch" in block.__code__.co_consts for block in blocks):
+        return f"this ComfyUI's {family} blocks have no attn1_patch hook; update ComfyUI to 0.33 or later"
+    return None
+
+
+def dit_text_pad_multiple(model_patcher) -> int:
+    """Lumina 2 / Z-Image pad the caption to a multiple of ``pad_tokens_multiple`` inside the model
+    (1: no padding; Flux.2's padding to 512 happens in ``extra_conds``, before the context reaches it)."""
+    if dit_family(model_patcher) != "lumina2":
+        return 1
+    return int(getattr(model_patcher.get_model_object("diffusion_model"), "pad_tokens_multiple", None) or 1)
+
+
+def dit_pads_text_left(family: str) -> bool:
+    """Flux.2 pads a short prompt on the left (``model_base.Flux2.extra_conds``), so the prompt ends the text."""
+    return family == "flux2"
+
+
+def dit_patch_size(model_patcher) -> int:
+    return int(model_patcher.get_model_object("diffusion_model").patch_size)
+
+
+def add_attention_override(model_patcher, override) -> None:
+    """Install ``override(func, q, k, v, heads, mask=..., **kwargs)`` as ComfyUI's attention override
+    on ``model_patcher`` (a clone you own). The slot holds one function: an override already there
+    (another pack's) is kept and called as the ``func`` this one passes on, so both act."""
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    previous = options.get(ATTENTION_OVERRIDE)
+    if previous is None:
+        options[ATTENTION_OVERRIDE] = override
+        return
+
+    def chained(func, *args, **kwargs):
+        return override(lambda *a, **k: previous(func, *a, **k), *args, **kwargs)
+
+    options[ATTENTION_OVERRIDE] = chained

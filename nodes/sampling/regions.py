@@ -21,9 +21,11 @@ import torch
 import comfy.patcher_extension
 
 from ..ops import regions as region_ops
+from . import compat
 from .attention import (
     Extension, appended_rows, attention, attn1_block_keys, batch_layout, install_self_attention_extension, token_grid,
 )
+from .dit_regions import install_dit_region_attention
 from .instances import apply_instance_regions
 from .masked_control import apply_masked_control
 from .sharing import SharedByCopies
@@ -62,6 +64,8 @@ class Region:
 
 def model_context_dim(model) -> int | None:
     """The text-embedding width the model's cross-attention expects (None if unknown)."""
+    if compat.dit_family(model) is not None:
+        return compat.dit_context_dim(model)
     config = getattr(getattr(model, "model", None), "model_config", None)
     return None if config is None else config.unet_config.get("context_dim")
 
@@ -235,6 +239,8 @@ def apply_region_controls(positive: list, negative: list, regions: list[Region],
 def apply_attention_regions(model, positive: list, negative: list, regions: list[Region], masks: list[torch.Tensor],
                             locality: float = 0.0):
     """``(model, positive, negative)`` for any core sampler: regions by masked cross-attention."""
+    if compat.dit_family(model) is not None:
+        return apply_dit_attention_regions(model, positive, negative, regions, masks, locality)
     joined, layouts = joined_positive(positive, regions)
     out = model.clone()
     patches = [RegionalCrossAttention(masks, [r.weight for r in regions], layouts)]
@@ -245,6 +251,31 @@ def apply_attention_regions(model, positive: list, negative: list, regions: list
     for patch in patches:  # cached per resolution and batch layout within a run, emptied after it
         out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, CACHE_KEY, patch.clear_caches)
     joined, negative = apply_region_controls(joined, [[t, o.copy()] for t, o in negative], regions, masks)
+    return out, joined, negative
+
+
+def with_region_token_masks(joined: list, layouts: dict[int, tuple[int, tuple[int, ...]]]) -> list:
+    """A text ``attention_mask`` of the base prompt (some DiT text encoders return one) extended with
+    ones over the appended region tokens, so the model keeps reading it."""
+    out = []
+    for tensor, options in joined:
+        mask = options.get("attention_mask")
+        if mask is not None and mask.shape[-1] == layouts[tensor.shape[1]][0]:
+            extra = mask.new_ones((*mask.shape[:-1], tensor.shape[1] - mask.shape[-1]))
+            options = {**options, "attention_mask": torch.cat((mask, extra), dim=-1)}
+        out.append([tensor, options])
+    return out
+
+
+def apply_dit_attention_regions(model, positive: list, negative: list, regions: list[Region],
+                                masks: list[torch.Tensor], locality: float = 0.0):
+    """Attention mode on a DiT: region prompts joined to the base prompt, joint attention biased
+    (``dit_regions``); each region's control as in UNet attention mode."""
+    joined, layouts = joined_positive(positive, regions)
+    out = model.clone()
+    install_dit_region_attention(out, masks, [r.weight for r in regions], layouts, locality)
+    joined, negative = apply_region_controls(with_region_token_masks(joined, layouts),
+                                             [[t, o.copy()] for t, o in negative], regions, masks)
     return out, joined, negative
 
 

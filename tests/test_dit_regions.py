@@ -1,0 +1,323 @@
+"""Regional prompts (attention mode) on DiTs: Flux.1, Flux.2, Chroma, Qwen-Image, Z-Image.
+
+Tiny random models of each real architecture (tests/harness/tiny_dit.py); the joint attention is
+probed at ComfyUI's own attention call (an attention override installed under the pack's hooks),
+so the probe sees the q, k and mask every block really uses. The bias maths is checked on numbers.
+"""
+import types
+
+import pytest
+import torch
+
+import comfy.sample
+from harness import pack_import, run_prompt, tiny_dit
+
+regional = pack_import("nodes.sampling.regions")
+dit_hooks = pack_import("nodes.sampling.dit_regions")
+compat = pack_import("nodes.sampling.compat")
+dit_ops = pack_import("nodes.ops.dit_regions")
+
+MISSING = tiny_dit.unavailable_reason()
+needs_dit = pytest.mark.skipif(MISSING is not None, reason=f"tiny DiTs need ComfyUI 0.33: {MISSING}")
+
+SIZE = 64  # pixels; every tiny DiT has a 4x4 token grid at this size
+TOKENS = 8
+# Joint attentions per model call (Flux family: double + single blocks) and where the text ends.
+JOINT_BLOCKS = {"flux": 4, "flux2": 4, "chroma": 4, "qwen_image": 2, "z_image": 2}
+TEXT_LEN = {"flux": 16, "flux2": 512, "chroma": 16, "qwen_image": 16, "z_image": 32}  # Flux.2 pads to 512, Z-Image to 32
+REGION_TEXT = {arch: (8, 16) for arch in TEXT_LEN} | {"flux2": (512 - 8, 512)}
+
+
+def left_half(size=SIZE):
+    mask = torch.zeros(1, size, size)
+    mask[:, :, : size // 2] = 1.0
+    return mask
+
+
+def sample(model, positive, negative, arch, steps=2, cfg=2.0, sampler="euler", batch=1, noise=None):
+    latent = tiny_dit.empty_latent(arch, SIZE, SIZE, batch)["samples"]
+    if noise is None:
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", positive, negative, latent, seed=5,
+                               disable_pbar=True)
+
+
+def conds(arch, base_tokens=TOKENS):
+    return (tiny_dit.conditioning(arch, "a garden", base_tokens, guidance=3.5),
+            tiny_dit.conditioning(arch, "blurry", 3, guidance=3.5))
+
+
+def regions_of(*specs):
+    return [regional.Region(conditioning=c, mask=m, weight=w) for c, m, w in specs]
+
+
+def assert_close_to_scale(actual, expected, relative=1e-5):
+    error = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert error <= relative * scale, f"max difference {error:.3g} vs scale {scale:.3g}"
+
+
+class AttentionProbe:
+    """Attention override under the pack's hooks: records every call's attention probabilities."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, func, q, k, v, heads, *args, **kwargs):
+        mask = args[0] if args else kwargs.get("mask")
+        if kwargs.get("skip_reshape"):
+            logits = q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5
+            if mask is not None:
+                logits = logits + (mask if mask.ndim == 4 else mask.unsqueeze(1)).float()
+            options = kwargs.get("transformer_options") or {}
+            self.calls.append((torch.softmax(logits, dim=-1), list(options.get("cond_or_uncond") or [0])))
+        return func(q, k, v, heads, *args, **kwargs)
+
+
+def probed(model):
+    clone = model.clone()
+    probe = AttentionProbe()
+    compat.add_attention_override(clone, probe)
+    return clone, probe
+
+
+# --------------------------------------------------------------------------- bias maths (both legs)
+
+
+def test_joint_bias_numbers_for_soft_masks_weights_and_locality():
+    """Two regions on a 1x2 grid; text: 2 padding (Flux.2-style, left), base 1, region A 1, region B 2."""
+    layout = dit_ops.JointLayout(text_len=6, joined_start=2, base_len=1, region_lens=(1, 2), image_len=2, seq_len=9)
+    grid = [torch.tensor([[[1.0, 0.5]]]), torch.tensor([[[0.0, 0.25]]])]
+    bias = dit_ops.joint_attention_bias(grid, [2.0, 1.0], layout, items=1, locality=0.5)[0, 0]
+    assert bias.shape == (9, 9)
+    inf = float("-inf")
+    log = lambda x: torch.log(torch.tensor(x)).item()  # noqa: E731
+    # image token 0: A covers it fully (w 2): n = 1 + 2 = 3; B not at all
+    assert bias[6, :3].tolist() == pytest.approx([log(1 / 3)] * 3)               # padding + base
+    assert bias[6, 3].item() == pytest.approx(log(2 / 3))                        # region A
+    assert bias[6, 4:6].tolist() == [inf, inf]                                   # region B: exactly zero attention
+    # image token 1: A 0.5 * 2 = 1, B 0.25: n = 2.25
+    assert bias[7, 2].item() == pytest.approx(log(1 / 2.25))
+    assert bias[7, 3].item() == pytest.approx(log(1 / 2.25))
+    assert bias[7, 4:6].tolist() == pytest.approx([log(0.25 / 2.25)] * 2)
+    # padding token (image token 2 beyond the grid) belongs to no region
+    assert bias[8, 3].item() == inf and bias[8, 2].item() == 0.0
+    # base text: sees padding, itself and the image, never region text
+    assert bias[2, [0, 1, 2, 6, 7, 8]].tolist() == [0.0] * 6 and bias[2, 3:6].tolist() == [inf] * 3
+    # region A text: own token, and the image by its (unweighted) mask; B's text only its own two tokens
+    assert bias[3, 3].item() == 0.0 and bias[3, [0, 1, 2, 4, 5]].tolist() == [inf] * 5
+    assert bias[3, 6:].tolist() == pytest.approx([0.0, log(0.5), inf])
+    assert bias[4, 4:6].tolist() == [0.0, 0.0] and bias[4, 6:].tolist() == pytest.approx([inf, log(0.25), inf])
+    # locality 0.5 between image tokens 0 (all A) and 1 (A 0.5, B 0.25, background 0.25):
+    # same-region share = 1 * 0.5 = 0.5 -> scale 1 - 0.5 * 0.5 = 0.75
+    assert bias[6, 7].item() == pytest.approx(log(0.75)) and bias[6, 6].item() == 0.0
+
+
+def test_region_prompts_take_the_positions_they_have_alone():
+    layout = dit_ops.JointLayout(text_len=6, joined_start=1, base_len=2, region_lens=(1, 2), image_len=2, seq_len=8)
+    assert dit_ops.standalone_text_positions(layout).tolist() == [0, 1, 2, 1, 1, 2, 6, 7]
+
+
+def test_families_without_a_hook_get_a_clear_error():
+    fake = types.SimpleNamespace(model=types.SimpleNamespace(model_config=types.SimpleNamespace(
+        unet_config={"image_model": "hidream"})))
+    with pytest.raises(ValueError, match="hidream DiT, whose joint attention has no patch point"):
+        dit_hooks.check_dit_supported(fake)
+
+
+def test_this_comfyui_says_which_families_it_can_route():
+    reasons = {family: compat.dit_hook_missing(family) for family in compat.DIT_FAMILIES}
+    if MISSING is None:
+        assert reasons == dict.fromkeys(compat.DIT_FAMILIES)
+    else:  # ComfyUI 0.3.75: Flux and Qwen-Image blocks have no attn1_patch; the message says to update
+        assert "update ComfyUI to 0.33" in reasons["flux"] and "update ComfyUI to 0.33" in reasons["qwen_image"]
+
+
+# --------------------------------------------------------------------------- tiny DiTs (ComfyUI 0.33)
+
+
+@needs_dit
+@pytest.mark.parametrize("arch", tiny_dit.ARCHITECTURES)
+def test_hard_masks_give_exactly_zero_attention_outside_the_region_at_every_block(arch):
+    """Image tokens outside the region (grid columns 2-3) give its text exactly 0 attention, in every joint
+    attention of every step; inside they attend to it; the region's text never sees the base text."""
+    model, probe = probed(tiny_dit.model(arch))
+    positive, negative = conds(arch)
+    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
+    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
+    sample(patched, pos, neg, arch, steps=2)
+    text = TEXT_LEN[arch]
+    start, end = REGION_TEXT[arch]
+    grid = torch.arange(16).view(4, 4)
+    outside, inside = (text + grid[:, 2:]).flatten(), (text + grid[:, :2]).flatten()
+    joint = [(p, flags) for p, flags in probe.calls if p.shape[-1] >= text + 16 and 0 in flags]
+    assert len(joint) == 2 * JOINT_BLOCKS[arch]  # 2 steps x every joint block, cond pass
+    for p, flags in joint:
+        assert p.shape[-1] == p.shape[-2]
+        p = p[[i for i, flag in enumerate(flags) if flag == 0]]  # Flux.2 pads both prompts to 512: one call
+        assert p[:, :, outside][..., start:end].max().item() == 0.0
+        assert p[:, :, inside][..., start:end].sum(-1).min().item() > 0
+        assert p[:, :, start:end][..., :start].max().item() == 0.0  # region text -> base text
+
+
+@needs_dit
+@pytest.mark.parametrize("arch", tiny_dit.ARCHITECTURES)
+def test_without_regions_the_probe_sees_attention_everywhere(arch):
+    """The probe is able to fail: plain joint attention gives the same columns non-zero weight."""
+    model, probe = probed(tiny_dit.model(arch))
+    positive = tiny_dit.conditioning(arch, "a garden", 16, guidance=3.5)
+    sample(model, positive, conds(arch)[1], arch, steps=1)
+    text = TEXT_LEN[arch]
+    start, end = REGION_TEXT[arch]
+    joint = [(p, flags) for p, flags in probe.calls if p.shape[-1] >= text + 16 and 0 in flags]
+    assert joint and all(p[:, :, text:text + 16][..., start:end].min().item() > 0 for p, _ in joint)
+
+
+@needs_dit
+@pytest.mark.parametrize("arch", ["flux", "flux2", "chroma", "qwen_image"])
+def test_one_region_covering_everything_equals_the_plain_prompt(arch):
+    """Base prompt repeated as a full-cover region: the same latent to float rounding (relative 1e-5).
+    Flux.2 with a 512-token prompt (shorter ones are padded to 512 on the left, by a different amount
+    once region tokens are added)."""
+    model = tiny_dit.model(arch)
+    positive, negative = conds(arch, 512 if arch == "flux2" else TOKENS)
+    plain = sample(model, positive, negative, arch)
+    regions = regions_of((positive, torch.ones(1, SIZE, SIZE), 1.0))
+    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
+    assert pos[0][0].shape[1] == 2 * positive[0][0].shape[1]
+    assert_close_to_scale(sample(patched, pos, neg, arch), plain)
+
+
+@needs_dit
+@pytest.mark.parametrize("arch", tiny_dit.ARCHITECTURES)
+def test_latent_batch_of_two_and_cfg_one(arch):
+    """Batch 2 with the same noise twice gives the batch-1 result twice; cfg 1 (cond rows only) runs."""
+    model = tiny_dit.model(arch)
+    positive, negative = conds(arch)
+    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.5))
+    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 4)
+    single = sample(patched, pos, neg, arch)
+    noise = torch.randn(single.shape, generator=torch.Generator().manual_seed(5)).repeat(2, *[1] * (single.ndim - 1))
+    double = sample(patched, pos, neg, arch, batch=2, noise=noise)
+    assert_close_to_scale(double[1], double[0])
+    assert_close_to_scale(double[:1], single, 1e-4)
+    cfg_one = sample(patched, pos, neg, arch, cfg=1.0)
+    plain_cfg_one = sample(model, positive, negative, arch, cfg=1.0)
+    assert torch.isfinite(cfg_one).all()
+    assert (cfg_one - plain_cfg_one).abs().max() > 1e-3 * plain_cfg_one.abs().max()
+
+
+@needs_dit
+def test_cond_and_uncond_in_one_call_bias_only_the_cond_rows():
+    """A negative as long as the joined prompt is batched with it: its rows attend as without regions."""
+    arch = "flux"
+    model, probe = probed(tiny_dit.model(arch))
+    positive = tiny_dit.conditioning(arch, "a garden", TOKENS, guidance=3.5)
+    negative = tiny_dit.conditioning(arch, "blurry", 2 * TOKENS, guidance=3.5)
+    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
+    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
+    sample(patched, pos, neg, arch, steps=1)
+    both = [(p, flags) for p, flags in probe.calls if len(flags) == 2]
+    assert len(both) == JOINT_BLOCKS[arch]
+    outside = (16 + torch.arange(16).view(4, 4)[:, 2:]).flatten()
+    for p, flags in both:
+        cond, uncond = flags.index(0), flags.index(1)
+        assert p[cond][:, outside][..., 8:16].max().item() == 0.0
+        assert p[uncond][:, outside][..., 8:16].min().item() > 0.0
+
+
+@needs_dit
+def test_every_core_sampler_runs_with_regions():
+    import comfy.samplers
+
+    arch = "flux"
+    model = tiny_dit.model(arch)
+    positive, negative = conds(arch)
+    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
+    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 8)
+    for sampler in comfy.samplers.KSampler.SAMPLERS:
+        out = sample(patched, pos, neg, arch, steps=2, sampler=sampler)
+        assert torch.isfinite(out).all(), sampler
+
+
+@needs_dit
+def test_caches_hold_one_run_only():
+    arch = "qwen_image"
+    model = tiny_dit.model(arch)
+    positive, negative = conds(arch)
+    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
+    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
+    hooks = patched.model_options["transformer_options"]["patches"]["attn1_patch"][-1].__self__
+    sample(patched, pos, neg, arch, steps=1)
+    assert hooks.cache == {}
+
+
+@needs_dit
+def test_apply_regions_node_on_a_dit_through_the_executor():
+    prompt = {
+        "model": {"class_type": "TinyDiTLoader", "inputs": {"architecture": "z_image"}},
+        "pos": {"class_type": "TinyDiTTextEncode", "inputs": {"architecture": "z_image", "text": "a garden", "tokens": 8}},
+        "neg": {"class_type": "TinyDiTTextEncode", "inputs": {"architecture": "z_image", "text": "", "tokens": 8}},
+        "car": {"class_type": "TinyDiTTextEncode", "inputs": {"architecture": "z_image", "text": "a car", "tokens": 8}},
+        "mask": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
+        "region": {"class_type": "SCRegion", "inputs": {"conditioning": ["car", 0], "mask": ["mask", 0], "weight": 1.0,
+                                                         "control_strength": 1.0}},
+        "apply": {"class_type": "SCApplyRegions", "inputs": {
+            "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "regions": ["region", 0],
+            "mode": "attention", "feather": 0, "self_attention_locality": 0.5}},
+        "latent": {"class_type": "TinyDiTEmptyLatent", "inputs": {"architecture": "z_image", "width": 64, "height": 64,
+                                                                   "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["apply", 0], "positive": ["apply", 1], "negative": ["apply", 2], "latent_image": ["latent", 0],
+            "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "plain": {"class_type": "KSampler", "inputs": {
+            "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+    }
+    result = run_prompt(prompt, outputs=["sample", "plain"])
+    ours, plain = result.output("sample")["samples"], result.output("plain")["samples"]
+    assert ours.shape == plain.shape == (1, 16, 8, 8) and torch.isfinite(ours).all()
+    assert (ours - plain).abs().max() > 1e-3 * plain.abs().max()
+
+
+DIT_LOADER_STANDINS = {"UNETLoader": "TinyDiTLoader", "CLIPLoader": "TinyDiTCLIPLoader", "VAELoader": "TinyDiTVAELoader"}
+
+
+@needs_dit
+def test_shipped_z_image_regions_workflow_runs_on_the_tiny_z_image():
+    """workflows/regions_zimage.json as the frontend queues it; the three loaders hand in the tiny Z-Image
+    (tests/harness/tiny_dit.py) under the workflow's file names; sizes / 16, 2 steps."""
+    from harness import REPO_ROOT
+    from harness.workflow import object_info, ui_to_api
+
+    import json
+
+    path = REPO_ROOT / "workflows" / "regions_zimage.json"
+    prompt = ui_to_api(json.loads(path.read_text(encoding="utf-8")), object_info(), source=str(path))
+    files = {}
+    for entry in prompt.values():
+        kind = entry["class_type"]
+        if kind in DIT_LOADER_STANDINS:
+            files[kind] = next(v for k, v in entry["inputs"].items() if k.endswith("_name"))
+            entry["class_type"], entry["inputs"] = DIT_LOADER_STANDINS[kind], {"architecture": "z_image"}
+        elif kind in ("SolidMask", "MaskComposite", "EmptySD3LatentImage", "SCApplyRegions"):
+            entry["inputs"].update({k: v // 16 for k, v in entry["inputs"].items()
+                                    if k in ("width", "height", "x", "y", "feather")})
+        elif kind == "KSampler":
+            entry["inputs"]["steps"] = 2
+    assert files == {"UNETLoader": "z_image_turbo_bf16.safetensors", "CLIPLoader": "qwen_3_4b.safetensors",
+                     "VAELoader": "ae.safetensors"}
+    [apply] = [k for k, v in prompt.items() if v["class_type"] == "SCApplyRegions"]
+    [sampler] = [k for k, v in prompt.items() if v["class_type"] == "KSampler"]
+    assert prompt[apply]["inputs"]["mode"] == "attention" and prompt[sampler]["inputs"]["cfg"] == 1.0
+    result = run_prompt(prompt)
+    # The base prompt and both region prompts (77 tokens each from the tiny CLIP) joined; two masks, left and right.
+    positive = result.output(apply, 1)
+    assert positive[0][0].shape == (1, 3 * 77, tiny_dit.CONTEXT_DIM)
+    preview = result.output(apply, 3)[0]
+    assert preview.shape == (512, 512, 3)  # no image connected: drawn on a 512 px grey canvas
+    left, right = preview[256, 64], preview[256, 448]
+    assert left[0] > left[2] and right[2] > right[0]  # region 1 red on the left, region 2 blue on the right
+    [decode] = [k for k, v in prompt.items() if v["class_type"] == "VAEDecode"]
+    image = result.output(decode)
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(image).all()
