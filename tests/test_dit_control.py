@@ -74,3 +74,125 @@ def test_preserve_on_a_qwen_latent_takes_a_source_with_or_without_the_frame_axis
         assert out.shape == denoised.shape
         assert torch.equal(out[..., :4], source.reshape(1, 16, 1, 8, 8).expand(2, -1, -1, -1, -1)[..., :4])
         assert torch.equal(out[..., 4:], denoised[..., 4:])
+
+
+# --------------------------------------------------------------------------- DiT models
+
+import comfy.sample  # noqa: E402
+import nodes  # noqa: E402
+from harness import tiny_dit, tiny_dit_control  # noqa: E402
+
+tiny_dit_control.register_test_nodes()
+
+NO_DIT = tiny_dit.unavailable_reason()
+needs_dit = pytest.mark.skipif(NO_DIT is not None, reason=str(NO_DIT))
+mc = pack_import("nodes.sampling.masked_control")
+SIZE = 128  # image px: Flux / Qwen-Image latent 16x16, token grid 8x8
+
+
+def dit_conds(arch):
+    return tiny_dit.conditioning(arch, "a red fox", guidance=3.5), tiny_dit.conditioning(arch, "blurry", guidance=3.5)
+
+
+def probe(arch, positive, negative, steps=2, sampler="euler", cfg=2.0, batch=1, model=None):
+    """Samples ``arch`` and records (control residuals, output) of every model call."""
+    model = (model or tiny_dit.model(arch)).clone()
+    records = []
+
+    def wrapper(apply_model, args):
+        control = args["c"].get("control")
+        residuals = None if control is None else {
+            k: [None if v is None else v.clone() for v in vs] for k, vs in control.items()}
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        records.append((residuals, out.clone()))
+        return out
+
+    model.set_model_unet_function_wrapper(wrapper)
+    latent = tiny_dit.empty_latent(arch, SIZE, SIZE, batch)["samples"]
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
+    samples = comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=5)
+    return records, samples
+
+
+def box_mask(top, left, height, width, size=SIZE):
+    mask = torch.zeros(1, size, size)
+    mask[:, top:top + height, left:left + width] = 1.0
+    return mask
+
+
+def test_token_weights_follow_the_patch_grid_rows_then_columns_frames_outermost():
+    mask = box_mask(0, 0, SIZE, 48)  # 48 px = 6 latent columns = 3 whole tokens of 16 px
+    flux = mc.residual_weights(mask, (1, 16, 16, 16), (2, 64, 32))
+    assert flux.shape == (1, 64, 1)
+    grid = flux[0, :, 0].reshape(8, 8)
+    assert torch.equal(grid[:, :3], torch.ones(8, 3)) and grid[:, 3:].abs().max() == 0
+    qwen = mc.residual_weights(mask, (1, 16, 2, 16, 16), (2, 128, 32))  # two frames
+    assert torch.equal(qwen[0, :64], flux[0]) and torch.equal(qwen[0, 64:], flux[0])
+    odd = mc.residual_weights(box_mask(0, 0, 120, 120, 120), (1, 16, 15, 15), (1, 64, 32))  # padded to 16x16
+    assert odd.shape == (1, 64, 1) and bool((odd > 0.99).all())
+    with pytest.raises(ValueError, match=r"\(1, 50, 32\).*core Apply ControlNet"):
+        mc.residual_weights(mask, (1, 16, 16, 16), (1, 50, 32))
+
+
+@pytest.fixture(scope="module")
+def hint():
+    return torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(3))
+
+
+def dit_control(kind):
+    cn = tiny_dit_control.controlnet(kind)
+    if kind == "flux_union":  # as core SetUnionControlNetType does
+        cn = cn.copy()
+        cn.set_extra_arg("control_type", [1])
+    return cn
+
+
+def control_pairs(kind, hint, mask):
+    arch = tiny_dit_control.KINDS[kind]
+    pos, neg = dit_conds(arch)
+    cn, vae = dit_control(kind), tiny_dit_control.vae(kind)
+    core = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, cn, hint, 1.0, 0.0, 1.0, vae=vae)
+    masked = mc.apply_masked_control(pos, neg, cn, hint, mask, 1.0, 0.0, 1.0, vae=vae)
+    return arch, (pos, neg), core, masked
+
+
+CONTROL_KINDS = list(tiny_dit_control.KINDS)
+
+
+@needs_dit
+@pytest.mark.parametrize("kind", CONTROL_KINDS)
+def test_masked_dit_controlnet_ones_is_core_and_empty_is_no_control(kind, hint):
+    arch, plain, core, full = control_pairs(kind, hint, torch.ones(1, SIZE, SIZE))
+    _, plain_samples = probe(arch, *plain)
+    core_records, core_samples = probe(arch, *core)
+    _, full_samples = probe(arch, *full)
+    assert core_records[0][0] is not None and (core_samples - plain_samples).abs().max() > 1e-3  # control acts
+    assert torch.equal(full_samples, core_samples)  # bit for bit
+    _, _, _, empty = control_pairs(kind, hint, torch.zeros(1, SIZE, SIZE))
+    empty_records, empty_samples = probe(arch, *empty)
+    assert all(r is None for r, _ in empty_records) and torch.equal(empty_samples, plain_samples)
+
+
+@needs_dit
+@pytest.mark.parametrize("kind", CONTROL_KINDS)
+def test_masked_dit_controlnet_residuals_are_zero_on_tokens_outside_the_mask(kind, hint):
+    mask = box_mask(32, 16, 64, 48)  # token rows 2..5, token columns 1..3 (16 px per token)
+    arch, _, core, masked = control_pairs(kind, hint, mask)
+    core_records, _ = probe(arch, *core, steps=1)
+    masked_records, _ = probe(arch, *masked, steps=1)
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[2:6, 1:4] = True
+    inside = inside.flatten()
+    checked = 0
+    for (core_res, _), (masked_res, _) in zip(core_records, masked_records):  # first call: same inputs
+        for key, values in core_res.items():
+            for c, m in zip(values, masked_res[key]):
+                if c is None:
+                    continue
+                assert m.shape == c.shape and m.ndim == 3
+                assert m[:, ~inside].abs().max() == 0
+                assert torch.equal(m[:, inside], c[:, inside])
+                assert c[:, inside].abs().max() > 0
+                checked += 1
+        break
+    assert checked > 0
