@@ -196,3 +196,84 @@ def test_masked_dit_controlnet_residuals_are_zero_on_tokens_outside_the_mask(kin
                 checked += 1
         break
     assert checked > 0
+
+
+# --------------------------------------------------------------------------- instances mode
+
+regional = pack_import("nodes.sampling.regions")
+region_ops = pack_import("nodes.ops.regions")
+INSTANCE_CONTROL = {"flux": "flux_xlabs"}  # a DiT ControlNet that needs no VAE (a Region has no VAE input)
+
+
+def band(index):
+    mask = torch.zeros(1, SIZE, SIZE)
+    mask[:, :, index * 36:index * 36 + 44] = 1.0  # 3 overlapping vertical bands; x >= 116 is uncovered
+    return mask
+
+
+def dit_regions(arch, controlled):
+    kind = INSTANCE_CONTROL.get(arch) if controlled else None
+    net = None if kind is None else tiny_dit_control.controlnet(kind)
+    regions = []
+    for i, weight in enumerate((1.0, 2.0, 0.5)):
+        image = None if net is None else torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(20 + i))
+        regions.append(regional.Region(conditioning=tiny_dit.conditioning(arch, f"region {i}", guidance=3.5),
+                                       mask=band(i), weight=weight, control_net=net, control_image=image,
+                                       control_strength=0.5 + 0.25 * i))
+    return regions
+
+
+def core_masked_conds(positive, regions, vae=None):
+    """The same with core nodes only: ConditioningSetMask per prompt, core Apply ControlNet per region."""
+    background = region_ops.background([r.mask for r in regions])
+    out = nodes.ConditioningSetMask().append(positive, background, "default", 1.0)[0]
+    for r in regions:
+        c = nodes.ConditioningSetMask().append(r.conditioning, r.mask, "default", r.weight)[0]
+        if r.control_net is not None:
+            c = nodes.ControlNetApplyAdvanced().apply_controlnet(c, [], r.control_net, r.control_image,
+                                                                 r.control_strength, 0.0, 1.0, vae=vae)[0]
+        out = out + c
+    return out
+
+
+def model_rows(model, run):
+    """``(result of run(), rows of every diffusion-model call)``."""
+    rows = []
+    handle = model.model.diffusion_model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append((args[0] if args else kwargs["x"]).shape[0]), with_kwargs=True)
+    try:
+        return run(), rows
+    finally:
+        handle.remove()
+
+
+def assert_close_to_scale(actual, expected, relative=1e-5):
+    error, scale = (actual - expected).abs().max().item(), expected.abs().max().item()
+    assert error <= relative * scale, f"max difference {error:.3g} vs scale {scale:.3g}"
+
+
+@needs_dit
+@pytest.mark.parametrize("arch, controlled", [
+    ("flux", True), ("qwen_image", False), ("z_image", False), ("chroma", False), ("flux2", False)])
+def test_dit_instances_equal_core_masked_conds_in_one_model_call_per_step(arch, controlled):
+    model = tiny_dit.model(arch)
+    pos, neg = dit_conds(arch)
+    regions = dit_regions(arch, controlled)
+    core, core_rows = model_rows(model, lambda: probe(arch, core_masked_conds(pos, regions), neg)[1])
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
+    ours, our_rows = model_rows(model, lambda: probe(arch, p, n, model=m)[1])
+    assert_close_to_scale(ours, core)
+    assert (ours - probe(arch, pos, neg)[1]).abs().max() > 1e-2  # the regions change the image
+    assert our_rows == [5] * 2  # background, 3 regions and the negative: one call per step
+    # core batches conds without a ControlNet the same way; with one ControlNet per region it cannot
+    assert core_rows == ([2, 1, 1, 1] * 2 if controlled else [5] * 2)
+
+
+@needs_dit
+def test_dit_instances_refuse_a_region_controlnet_that_needs_a_vae():
+    regions = dit_regions("flux", False)
+    regions[1] = regional.Region(**{**regions[1].__dict__, "control_net": tiny_dit_control.controlnet("flux_union"),
+                                    "control_image": torch.zeros(1, SIZE, SIZE, 3)})
+    pos, neg = dit_conds("flux")
+    with pytest.raises(ValueError, match="region 2's ControlNet encodes its control image with a VAE"):
+        regional.apply_regions(tiny_dit.model("flux"), pos, neg, regions, "instances", 0)

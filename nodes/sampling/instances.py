@@ -484,6 +484,12 @@ def _with_mask(options: dict, mask: torch.Tensor) -> dict:
 
 def apply_instance_regions(model, positive: list, negative: list, regions: list, masks: list[torch.Tensor]):
     """``(model, positive, negative)`` for any core sampler: instances mode (see the module docstring)."""
+    for index, region in enumerate(regions):
+        if region.control_net is not None and region.control_net.latent_format is not None:
+            raise ValueError(
+                f"region {index + 1}'s ControlNet encodes its control image with a VAE (Flux InstantX/Union, "
+                "Qwen-Image ControlNets) and a Region has no VAE input: leave the Region's control_net empty and put "
+                "Apply ControlNet (Masked) with the VAE on the sampler's conditioning, with this region's mask")
     specs = [InstanceSpec(r.control_net, None if r.control_image is None else r.control_image.movedim(-1, 1),
                           r.control_strength, None if r.control_mask is None else as_mask(r.control_mask))
              for r in regions]
