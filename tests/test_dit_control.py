@@ -277,3 +277,91 @@ def test_dit_instances_refuse_a_region_controlnet_that_needs_a_vae():
     pos, neg = dit_conds("flux")
     with pytest.raises(ValueError, match="region 2's ControlNet encodes its control image with a VAE"):
         regional.apply_regions(tiny_dit.model("flux"), pos, neg, regions, "instances", 0)
+
+
+# --------------------------------------------------------------------------- preserve region and latent blend, sampled
+
+from harness import run_prompt  # noqa: E402
+
+PRESERVE_ARCHS = ["flux", "flux2", "qwen_image", "z_image"]
+
+
+def dit_sampler(model, latent, seed, positive=("pos", 0), negative=("neg", 0)):
+    return {"class_type": "KSampler", "inputs": {
+        "model": model, "positive": list(positive), "negative": list(negative), "latent_image": latent, "seed": seed,
+        "steps": 3, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
+
+
+@pytest.fixture(scope="module", params=PRESERVE_ARCHS)
+def sampled(request):
+    """One prompt per architecture: a source sample, a sample preserving its centre, two blended samples."""
+    if NO_DIT is not None:
+        pytest.skip(NO_DIT)
+    arch = request.param
+    encode = {"class_type": "TinyDiTTextEncode", "inputs": {"architecture": arch, "text": "a red fox", "tokens": 8}}
+    prompt = {
+        "model": {"class_type": "TinyDiTLoader", "inputs": {"architecture": arch}},
+        "pos": encode, "neg": {**encode, "inputs": {**encode["inputs"], "text": "blurry"}},
+        "empty": {"class_type": "TinyDiTEmptyLatent", "inputs": {"architecture": arch, "width": SIZE, "height": SIZE,
+                                                                   "batch_size": 1}},
+        "mask": {"class_type": "SCTestMask", "inputs": {}},
+    }
+    prompt["source"] = dit_sampler(["model", 0], ["empty", 0], seed=99)
+    prompt["plain"] = dit_sampler(["model", 0], ["empty", 0], seed=7)
+    prompt["keep"] = {"class_type": "SCPreserveRegion", "inputs": {
+        "model": ["model", 0], "source": ["source", 0], "mask": ["mask", 0], "feather": 16.0,
+        "start_percent": 0.0, "end_percent": 1.0, "falloff": "none"}}
+    prompt["kept"] = dit_sampler(["keep", 0], ["empty", 0], seed=7)
+    prompt["blend"] = {"class_type": "SCLatentBlend", "inputs": {
+        "samples_a": ["plain", 0], "samples_b": ["source", 0], "mask": ["mask", 0], "feather": 0.0}}
+    return arch, run_prompt(prompt, outputs=["source", "plain", "kept", "blend"])
+
+
+class SCTestMask:
+    """Test-only node: a SIZE x SIZE mask, white on the centre square [32:96, 32:96]."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("MASK",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self):
+        return (box_mask(32, 32, 64, 64),)
+
+
+nodes.NODE_CLASS_MAPPINGS["SCTestMask"] = SCTestMask
+
+
+def cells(arch):
+    """(kept cells, cells beyond the 16 px feather band) of the centre square on the arch's latent grid."""
+    _, cell_px, _ = tiny_dit.LATENT[arch]
+    lo, hi, band = 32 // cell_px, 96 // cell_px, -(-16 // cell_px)
+    grid = SIZE // cell_px
+    kept = torch.zeros(grid, grid, dtype=torch.bool)
+    kept[lo:hi, lo:hi] = True
+    near = torch.zeros(grid, grid, dtype=torch.bool)
+    near[max(0, lo - band):hi + band, max(0, lo - band):hi + band] = True
+    return kept, ~near
+
+
+def test_preserve_region_keeps_the_source_latent_on_dit_models(sampled):
+    arch, result = sampled
+    source, kept, plain = (result.output(n)["samples"] for n in ("source", "kept", "plain"))
+    assert kept.shape == source.shape == tiny_dit.empty_latent(arch, SIZE, SIZE)["samples"].shape
+    inside, far = cells(arch)
+    scale = source.abs().max()
+    assert (kept[..., inside] - source[..., inside]).abs().max() <= 1e-4 * scale
+    assert (kept[..., far] - source[..., far]).abs().mean() > 0.05 * scale  # generated, not copied
+    assert (plain[..., inside] - source[..., inside]).abs().mean() > 0.05 * scale  # without it: not the source
+
+
+def test_latent_blend_of_dit_samples_is_exact_inside_and_outside_the_mask(sampled):
+    arch, result = sampled
+    source, plain, blend = (result.output(n)["samples"] for n in ("source", "plain", "blend"))
+    inside, _ = cells(arch)
+    assert blend.shape == source.shape
+    assert torch.equal(blend[..., inside], source[..., inside])
+    assert torch.equal(blend[..., ~inside], plain[..., ~inside])
