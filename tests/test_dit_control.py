@@ -81,6 +81,7 @@ def test_preserve_on_a_qwen_latent_takes_a_source_with_or_without_the_frame_axis
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
 from harness import tiny_dit, tiny_dit_control  # noqa: E402
+from harness.core_reference import core_masked_conds, record_model_calls  # noqa: E402
 
 tiny_dit_control.register_test_nodes()
 
@@ -97,17 +98,7 @@ def dit_conds(arch):
 def probe(arch, positive, negative, steps=2, sampler="euler", cfg=2.0, batch=1, model=None):
     """Samples ``arch`` and records (control residuals, output) of every model call."""
     model = (model or tiny_dit.model(arch)).clone()
-    records = []
-
-    def wrapper(apply_model, args):
-        control = args["c"].get("control")
-        residuals = None if control is None else {
-            k: [None if v is None else v.clone() for v in vs] for k, vs in control.items()}
-        out = apply_model(args["input"], args["timestep"], **args["c"])
-        records.append((residuals, out.clone()))
-        return out
-
-    model.set_model_unet_function_wrapper(wrapper)
+    records = record_model_calls(model)
     latent = tiny_dit.empty_latent(arch, SIZE, SIZE, batch)["samples"]
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
     samples = comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=5)
@@ -201,7 +192,6 @@ def test_masked_dit_controlnet_residuals_are_zero_on_tokens_outside_the_mask(kin
 # --------------------------------------------------------------------------- instances mode
 
 regional = pack_import("nodes.sampling.regions")
-region_ops = pack_import("nodes.ops.regions")
 INSTANCE_CONTROL = {"flux": "flux_xlabs"}  # a DiT ControlNet that needs no VAE (a Region has no VAE input)
 
 
@@ -221,19 +211,6 @@ def dit_regions(arch, controlled):
                                        mask=band(i), weight=weight, control_net=net, control_image=image,
                                        control_strength=0.5 + 0.25 * i))
     return regions
-
-
-def core_masked_conds(positive, regions, vae=None):
-    """The same with core nodes only: ConditioningSetMask per prompt, core Apply ControlNet per region."""
-    background = region_ops.background([r.mask for r in regions])
-    out = nodes.ConditioningSetMask().append(positive, background, "default", 1.0)[0]
-    for r in regions:
-        c = nodes.ConditioningSetMask().append(r.conditioning, r.mask, "default", r.weight)[0]
-        if r.control_net is not None:
-            c = nodes.ControlNetApplyAdvanced().apply_controlnet(c, [], r.control_net, r.control_image,
-                                                                 r.control_strength, 0.0, 1.0, vae=vae)[0]
-        out = out + c
-    return out
 
 
 def model_rows(model, run):
