@@ -27,7 +27,7 @@ class SCLatentBlend(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Blends two latents with a mask in latent space: samples_b where the mask is white, samples_a "
-                "where it is black. The mask is area-averaged to the latent grid and feathered there, so "
+                "where it is black. Works on UNet and DiT latents (SD, Flux, Flux.2, Z-Image, Qwen-Image). The mask is area-averaged to the latent grid and feathered there, so "
                 "foreground and background fuse without a pixel seam. Keeps samples_a's noise_mask and a "
                 "batch_index that fits the output batch."
             ),
@@ -36,7 +36,7 @@ class SCLatentBlend(io.ComfyNode):
                 io.Latent.Input("samples_b", tooltip="Latent used where the mask is 1 (e.g. the foreground); same size as samples_a."),
                 io.Mask.Input("mask", tooltip="Where samples_b goes; any size (area-averaged to the latent grid), batch 1 or one per latent."),
                 io.Float.Input("feather", default=16.0, min=0.0, max=512.0, step=1.0,
-                               tooltip="Width of the soft edge in image pixels (applied on the latent grid, 8 px per cell); 0 keeps the mask as is."),
+                               tooltip="Width of the soft edge in image pixels, applied on the latent grid: 8 px per cell (SD, Flux.1, Z-Image, Qwen-Image), 16 for Flux.2's 128-channel latents; 0 keeps the mask as is."),
             ],
             outputs=[io.Latent.Output(tooltip="The blended latent.")],
         )
@@ -56,7 +56,7 @@ class SCPreserveRegion(io.ComfyNode):
             description=(
                 "Patches the model so that during sampling the denoised prediction inside the mask is replaced "
                 "by the source latent (blended over a feathered band outside the mask), so the kept area stays "
-                "the source while the rest is generated around it, with any sampler. Pair with Paste Back for "
+                "the source while the rest is generated around it, with any sampler and any model family (SD, Flux, Flux.2, Z-Image, Qwen-Image). Pair with Paste Back for "
                 "exact pixels. The sampled latent's own noise_mask still applies."
             ),
             inputs=[
@@ -64,7 +64,7 @@ class SCPreserveRegion(io.ComfyNode):
                 io.Latent.Input("source", tooltip="Latent of the image to keep (VAE Encode of it), same size as the latent you sample."),
                 io.Mask.Input("mask", tooltip="White = keep the source here. Any size; batch 1 or one per latent."),
                 io.Float.Input("feather", default=16.0, min=0.0, max=512.0, step=1.0,
-                               tooltip="Band outside the mask, in image pixels, over which the source fades into the generated part."),
+                               tooltip="Band outside the mask, in image pixels (the model's own pixels per latent cell: 8, or 16 for Flux.2), over which the source fades into the generated part."),
                 _percent("start_percent", 0.0, "Sampling progress (0 = first step) at which preservation starts."),
                 _percent("end_percent", 1.0, "Sampling progress at which preservation ends; 1 keeps it to the last step (exact source)."),
                 io.Combo.Input("falloff", options=list(blending.SCHEDULE_FALLOFFS), default="none",

@@ -11,6 +11,7 @@ import comfy.controlnet
 import comfy.sample
 import nodes
 from harness import node_error_message, pack_import, run_prompt, tiny_models
+from harness.core_reference import record_model_calls
 
 mc = pack_import("nodes.sampling.masked_control")
 
@@ -33,17 +34,7 @@ def _hint(seed):
 def probe(positive, negative, steps=1, sampler="euler", batch=1):
     """Records (residuals, output) of every model call of a short sample at 128x128."""
     model = tiny_models.unet("sd15").clone()
-    records = []
-
-    def wrapper(apply_model, args):
-        control = args["c"].get("control")
-        residuals = None if control is None else {
-            k: [None if v is None else v.clone() for v in vs] for k, vs in control.items()}
-        out = apply_model(args["input"], args["timestep"], **args["c"])
-        records.append((residuals, out.clone()))
-        return out
-
-    model.set_model_unet_function_wrapper(wrapper)
+    records = record_model_calls(model)
     latent = torch.zeros(batch, 4, LATENT, LATENT)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
     samples = comfy.sample.sample(model, noise, steps, 5.0, sampler, "normal", positive, negative, latent, seed=5)

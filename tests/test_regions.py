@@ -5,6 +5,7 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.sample
 from harness import box_mask_nodes, node_error_message, pack_import, run_prompt, tiny_models
+from harness.core_reference import core_masked_conds
 
 regional = pack_import("nodes.sampling.regions")
 region_ops = pack_import("nodes.ops.regions")
@@ -234,21 +235,6 @@ def instance_regions(arch: str, controlled: bool = True, weights=(1.0, 2.0, 0.5)
     return [regional.Region(conditioning=cond(arch, 10 + i), mask=third(i), weight=w,
                             control_net=net if controlled else None, control_image=hint(20 + i) if controlled else None,
                             control_strength=0.5 + 0.25 * i) for i, w in enumerate(weights)]
-
-
-def core_masked_conds(positive, regions):
-    """The same setup with core nodes only: ConditioningSetMask per prompt, core ControlNet per region cond."""
-    import nodes
-
-    background = region_ops.background([r.mask for r in regions])
-    out = nodes.ConditioningSetMask().append(positive, background, "default", 1.0)[0]
-    for r in regions:
-        c = nodes.ConditioningSetMask().append(r.conditioning, r.mask, "default", r.weight)[0]
-        if r.control_net is not None:
-            c = nodes.ControlNetApplyAdvanced().apply_controlnet(c, [], r.control_net, r.control_image,
-                                                                 r.control_strength, 0.0, 1.0)[0]
-        out = out + c
-    return out
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])

@@ -13,47 +13,65 @@ import torch
 from .masks import FALLOFFS, feather, mask_to_latent
 from .shapes import as_image, as_mask, broadcast_batch, fit_mask_to_image
 
-LATENT_SCALE = 8  # image px per latent cell for SD-family VAEs
 SCHEDULE_FALLOFFS: tuple[str, ...] = ("none", "linear", "cosine")
+DEFAULT_PIXELS_PER_CELL = 8  # SD, SDXL, Flux.1, Chroma, Z-Image and Qwen-Image VAEs
+# Latents whose cells cover more pixels, told apart by their channel count when nothing else says:
+# Flux.2's 128 channels are its VAE's 32 channels packed 2x2, so one cell is 16 x 16 px.
+PIXELS_PER_CELL_BY_CHANNELS = {128: 16}
 
 
 def as_latent(samples: torch.Tensor, name: str = "latent") -> torch.Tensor:
-    """Check a ``[B,C,h,w]`` latent tensor."""
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+    """Check a ``[B,C,h,w]`` image latent or a ``[B,C,T,h,w]`` one (Qwen-Image's VAE adds a frame axis)."""
+    if not isinstance(samples, torch.Tensor) or samples.ndim not in (4, 5):
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
-        raise ValueError(f"{name} must be a LATENT with samples of shape [B,C,h,w], got {shape}")
+        raise ValueError(f"{name} must be a LATENT with samples of shape [B,C,h,w] or [B,C,T,h,w], got {shape}")
     return samples
+
+
+def pixels_per_cell(samples: torch.Tensor, declared: int | None = None) -> int:
+    """Image pixels along one side of a latent cell: ``declared`` (the model's or the LATENT's own
+    ``downscale_ratio_spacial``) when known, else from the channel count (Flux.2: 16), else 8."""
+    if declared:
+        return int(declared)
+    return PIXELS_PER_CELL_BY_CHANNELS.get(samples.shape[1], DEFAULT_PIXELS_PER_CELL)
 
 
 def latent_weight(
     mask: torch.Tensor, height: int, width: int, feather_px: float = 0.0,
-    direction: str = "centred", falloff: str = "smoothstep",
+    direction: str = "centred", falloff: str = "smoothstep", cell_px: int = DEFAULT_PIXELS_PER_CELL,
 ) -> torch.Tensor:
     """The mask on a ``height x width`` latent grid, ``[B,1,h,w]``.
 
     Area-averaged to the grid (a half-covered cell gets 0.5); with ``feather_px`` > 0 the shape
-    (cells >= 0.5) is feathered in latent space over ``feather_px / 8`` cells.
+    (cells >= 0.5) is feathered in latent space over ``feather_px / cell_px`` cells.
     """
     weight = mask_to_latent(as_mask(mask), height, width)
     if feather_px > 0:
-        weight = feather(weight, feather_px / LATENT_SCALE, direction, falloff)
+        weight = feather(weight, feather_px / cell_px, direction, falloff)
     return weight.unsqueeze(1)
 
 
+def _like_latent(weight: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+    """A ``[B,1,h,w]`` weight (or source) shaped to broadcast over ``latent``'s frame axis, if it has one."""
+    return weight.unsqueeze(2) if latent.ndim == 5 and weight.ndim == 4 else weight
+
+
 def lerp_latents(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, names=("samples_a", "samples_b")) -> torch.Tensor:
-    """``a * (1 - w) + b * w`` for ``[B,C,h,w]`` latents and a ``[B,1,h,w]`` weight.
+    """``a * (1 - w) + b * w`` for ``[B,C,h,w]`` (or ``[B,C,T,h,w]``) latents and a ``[B,1,h,w]`` weight.
 
     Where ``w`` is exactly 0 the result is ``a`` and where it is exactly 1 it is ``b`` (bit for
     bit). Batches of 1 broadcast; other mismatches are errors naming the shapes.
     """
     a, b = as_latent(a, names[0]), as_latent(b, names[1])
+    if a.ndim != b.ndim:  # Qwen-Image: an empty latent is [B,C,h,w], an encoded one [B,C,1,h,w]
+        a, b = _like_latent(a, b), _like_latent(b, a)
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(
             f"{names[0]} has shape {tuple(a.shape)} and {names[1]} has shape {tuple(b.shape)}: channels and "
             "size must match; encode both at the same image size (or use Upscale Latent) first"
         )
     a, b = broadcast_batch(a, b, names)
-    weight = weight.to(device=a.device, dtype=a.dtype)
+    weight = _like_latent(weight.to(device=a.device, dtype=a.dtype), a)
     a, weight = broadcast_batch(a, weight, (names[0], "mask"))
     b, weight = broadcast_batch(b, weight, (names[1], "mask"))
     return torch.lerp(a, b.to(a.dtype), weight)
@@ -67,7 +85,8 @@ def blend_latent_dicts(a: dict, b: dict, mask: torch.Tensor, feather_px: float =
     dropped if neither has it, so it always has one entry per output item.
     """
     sa, sb = as_latent(a.get("samples"), "samples_a"), as_latent(b.get("samples"), "samples_b")
-    weight = latent_weight(mask, sa.shape[-2], sa.shape[-1], feather_px)
+    cell_px = pixels_per_cell(sa, a.get("downscale_ratio_spacial"))
+    weight = latent_weight(mask, sa.shape[-2], sa.shape[-1], feather_px, cell_px=cell_px)
     samples = lerp_latents(sa, sb, weight)
     out = {k: v for k, v in a.items() if k not in ("samples", "batch_index", "noise_mask")}
     out["samples"] = samples
@@ -114,8 +133,10 @@ def preserve(denoised: torch.Tensor, source: torch.Tensor, weight: torch.Tensor,
     """Replace ``denoised`` by ``source`` where ``weight * strength`` is 1, blending elsewhere.
 
     ``source`` ``[1 or B, C, h, w]`` and ``weight`` ``[1 or B, 1, h, w]`` must match ``denoised``'s
-    channels and size (errors name the shapes).
+    channels and size (errors name the shapes). A ``[B,C,T,h,w]`` ``denoised`` (Qwen-Image) takes
+    them with or without the frame axis.
     """
+    source, weight = _like_latent(source, denoised), _like_latent(weight, denoised)
     if source.shape[1:] != denoised.shape[1:]:
         raise ValueError(
             f"the source latent has shape {tuple(source.shape)} but the sampled latent has shape "

@@ -190,3 +190,12 @@ def add_attention_override(model_patcher, override) -> None:
         return override(lambda *a, **k: previous(func, *a, **k), *args, **kwargs)
 
     options[ATTENTION_OVERRIDE] = chained
+
+
+def latent_layout(model) -> tuple[int | None, int]:
+    """``(pixels per latent cell or None, spatial axes + frame axes)`` of a ModelPatcher's latent
+    format. ``spacial_downscale_ratio`` is new in 0.33 (0.3.75's formats do not say: None, and
+    the caller falls back on the channel count); ``latent_dimensions`` (3 for Qwen-Image's
+    ``[B,C,T,h,w]``) is in both versions."""
+    latent_format = model.get_model_object("latent_format")
+    return getattr(latent_format, "spacial_downscale_ratio", None), latent_format.latent_dimensions

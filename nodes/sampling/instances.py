@@ -37,11 +37,10 @@ import comfy.model_management
 import comfy.patcher_extension
 
 from ..ops import regions as region_ops
-from ..ops.control import mask_for_residual
 from ..ops.shapes import as_mask
 from . import compat
 from .attention import appended_rows
-from .masked_control import _merge, _with_cond_mask, apply_masked_control
+from .masked_control import _merge, _with_cond_mask, apply_masked_control, residual_weights
 from .sharing import SharedByCopies
 
 logger = logging.getLogger(__name__)
@@ -378,7 +377,7 @@ class InstanceControl(comfy.controlnet.ControlBase):
                 for level, r in enumerate(values):
                     if r is None:
                         continue
-                    weighted = r * self._row_weights(regions, plan.items, r, x.shape[-2:])
+                    weighted = r * self._row_weights(regions, plan.items, r, x.shape)
                     if target[level] is None:
                         target[level] = weighted.new_zeros((plan.rows, *weighted.shape[1:]))
                     target[level] = target[level].index_add(0, rows, weighted)
@@ -399,22 +398,22 @@ class InstanceControl(comfy.controlnet.ControlBase):
             self._copies[key] = copy
         return self._copies[key]
 
-    def _row_weights(self, regions: tuple[int, ...], items: int, residual: torch.Tensor, latent_hw) -> torch.Tensor:
-        """``[rows,1,h,w]`` (or ``[rows,1,1,1]``): each row's region strength times its control mask."""
-        key = (regions, items, tuple(residual.shape[-2:]), tuple(latent_hw), residual.device, residual.dtype)
+    def _row_weights(self, regions: tuple[int, ...], items: int, residual: torch.Tensor, latent_shape) -> torch.Tensor:
+        """Each row's region strength times its control mask: ``[rows,1,h,w]`` (spatial residuals) or
+        ``[rows,L,1]`` (DiT tokens), ones-shaped where a region has no control mask."""
+        key = (regions, items, tuple(residual.shape[1:]), tuple(latent_shape), residual.device, residual.dtype)
         if key not in self._weights:
             rows = []
             for r in regions:
                 spec = self.group.specs[r]
                 if spec.control_mask is None:
-                    weight = torch.full((1, 1, 1, 1), spec.strength)
+                    weight = torch.full((1,) * residual.ndim, spec.strength)
                 else:
-                    weight = mask_for_residual(spec.control_mask, tuple(latent_hw), tuple(residual.shape[-2:]))
+                    weight = residual_weights(spec.control_mask, tuple(latent_shape), tuple(residual.shape))
                     weight = weight * spec.strength
                 rows.append(region_ops.match_batch(weight, items, f"region {r + 1}'s control mask"))
-            shapes = {w.shape[-2:] for w in rows}
-            if len(shapes) > 1:
-                rows = [w.expand(-1, -1, *residual.shape[-2:]) for w in rows]
+            full = max((w.shape[1:] for w in rows), key=lambda shape: shape.numel())
+            rows = [w.expand(-1, *full) for w in rows]
             self._weights[key] = torch.cat(rows).to(device=residual.device, dtype=residual.dtype)
         return self._weights[key]
 
@@ -477,6 +476,12 @@ def _with_mask(options: dict, mask: torch.Tensor) -> dict:
 
 def apply_instance_regions(model, positive: list, negative: list, regions: list, masks: list[torch.Tensor]):
     """``(model, positive, negative)`` for any core sampler: instances mode (see the module docstring)."""
+    for index, region in enumerate(regions):
+        if region.control_net is not None and region.control_net.latent_format is not None:
+            raise ValueError(
+                f"region {index + 1}'s ControlNet encodes its control image with a VAE (Flux InstantX/Union, "
+                "Qwen-Image ControlNets) and a Region has no VAE input: leave the Region's control_net empty and put "
+                "Apply ControlNet (Masked) with the VAE on the sampler's conditioning, with this region's mask")
     specs = [InstanceSpec(r.control_net, None if r.control_image is None else r.control_image.movedim(-1, 1),
                           r.control_strength, None if r.control_mask is None else as_mask(r.control_mask))
              for r in regions]

@@ -15,11 +15,18 @@ The UNet itself still mixes features across the image after injection (convoluti
 statistics, self-attention), so pixels near or far outside the mask can change slightly; the
 control's *input* is strictly limited to the mask.
 
+DiT ControlNets (Flux XLabs / InstantX / Union, Qwen-Image InstantX and Fun) return token
+residuals ``[N, L, D]`` that the model adds to its first ``L`` image tokens; the mask goes to the
+model's token grid (the latent patchified 2x2, rows then columns, frames outermost) and
+multiplies each token's residual, so the same rules hold per token.
+
 The resized masks are computed once per residual shape and sampling run (dropped in
 ``cleanup``). Masks are in image space, like the control image, and are centre-cropped to the
 latent's aspect with the same rule ComfyUI uses for the hint.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -58,7 +65,6 @@ class MaskedControl(comfy.controlnet.ControlBase):
         own = self.inner.get_control(x_noisy, t, cond, batched_number, transformer_options)
         if own is None:
             return control_prev
-        latent_hw = (x_noisy.shape[-2], x_noisy.shape[-1])
         masked: dict[str, list] = {}
         for key, residuals in own.items():
             done: dict[int, torch.Tensor] = {}  # shared tensors stay shared (multiplied once)
@@ -68,21 +74,22 @@ class MaskedControl(comfy.controlnet.ControlBase):
                     out.append(None)
                     continue
                 if id(x) not in done:
-                    done[id(x)] = x * self._weights(x, latent_hw, batched_number)
+                    done[id(x)] = x * self._weights(x, tuple(x_noisy.shape), batched_number)
                 out.append(done[id(x)])
             masked[key] = out
         return _merge(masked, control_prev)
 
-    def _weights(self, x: torch.Tensor, latent_hw: tuple[int, int], batched_number: int) -> torch.Tensor:
-        """The mask for residual ``x`` (``[N,C,h,w]``), broadcastable, cached per shape."""
-        key = (tuple(x.shape[-2:]), x.shape[0], latent_hw, batched_number, x.device, x.dtype)
+    def _weights(self, x: torch.Tensor, latent_shape: tuple[int, ...], batched_number: int) -> torch.Tensor:
+        """The mask for residual ``x`` (``[N,C,h,w]`` or DiT tokens ``[N,L,D]``), broadcastable, cached per shape."""
+        key = (tuple(x.shape[1:-1]) if x.ndim == 3 else tuple(x.shape[-2:]), x.shape[0], latent_shape,
+               batched_number, x.device, x.dtype)
         weights = self._resized.get(key)
         if weights is None:
-            m = mask_for_residual(self.mask, latent_hw, tuple(x.shape[-2:]))  # [Bm,1,h,w]
+            m = residual_weights(self.mask, latent_shape, tuple(x.shape))  # [Bm,1,h,w] or [Bm,L,1]
             n = x.shape[0]
             per_cond = max(1, n // max(1, batched_number))
             if m.shape[0] == per_cond and n != per_cond:
-                m = m.repeat(n // per_cond, 1, 1, 1)
+                m = m.repeat(n // per_cond, *(1,) * (m.ndim - 1))
             elif m.shape[0] not in (1, n):
                 raise ValueError(
                     f"masked ControlNet: the mask has batch {m.shape[0]} (shape {tuple(self.mask.shape)}) but the "
@@ -119,6 +126,35 @@ class MaskedControl(comfy.controlnet.ControlBase):
         device copy of the inner control."""
         clone = MaskedControl(compat.device_copy(self.inner, load_device), self.mask)
         return compat.register_device_copy(self, load_device, clone, autoregister)
+
+
+TOKEN_PATCH_SIZES = (2, 1)  # Flux, Chroma, Qwen-Image and SD3 patchify the latent 2x2; packed latents 1x1
+
+
+def residual_weights(mask: torch.Tensor, latent_shape: tuple[int, ...], residual_shape: tuple[int, ...]) -> torch.Tensor:
+    """The mask as weights for one control residual: ``[B,1,h,w]`` for a spatial residual,
+    ``[B,L,1]`` for DiT tokens ``[N,L,D]``.
+
+    Tokens: the latent ``[B,C,h,w]`` (or ``[B,C,T,h,w]``) is cut into ``p x p`` patches, padded at
+    the bottom/right to whole patches, ``T * ceil(h/p) * ceil(w/p)`` tokens in row-major order
+    with frames outermost; ``p`` is the patch size that gives the residual's ``L``. Each token gets
+    the fraction of its patch the mask covers (0 where the mask does not touch it).
+    """
+    if len(residual_shape) != 3:
+        return mask_for_residual(mask, tuple(latent_shape[-2:]), tuple(residual_shape[-2:]))
+    height, width = latent_shape[-2:]
+    frames = latent_shape[2] if len(latent_shape) == 5 else 1
+    tokens = residual_shape[1]
+    for patch in TOKEN_PATCH_SIZES:
+        grid = (math.ceil(height / patch), math.ceil(width / patch))
+        if frames * grid[0] * grid[1] == tokens:
+            m = mask_for_residual(mask, (height, width), grid).flatten(1)  # [B, gh*gw]
+            return m.repeat(1, frames).unsqueeze(-1)
+    raise ValueError(
+        f"masked ControlNet: a control residual of shape {tuple(residual_shape)} does not fit the latent "
+        f"{tuple(latent_shape)} as image tokens (patch size 1 or 2); this model's ControlNet is not supported "
+        "with a mask: use core Apply ControlNet"
+    )
 
 
 def _merge(control: dict[str, list], control_prev: dict[str, list] | None) -> dict[str, list]:

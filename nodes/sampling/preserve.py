@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import blending
+from . import compat
 from .sharing import SharedByCopies
 
 
@@ -40,7 +41,8 @@ class PreserveRegionHook(SharedByCopies):
     """Post-CFG function: ``denoised = lerp(denoised, source, weight * schedule(sigma))``.
 
     ``source`` is the source LATENT's samples in the sampler's space (after
-    ``process_latent_in``), ``weight`` the ``[1 or B,1,h,w]`` latent-grid mask. Immutable.
+    ``process_latent_in``; ``[B,C,T,h,w]`` for Qwen-Image), ``weight`` the ``[1 or B,1,h,w]``
+    latent-grid mask. Immutable.
     """
 
     def __init__(self, source: torch.Tensor, weight: torch.Tensor, start: float, end: float, falloff: str):
@@ -69,7 +71,12 @@ def patch_preserve_region(model, source_samples: torch.Tensor, mask: torch.Tenso
                           start: float, end: float, falloff: str):
     """A clone of ``model`` whose denoised prediction keeps ``source_samples`` under ``mask``."""
     source = blending.as_latent(source_samples, "source latent")
-    weight = blending.latent_weight(mask, source.shape[-2], source.shape[-1], feather_px, direction="outward")
+    declared_cell_px, dimensions = compat.latent_layout(model)
+    if dimensions == 3 and source.ndim == 4:  # as core's sampler does: Qwen-Image samples [B,C,1,h,w]
+        source = source.unsqueeze(2)
+    cell_px = blending.pixels_per_cell(source, declared_cell_px)
+    weight = blending.latent_weight(mask, source.shape[-2], source.shape[-1], feather_px, direction="outward",
+                                    cell_px=cell_px)
     if weight.shape[0] not in (1, source.shape[0]):
         raise ValueError(
             f"mask has batch {weight.shape[0]} but the source latent has shape {tuple(source.shape)}; "

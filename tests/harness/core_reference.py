@@ -1,0 +1,36 @@
+"""What tests compare the pack against: recorded model calls and core-only regional conditioning."""
+from __future__ import annotations
+
+from .comfy import pack_import
+
+
+def record_model_calls(model) -> list:
+    """Make ``model`` (a clone you own) record ``(control residuals, output)`` of every model call."""
+    records = []
+
+    def wrapper(apply_model, args):
+        control = args["c"].get("control")
+        residuals = None if control is None else {
+            k: [None if v is None else v.clone() for v in vs] for k, vs in control.items()}
+        out = apply_model(args["input"], args["timestep"], **args["c"])
+        records.append((residuals, out.clone()))
+        return out
+
+    model.set_model_unet_function_wrapper(wrapper)
+    return records
+
+
+def core_masked_conds(positive: list, regions: list, vae=None) -> list:
+    """Regions with core nodes only: ConditioningSetMask per prompt (the base prompt where no region
+    is), core Apply ControlNet (Advanced) on each region that has a ControlNet."""
+    import nodes
+
+    background = pack_import("nodes.ops.regions").background([r.mask for r in regions])
+    out = nodes.ConditioningSetMask().append(positive, background, "default", 1.0)[0]
+    for r in regions:
+        c = nodes.ConditioningSetMask().append(r.conditioning, r.mask, "default", r.weight)[0]
+        if r.control_net is not None:
+            c = nodes.ControlNetApplyAdvanced().apply_controlnet(c, [], r.control_net, r.control_image,
+                                                                 r.control_strength, 0.0, 1.0, vae=vae)[0]
+        out = out + c
+    return out
