@@ -3,6 +3,7 @@ temporary base folder whose custom_nodes holds only this pack (plus any extra no
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -62,7 +63,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _launch(comfyui: Path, python: Path, extra_nodes: list[Path], cpu: bool) -> LocalServer:
+def _launch(comfyui: Path, python: Path, extra_nodes: list[Path], cpu_threads: int | None) -> LocalServer:
     root = Path(tempfile.mkdtemp(prefix="catalog-comfyui-"))
     for name in ("custom_nodes", "user", "input", "output", "temp", "models"):
         (root / name).mkdir()
@@ -73,11 +74,13 @@ def _launch(comfyui: Path, python: Path, extra_nodes: list[Path], cpu: bool) -> 
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(root),
                "--user-directory", str(root / "user"), "--input-directory", str(root / "input"),
                "--output-directory", str(root / "output"), "--temp-directory", str(root / "temp")]
-    if cpu:
+    env = dict(os.environ)
+    if cpu_threads:
         command.append("--cpu")
+        env["OMP_NUM_THREADS"] = str(cpu_threads)  # the child's only: servers share the cores
     with open(root / "server.log", "wb") as log:
         process = subprocess.Popen(command, cwd=str(comfyui), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, env=env)
     return LocalServer(f"http://{HOST}:{port}", root, process)
 
 
@@ -111,11 +114,13 @@ def stop(server: LocalServer) -> None:
 @contextlib.contextmanager
 def local_servers(count: int, comfyui: Path | None = None, python: Path | None = None,
                   extra_nodes: list[Path] = (), cpu: bool = False) -> Iterator[list[LocalServer]]:
-    """Start ``count`` servers at once, wait until all answer, stop them all on exit."""
+    """Start ``count`` servers at once, wait until all answer, stop them all on exit. With
+    ``cpu`` they run on the CPU and split its cores between them (torch threads)."""
     folder, interpreter = find_comfyui(comfyui, python)
+    threads = max(1, (os.cpu_count() or 1) // count) if cpu else None
     servers: list[LocalServer] = []
     try:
-        servers = [_launch(folder, interpreter, list(extra_nodes), cpu) for _ in range(count)]
+        servers = [_launch(folder, interpreter, list(extra_nodes), threads) for _ in range(count)]
         deadline = time.monotonic() + START_TIMEOUT
         for server in servers:
             _wait_ready(server, deadline)
