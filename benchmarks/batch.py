@@ -34,11 +34,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from catalog.client import ComfyClient, saved_files  # noqa: E402
-from catalog.convert import to_api_prompt  # noqa: E402
-from catalog.items import discover  # noqa: E402
-from catalog.local import local_servers  # noqa: E402
-from catalog.runner import Job, resolve_target, run  # noqa: E402
+from catalog.client import ComfyClient, saved_files
+from catalog.convert import to_api_prompt
+from catalog.items import discover
+from catalog.local import local_servers
+from catalog.runner import Job, resolve_target, run
 
 WORKFLOW = json.loads((ROOT / "tests" / "data" / "catalog_tiny.json").read_text())
 SERVER_NODES = ROOT / "tests" / "catalog_server_nodes"
@@ -106,13 +106,11 @@ def main() -> None:
             for url in urls:  # both servers build their tiny models before any timing
                 direct_loop(url, warm)
             for round_ in range(args.rounds):
-                def images(name: str) -> list[Path]:
-                    return make_images(work / f"{name}_{round_}", args.items, args.size)
-
-                results["direct"].append(direct_loop(urls[0], images("direct")))
+                paths = make_images(work / f"direct_{round_}", args.items, args.size)
+                results["direct"].append(direct_loop(urls[0], paths))
                 for name, server_urls, per_server in (("runner_1", urls[:1], 2), ("runner_1_one_in_flight", urls[:1], 1),
                                                       ("runner_2", urls, 2)):
-                    paths = images(name)
+                    paths = make_images(work / f"{name}_{round_}", args.items, args.size)
                     report = runner(server_urls, paths, work / f"out_{name}_{round_}", per_server)
                     results[name].append(report.seconds)
                     lost += len(paths) - report.done - report.skipped

@@ -14,6 +14,8 @@ from .local import LocalServerError, local_servers
 from .manifest import ManifestMismatch
 from .runner import Job, RunError, run
 
+log = logging.getLogger("catalog")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             servers = args.server
             if args.local:
-                logging.info("starting %d local ComfyUI server(s)...", args.local)
+                log.info("starting %d local ComfyUI server(s)...", args.local)
                 started = stack.enter_context(local_servers(args.local, args.comfyui, args.python, cpu=args.cpu))
                 servers = [server.url for server in started]
             job = Job(workflow, sources, args.out, servers, workflow_name=str(args.workflow), target=args.target,
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                       address=args.address)
             report = run(job)
     except (OSError, ValueError, BadInput, WorkflowError, RunError, ManifestMismatch, LocalServerError) as error:
-        logging.error("catalog: %s", error)
+        log.error("catalog: %s", error)
         return 2
     sys.stdout.write(report.text() + "\n")
     if args.json:

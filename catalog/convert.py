@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # Widget types the frontend itself registers (ComfyWidgets in frontend 1.32.9).
 WIDGET_TYPES = frozenset(

@@ -7,7 +7,7 @@ import io
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -69,7 +69,7 @@ def image_problem(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | No
                 return "CMYK colour: convert it to RGB"
             if image.mode in _SIXTEEN_BIT_MODES:
                 return f"16-bit or float pixels (mode {image.mode}): save it as 8-bit"
-            _load_strictly(image)
+            image.load()
     except UnidentifiedImageError:
         return "unreadable: not an image format Pillow knows"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -78,13 +78,3 @@ def image_problem(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | No
         return f"truncated or corrupt: {error}"
     return None
 
-
-def _load_strictly(image: Image.Image) -> None:
-    """Decode every pixel, failing on truncation even where the host (ComfyUI does) turned on
-    Pillow's global LOAD_TRUNCATED_IMAGES."""
-    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        image.load()
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = lenient

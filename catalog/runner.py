@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import TextIO
 
 from . import manifest as manifest_module
-from .client import ComfyClient, PromptFailed, ServerDown, execution_seconds, saved_files
+from .client import (
+    ComfyClient,
+    PromptFailed,
+    ServerDown,
+    execution_seconds,
+    saved_files,
+)
 from .convert import WorkflowError, to_api_prompt
 from .items import DEFAULT_MAX_PIXELS, image_problem
 
@@ -62,8 +68,9 @@ class Report:
                 "processed": self.processed, "seconds": round(self.seconds, 3), "stopped": self.stopped}
 
     def text(self) -> str:
-        lines = [f"done {self.done}, skipped {self.skipped} (nothing saved: e.g. Filter By Found found no "
-                 f"product), failed {len(self.failed)}, bad input {len(self.bad)}, not done {self.pending}"]
+        summary = (f"done {self.done}, skipped {self.skipped} (nothing saved: e.g. Filter By Found found no "
+                   f"product), failed {len(self.failed)}, bad input {len(self.bad)}, not done {self.pending}")
+        lines = [summary]
         if self.stopped:
             lines.append(f"STOPPED: {self.stopped}")
         lines += [f"  failed {source} after {attempts} attempt(s): {error}" for source, attempts, error in self.failed]

@@ -20,17 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from harness import comfy
+from PIL import Image
 
 ray = pytest.importorskip("ray", reason="the catalog runner needs Ray: pip install ray")
 
-from catalog.client import ComfyClient  # noqa: E402
-from catalog.items import discover, image_problem  # noqa: E402
-from catalog.local import local_servers  # noqa: E402
-from catalog.manifest import FILE_NAME, Manifest  # noqa: E402
-from catalog.runner import Job, output_names, resolve_target, run  # noqa: E402
+from catalog.client import ComfyClient
+from catalog.items import discover, image_problem
+from catalog.local import local_servers
+from catalog.manifest import FILE_NAME, Manifest
+from catalog.runner import Job, output_names, resolve_target, run
 
 pytestmark = pytest.mark.slow
 
@@ -282,3 +281,16 @@ def test_target_is_the_only_load_image_or_a_named_node():
         resolve_target(prompt, "12")
     with pytest.raises(Exception, match="2 LoadImage nodes"):
         resolve_target({**prompt, "5": {"class_type": "LoadImage", "inputs": {}}}, None)
+
+
+def test_progress_line_shows_rate_and_eta():
+    import io
+
+    from catalog.runner import _Progress
+
+    stream = io.StringIO()
+    progress = _Progress(stream, total=40)
+    progress.started -= 30.0  # 30 s into the run
+    progress.update(10, {"done": 8, "skipped": 1, "failed": 1, "bad": 0}, servers=2, final=True)
+    line = stream.getvalue()
+    assert "10/40" in line and "20.0 items/min" in line and "ETA 90 s" in line and "servers 2" in line, line
