@@ -18,7 +18,8 @@ from .client import ComfyClient, ServerDown
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-START_TIMEOUT = 120.0
+START_TIMEOUT = 300.0  # a busy machine can take minutes to import torch and ComfyUI
+PACK_FOLDER_NAME = "selective_control"
 
 
 class LocalServerError(RuntimeError):
@@ -67,8 +68,9 @@ def _launch(comfyui: Path, python: Path, extra_nodes: list[Path], cpu_threads: i
     root = Path(tempfile.mkdtemp(prefix="catalog-comfyui-"))
     for name in ("custom_nodes", "user", "input", "output", "temp", "models"):
         (root / name).mkdir()
-    for folder in [PACK_ROOT, *extra_nodes]:
-        (root / "custom_nodes" / Path(folder).name).symlink_to(Path(folder).resolve(), target_is_directory=True)
+    links = {PACK_FOLDER_NAME: PACK_ROOT, **{Path(folder).name: Path(folder) for folder in extra_nodes}}
+    for name, folder in links.items():
+        (root / "custom_nodes" / name).symlink_to(folder.resolve(), target_is_directory=True)
     port = _free_port()
     command = [str(python), str(comfyui / "main.py"), "--listen", HOST, "--port", str(port),
                "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(root),
