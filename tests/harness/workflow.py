@@ -11,8 +11,9 @@ import json
 import logging
 import traceback
 import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from catalog.convert import (  # noqa: F401  (re-exported for the tests)
     VIRTUAL_NODE_TYPES,
