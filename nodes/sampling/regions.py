@@ -13,6 +13,7 @@ between tokens of different regions by ``1 - locality``.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -22,7 +23,8 @@ import comfy.patcher_extension
 
 from ..ops import regions as region_ops
 from .attention import (
-    Extension, appended_rows, attention, attn1_block_keys, batch_layout, install_self_attention_extension, token_grid,
+    ComposingReplace, Extension, KeepOnTop, appended_rows, attention, attn1_block_keys, batch_layout, block_patch,
+    install_self_attention_extension, keep_on_top, replace_patches, token_grid,
 )
 from .instances import apply_instance_regions
 from .masked_control import apply_masked_control
@@ -135,8 +137,13 @@ class _GridCache:
         self.cache.clear()
 
 
-class RegionalCrossAttention:
-    """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only."""
+class RegionalCrossAttention(ComposingReplace):
+    """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only.
+
+    Composes with another node's attn2 replace patch (see :class:`ComposingReplace`) and follows
+    IPAdapter_plus's ``Attn2Replace`` contract, because IPAdapter calls ``add`` on whatever patch
+    it finds on a block: each added callback's term is added to our output within its sigma range.
+    """
 
     def __init__(self, masks: list[torch.Tensor], weights: list[float],
                  layouts: dict[int, tuple[int, tuple[int, ...]]]) -> None:
@@ -144,9 +151,21 @@ class RegionalCrossAttention:
         self.weights = tuple(weights)
         self.layouts = dict(layouts)
         self.biases: dict[tuple, torch.Tensor] = {}
+        self.callbacks: list[tuple] = []  # (callback, kwargs) added by IPAdapter-style nodes
 
-    def __deepcopy__(self, memo):  # shared by model clones; the cache only holds derived masks
-        return self
+    def __deepcopy__(self, memo):  # clones share the caches (derived masks only), not the added callbacks
+        composed = copy.copy(self)
+        composed.callbacks = list(self.callbacks)
+        return composed
+
+    def over(self, foreign) -> "RegionalCrossAttention":
+        composed = self.__deepcopy__({})
+        composed.foreign = foreign
+        return composed
+
+    def add(self, callback, **kwargs) -> None:
+        """IPAdapter_plus's ``Attn2Replace.add``: ``out += callback(out, q, k, v, extra_options, **kwargs)``."""
+        self.callbacks.append((callback, kwargs))
 
     def clear_caches(self, model_patcher) -> None:
         """ON_CLEANUP callback: a run's biases are not kept for the next (other sizes would pile up on the GPU)."""
@@ -162,9 +181,20 @@ class RegionalCrossAttention:
         cond_or_uncond, items = batch_layout(extra_options, rows)
         layout = self.layout(k.shape[1])
         if layout is None or 0 not in cond_or_uncond:
-            return attention(q, k, v, extra_options)
-        return attention(q, k, v, extra_options,
-                         mask=self.bias(extra_options, q, k.shape[1], layout, cond_or_uncond, items))
+            out = self.base(q, k, v, extra_options)
+        else:
+            own = attention(q, k, v, extra_options,
+                            mask=self.bias(extra_options, q, k.shape[1], layout, cond_or_uncond, items))
+            out = self.on_top(own, q, k, v, extra_options)
+        return self.added_terms(out, q, k, v, extra_options)
+
+    def added_terms(self, out, q, k, v, extra_options):
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.flatten()[0]) if sigmas is not None else float("inf")
+        for callback, kwargs in self.callbacks:
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
     def bias(self, extra_options: dict, q: torch.Tensor, context_len: int, layout: tuple[int, tuple[int, ...]],
              cond_or_uncond: list[int], items: int) -> torch.Tensor:
@@ -215,15 +245,23 @@ class RegionLocality:
         return [Extension(rows=cond, k=empty, v=empty, weight=1.0, bias=bias)]
 
 
-def install_cross_attention(model_patcher, patch) -> None:
-    """Put ``patch`` on every transformer block's cross-attention of ``model_patcher`` (a clone you own)."""
-    current = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    foreign = 0
-    for key in attn1_block_keys(model_patcher):  # attn1 and attn2 share the block keys
-        foreign += key in current
-        model_patcher.set_model_attn2_replace(patch, *key)
-    if foreign:
-        logger.warning("Selective Control: replaced %d cross-attention patches of another node on this model", foreign)
+def install_cross_attention(model_patcher, patch: RegionalCrossAttention) -> None:
+    """Put ``patch`` on every transformer block's cross-attention of ``model_patcher`` (a clone you own).
+
+    Another node's attn2 replace patch on a block keeps acting under ours, whichever came first.
+    """
+    keys = attn1_block_keys(model_patcher)  # attn1 and attn2 share the block keys
+    current = replace_patches(model_patcher.model_options, "attn2")
+
+    def holds(found) -> bool:
+        return isinstance(found, RegionalCrossAttention) and found.grids is patch.grids
+
+    def compose(found):
+        return patch if found is None else patch.over(found)
+
+    for key in keys:
+        model_patcher.set_model_attn2_replace(compose(block_patch(current, key)), *key)
+    keep_on_top(model_patcher, KeepOnTop("attn2", keys, holds, compose))
 
 
 def apply_region_controls(positive: list, negative: list, regions: list[Region], masks: list[torch.Tensor]):
