@@ -158,3 +158,124 @@ def test_setup_with_dev_adds_the_test_tools(tmp_path):
     assert root / "requirements-dev.txt" in installed_files(root)
     assert (root / "browser-was-set-up").exists()
     assert not (comfy / "custom_nodes" / "selective_control").exists()  # no --link: custom_nodes untouched
+
+
+# --------------------------------------------------------------------------- the Comfy Registry
+
+
+def requirement_lines() -> list[str]:
+    return [line.strip() for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def test_the_registry_parser_accepts_pyproject():
+    config_parser = pytest.importorskip("comfy_cli.registry.config_parser",
+                                        reason="comfy-cli (requirements-dev.txt) holds the Comfy Registry's parser")
+    config = config_parser.extract_node_configuration(str(REPO_ROOT / "pyproject.toml"))
+    assert config is not None
+    project, comfy = config.project, config.tool_comfy
+    assert project.name == "comfyui-selective-control" == config_parser.normalize_project_name(project.name)
+    assert config_parser.validate_version(project.version, "version") == project.version
+    assert project.description and project.urls.repository.startswith("https://")
+    assert (REPO_ROOT / project.license.file).is_file()
+    # validate_version gives "" (and a warning) for a malformed range: the registry would drop it.
+    assert project.supported_comfyui_version == ">=0.3.75"
+    assert comfy.publisher_id and comfy.display_name
+    assert project.dependencies == requirement_lines()
+    assert all((REPO_ROOT / path).exists() for path in comfy.includes)
+
+
+def test_the_registry_archive_holds_the_pack_only(tmp_path, monkeypatch):
+    file_utils = pytest.importorskip("comfy_cli.file_utils", reason="comfy-cli (requirements-dev.txt) builds the archive")
+    monkeypatch.chdir(REPO_ROOT)  # comfy node publish zips the git-tracked files of the current folder
+    archive = tmp_path / "node.zip"
+    file_utils.zip_files(archive)
+    names = zipfile.ZipFile(archive).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {"__init__.py", "nodes", "js", "workflows", "pyproject.toml", "requirements.txt", "LICENSE",
+            "README.md"} <= tops
+    assert not tops & {"tests", "benchmarks", ".ci", ".github", "scripts", "Makefile", "requirements-dev.txt",
+                       "constraints-dev.txt"}, sorted(tops)
+    shipped = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "nodes").rglob("*.py")}
+    assert shipped <= set(names)
+
+
+# --------------------------------------------------------------------------- clone into ComfyUI 0.33
+
+
+def latest_comfyui() -> tuple[Path, Path]:
+    """ComfyUI 0.33 (COMFYUI_PATH, else the latest leg's) and the latest leg's python, or skip saying why."""
+    for candidate in (os.environ.get("COMFYUI_PATH"), REPO_ROOT / ".comfyui-latest"):
+        if candidate and (Path(candidate) / "comfyui_version.py").is_file():
+            version = (Path(candidate) / "comfyui_version.py").read_text()
+            if '"0.33.' in version:
+                python = REPO_ROOT / ".venv-latest" / "bin" / "python"
+                if not python.is_file():
+                    pytest.skip(f"ComfyUI 0.33 is at {candidate} but its environment {python} is not built "
+                                "(bash scripts/setup.sh --leg latest)")
+                return Path(candidate).resolve(), python
+    pytest.skip("no ComfyUI 0.33 here: COMFYUI_PATH is not 0.33 and .comfyui-latest is absent "
+                "(bash scripts/setup.sh --leg latest builds it)")
+
+
+def test_a_git_clone_in_custom_nodes_of_comfyui_033_runs(tmp_path):
+    from harness.node_docs import pack_node_classes
+    from harness.server import running_server
+
+    comfyui, python = latest_comfyui()
+    clone = tmp_path / "ComfyUI-Selective-Control"
+    result = run(["git", "clone", "--quiet", REPO_ROOT, clone])
+    assert result.returncode == 0, result.stderr
+    # pip install -r requirements.txt into ComfyUI's environment: already satisfied, so no change and no download.
+    result = run([python, "-m", "uv", "pip", "install", "--dry-run", "--offline", "--python", python,
+                  "-r", clone / "requirements.txt"])
+    assert result.returncode == 0, result.stderr
+    assert "Would install" not in result.stderr and "Would uninstall" not in result.stderr, result.stderr
+
+    def put_clone(root: Path) -> None:
+        shutil.move(str(clone), root / "custom_nodes" / clone.name)
+
+    expected = {cls.GET_SCHEMA().node_id for cls in pack_node_classes()}
+    with running_server(put_clone, start_timeout=120, python=python, comfyui_dir=comfyui, link_pack=False) as server:
+        info = server.get("/object_info", timeout=60)
+        served = {name for name, node in info.items() if node.get("python_module") == f"custom_nodes.{clone.name}"}
+        assert served == expected, server.log_text()[-3000:]
+        prompt = {
+            "bg": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}},
+            "left": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}},
+            "half": {"class_type": "MaskComposite", "inputs": {"destination": ["bg", 0], "source": ["left", 0],
+                                                               "x": 0, "y": 0, "operation": "add"}},
+            "grow": {"class_type": "SCGrowMask", "inputs": {"mask": ["half", 0], "pixels": 8}},
+            "image": {"class_type": "MaskToImage", "inputs": {"mask": ["grow", 0]}},
+            "save": {"class_type": "SaveImage", "inputs": {"images": ["image", 0], "filename_prefix": "clone_test"}},
+        }
+        answer = server.post("/prompt", {"prompt": prompt, "client_id": "selective-control-install-test"})
+        assert not answer.get("node_errors"), answer
+        entry = wait_for(server, answer["prompt_id"])
+        image = entry["outputs"]["save"]["images"][0]
+        pixels = gray_pixels(server.output / image["subfolder"] / image["filename"])
+    assert pixels.shape == (64, 64)
+    columns = pixels[32]
+    assert (columns[:40] == 255).all() and (columns[40:] == 0).all(), columns.tolist()  # 32 px grown by 8
+
+
+def wait_for(server, prompt_id: str, timeout: float = 60.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = server.get(f"/history/{prompt_id}").get(prompt_id)
+        status = (entry or {}).get("status", {})
+        if status.get("completed"):
+            return entry
+        if status.get("status_str") == "error":
+            pytest.fail(f"prompt failed: {json.dumps(status)[:3000]}")
+        time.sleep(0.2)
+    pytest.fail(f"prompt {prompt_id} not done within {timeout:.0f} s:\n{server.log_text()[-3000:]}")
+
+
+def gray_pixels(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("L"))
