@@ -279,3 +279,45 @@ def gray_pixels(path: Path):
     from PIL import Image
 
     return np.asarray(Image.open(path).convert("L"))
+
+
+# --------------------------------------------------------------------------- ComfyUI-Manager's cm-cli
+
+
+def test_manager_cli_installs_the_pack_from_a_local_git_repository_offline(tmp_path):
+    """cm-cli 4.3 clones a ``file://localhost/...`` URL; a bare path and ``file:///...`` are refused.
+
+    ``--mode cache`` reads the node list bundled in the package (no network); ``--no-deps``
+    leaves the shared environment alone (the clone test above checks the requirements resolve).
+    cm-cli finds custom_nodes through ComfyUI's folder_paths.py, which resolves its own links,
+    so the test tree holds a copy of that one file.
+    """
+    comfyui, python = latest_comfyui()
+    if run([python, "-c", "import cm_cli"]).returncode != 0:
+        pytest.skip(f"comfyui-manager is not installed in {python} (requirements-dev.txt)")
+    tree = tmp_path / "ComfyUI"
+    tree.mkdir()
+    for item in comfyui.iterdir():
+        if item.name not in ("custom_nodes", "user", "folder_paths.py"):
+            (tree / item.name).symlink_to(item)
+    shutil.copy(comfyui / "folder_paths.py", tree / "folder_paths.py")
+    (tree / "custom_nodes").mkdir()
+    (tree / "user").mkdir()
+    bare = tmp_path / "selective_control.git"
+    assert run(["git", "clone", "--quiet", "--bare", REPO_ROOT, bare]).returncode == 0
+    shared_before = sorted(os.listdir(comfyui / "custom_nodes"))
+
+    def cm_cli(url: str) -> subprocess.CompletedProcess:
+        return run([python, "-m", "cm_cli", "install", "--mode", "cache", "--no-deps",
+                    "--user-directory", tree / "user", url], env={**os.environ, "COMFYUI_PATH": str(tree)}, cwd=tree)
+
+    for refused in (str(bare), f"file://{bare}"):
+        result = cm_cli(refused)
+        assert "[INSTALLED]" not in result.stdout and "not found" in result.stdout, result.stdout[-2000:]
+    result = cm_cli(f"file://localhost{bare}")
+    assert "[INSTALLED]" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    installed = tree / "custom_nodes" / "selective_control"
+    assert (installed / "nodes" / "__init__.py").is_file() and (installed / "pyproject.toml").is_file()
+    head = run(["git", "-C", installed, "rev-parse", "HEAD"]).stdout
+    assert head == run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"]).stdout
+    assert sorted(os.listdir(comfyui / "custom_nodes")) == shared_before  # the real ComfyUI is untouched
