@@ -13,7 +13,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.patcher_extension
-from harness import node_error_message, pack_import, run_prompt
+from harness import node_error_message, pack_import, run_prompt, tiny_models
 from test_regions import assert_close_to_scale, cond, half, region_graph, regions_of, sample
 
 attention = pack_import("nodes.sampling.attention")
@@ -103,8 +103,6 @@ def regions_on(model, arch):
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_regions_keep_an_ipadapter_style_patch_in_either_order(arch):
-    from harness import tiny_models
-
     model = tiny_models.unet(arch)
     regional_model, positive, negative = regions_on(model, arch)
     ours = attention.replace_patches(regional_model.model_options, "attn2")
@@ -121,8 +119,6 @@ def test_regions_keep_an_ipadapter_style_patch_in_either_order(arch):
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
 def test_cross_frame_keeps_a_foreign_self_attention_patch_in_either_order(arch):
-    from harness import tiny_models
-
     model = tiny_models.unet(arch)
     positive, negative = cond(arch, 0, batch=2), cond(arch, 1, batch=2)
     extension = cross_frame.CrossFrameExtension((0,), 1.0)
@@ -143,8 +139,6 @@ def test_cross_frame_keeps_a_foreign_self_attention_patch_in_either_order(arch):
 
 
 def test_regions_keep_pre_post_patches_and_an_attention_override_in_either_order():
-    from harness import tiny_models
-
     model = tiny_models.unet("sd15")
     calls = {"masked": 0}
 
@@ -181,8 +175,6 @@ class AddsToDenoised:
 
 
 def test_reference_attention_keeps_a_model_wrapper_in_either_order():
-    from harness import tiny_models
-
     model = tiny_models.unet("sd15")
     positive, negative = cond("sd15", 0), cond("sd15", 1)
     ref = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(11))

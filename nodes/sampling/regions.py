@@ -10,6 +10,10 @@ own context, possibly padded by ComfyUI to a common length) are computed unchang
 
 Optional self-attention locality (a :class:`SelfAttentionDispatcher` extension) scales attention
 between tokens of different regions by ``1 - locality``.
+
+Both compose with other nodes' patches on the same model, in either order: another attn2 replace
+patch (IPAdapter's) keeps acting under ours (``attention.ComposingReplace``), and IPAdapter's
+``add`` on our patch adds its term to our output.
 """
 from __future__ import annotations
 
