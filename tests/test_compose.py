@@ -108,12 +108,16 @@ def test_regions_keep_an_ipadapter_style_patch_in_either_order(arch):
     ours = attention.replace_patches(regional_model.model_options, "attn2")
     by_hand = with_replace(model, "attn2", lambda key: PlusTerm(ours[key]))  # regional attention + the term
     expected = sample(by_hand, positive, negative)
+    # Before IPAdapter's add(): on ComfyUI 0.33 a clone shares the patch objects with its source
+    # (model_options are copied as dicts and lists only), so add() reaches the upstream model too,
+    # as it does for IPAdapter's own Attn2Replace chain.
+    regions_alone = sample(regional_model, positive, negative)
 
     ip_then_regions = regions_on(ipadapter_style(model, arch), arch)[0]
     regions_then_ip = ipadapter_style(regional_model, arch)
     for composed in (ip_then_regions, regions_then_ip):
         assert_close_to_scale(sample(composed, positive, negative), expected, relative=1e-4)
-    assert relative_change(expected, sample(regional_model, positive, negative)) > 1e-2  # the term acts
+    assert relative_change(expected, regions_alone) > 1e-2  # the term acts
     assert relative_change(expected, sample(ipadapter_style(model, arch), positive, negative)) > 1e-2  # regions act
 
 
