@@ -30,6 +30,7 @@ every extension must leave alone. Every patch accepts and ignores unknown keywor
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 # (reference-attention rows). Features that work on the sampler's rows use only the first
 # ``rows - appended`` rows.
 APPENDED_ROWS = "sc_appended_rows"
+COMPOSE_KEY = "selective_control.compose"  # OUTER_SAMPLE wrappers that keep our replace patches acting
 
 
 # --------------------------------------------------------------------------- transformer_options
@@ -203,21 +205,68 @@ def _merged_blend(q, k, v, extension: Extension, extra_options):
     return plain, (delta * weight).to(q.dtype)
 
 
-class SelfAttentionDispatcher(SharedByCopies):
+class ComposingReplace(SharedByCopies):
+    """Base of the pack's attn1/attn2 replace patches: another node's replace patch on the block keeps acting.
+
+    A block holds one replace patch. When ours finds another node's there (``foreign``, e.g.
+    IPAdapter's ``Attn2Replace`` or SelfAttentionGuidance's recorder), the block returns
+    ``foreign(q, k, v) + (ours - plain attention)``: the other node's output with our change on
+    top, which is exact for additive patches. With nothing to change the foreign output is
+    returned untouched. Instances are immutable: ``over`` returns a copy.
+    """
+
+    foreign = None  # the replace patch ours sits on (None: ComfyUI's attention)
+
+    def over(self, foreign) -> "ComposingReplace":
+        composed = copy.copy(self)
+        composed.foreign = foreign
+        return composed
+
+    def base(self, q, k, v, extra_options):
+        """The block's output without our change: the foreign patch's, or ComfyUI's attention."""
+        if self.foreign is None:
+            return attention(q, k, v, extra_options)
+        return self.foreign(q, k, v, extra_options)
+
+    def on_top(self, own, q, k, v, extra_options):
+        """``own`` (our output as if alone) applied over the foreign patch's output."""
+        if self.foreign is None:
+            return own
+        return self.foreign(q, k, v, extra_options) + (own - attention(q, k, v, extra_options)).to(own.dtype)
+
+
+def check_not_retiled(q, k, extra_options: dict) -> None:
+    """Refuse self-attention that another attn1 patch re-tiled (HyperTile): our row and token maps would be wrong."""
+    shape = extra_options.get("activations_shape")
+    grid_rows = shape[0] if shape is not None and len(shape) == 4 else q.shape[0]
+    if q.shape[0] != k.shape[0] or q.shape[0] != grid_rows:
+        raise ValueError(
+            f"another node re-tiles this model's self-attention ({q.shape[0]} query rows for {k.shape[0]} key rows, "
+            f"activations {shape}), e.g. HyperTile. Reference Attention, Cross-Frame Attention and region locality "
+            "need whole images in self-attention: remove HyperTile (or that node) from this model, or bypass ours"
+        )
+
+
+class SelfAttentionDispatcher(ComposingReplace):
     """The attn1 replace patch of one block: plain attention plus the extensions' extra keys."""
 
     def __init__(self, extensions: Sequence[SelfAttentionExtension]):
         self.extensions = tuple(extensions)
 
     def with_extension(self, extension: SelfAttentionExtension) -> "SelfAttentionDispatcher":
-        return SelfAttentionDispatcher((*self.extensions, extension))
+        return SelfAttentionDispatcher((*self.extensions, extension)).over(self.foreign)
 
     def __call__(self, q, k, v, extra_options, **kwargs):
+        check_not_retiled(q, k, extra_options)
         groups: list[Extension] = []
         for extension in self.extensions:
             groups.extend(g for g in extension.extend(q, k, v, extra_options) if g.rows.numel())
         if not groups:
-            return attention(q, k, v, extra_options)
+            return self.base(q, k, v, extra_options)
+        return self.on_top(self.extended(q, k, v, extra_options, groups), q, k, v, extra_options)
+
+    def extended(self, q, k, v, extra_options, groups: list[Extension]):
+        """Plain attention with every group's extra keys/values, as if this patch were alone on the block."""
         rows = q.shape[0]
         # The plan is worked out on Python lists (a handful of rows): no small tensor ops per call.
         row_lists = [g.rows.tolist() for g in groups]
@@ -307,21 +356,69 @@ def attn1_block_keys(model_patcher) -> list[tuple[str, int, int]]:
     return keys
 
 
+def block_patch(patches: dict, key: tuple[str, int, int]):
+    """The replace patch ComfyUI calls on block ``key``: a ``(block, number, index)`` key wins over ``(block, number)``."""
+    patch = patches.get(key)
+    return patches.get(key[:2]) if patch is None else patch
+
+
+def replace_patches(model_options: dict, kind: str) -> dict:
+    return model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+
+
+class KeepOnTop:
+    """OUTER_SAMPLE wrapper: a replace patch another node put on our blocks after us is composed under ours.
+
+    Runs once per sampling on the sampler's own copy of ``model_options`` (the model is untouched).
+    ``holds(patch)``: our patch is there; ``compose(patch)``: ours over ``patch`` (None: alone).
+    A ``(block, number)`` patch added after ours is shadowed by our ``(block, number, index)`` key
+    in ComfyUI's lookup (IPAdapter's SD1.5 keys): it is composed under ours too.
+    """
+
+    def __init__(self, kind: str, keys: list[tuple[str, int, int]], holds, compose):
+        self.kind, self.keys, self.holds, self.compose = kind, tuple(keys), holds, compose
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, executor, *args, **kwargs):
+        from . import compat
+
+        patches = replace_patches(compat.sampling_model_options(executor), self.kind)
+        for key in self.keys:
+            current = block_patch(patches, key)
+            if not self.holds(current):
+                patches[key] = self.compose(current)
+                continue
+            shadowed = patches.get(key[:2])
+            if key in patches and current.foreign is None and shadowed is not None and not self.holds(shadowed):
+                patches[key] = current.over(shadowed)
+        return executor(*args, **kwargs)
+
+
+def keep_on_top(model_patcher, wrapper: KeepOnTop) -> None:
+    import comfy.patcher_extension
+
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, COMPOSE_KEY, wrapper)
+
+
 def install_self_attention_extension(model_patcher, extension: SelfAttentionExtension) -> None:
     """Add ``extension`` to every self-attention block of ``model_patcher`` (a clone you own).
 
-    Keeps extensions already installed by this pack; a foreign attn1 replace patch on a block
-    is replaced (with a warning), because a block holds only one.
+    Keeps extensions already installed by this pack, and another node's attn1 replace patch on a
+    block (ours acts on top of it, see :class:`ComposingReplace`), whichever node came first.
     """
-    current = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    foreign = 0
-    for key in attn1_block_keys(model_patcher):
-        existing = current.get(key)
-        if isinstance(existing, SelfAttentionDispatcher):
-            patch = existing.with_extension(extension)
-        else:
-            foreign += existing is not None
-            patch = SelfAttentionDispatcher((extension,))
-        model_patcher.set_model_attn1_replace(patch, *key)
-    if foreign:
-        logger.warning("Selective Control: replaced %d self-attention patches of another node on this model", foreign)
+    keys = attn1_block_keys(model_patcher)
+    current = replace_patches(model_patcher.model_options, "attn1")
+
+    def holds(patch) -> bool:
+        return isinstance(patch, SelfAttentionDispatcher) and extension in patch.extensions
+
+    def compose(patch):
+        if isinstance(patch, SelfAttentionDispatcher):
+            return patch.with_extension(extension)
+        return SelfAttentionDispatcher((extension,)).over(patch)
+
+    for key in keys:
+        model_patcher.set_model_attn1_replace(compose(block_patch(current, key)), *key)
+    keep_on_top(model_patcher, KeepOnTop("attn1", keys, holds, compose))

@@ -199,3 +199,13 @@ def latent_layout(model) -> tuple[int | None, int]:
     ``[B,C,T,h,w]``) is in both versions."""
     latent_format = model.get_model_object("latent_format")
     return getattr(latent_format, "spacial_downscale_ratio", None), latent_format.latent_dimensions
+
+
+def sampling_model_options(outer_sample_executor) -> dict:
+    """The ``model_options`` one sampling run uses, from inside an OUTER_SAMPLE wrapper.
+
+    ``CFGGuider.sample`` copies the model's options (nested dicts) into ``guider.model_options``
+    before calling the OUTER_SAMPLE wrappers, in 0.3.75 and 0.33 alike: changes there last one run.
+    """
+    guider = outer_sample_executor.class_obj
+    return guider.model_options

@@ -10,9 +10,14 @@ own context, possibly padded by ComfyUI to a common length) are computed unchang
 
 Optional self-attention locality (a :class:`SelfAttentionDispatcher` extension) scales attention
 between tokens of different regions by ``1 - locality``.
+
+Both compose with other nodes' patches on the same model, in either order: another attn2 replace
+patch (IPAdapter's) keeps acting under ours (``attention.ComposingReplace``), and IPAdapter's
+``add`` on our patch adds its term to our output.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -23,7 +28,8 @@ import comfy.patcher_extension
 from ..ops import regions as region_ops
 from . import compat
 from .attention import (
-    Extension, appended_rows, attention, attn1_block_keys, batch_layout, install_self_attention_extension, token_grid,
+    ComposingReplace, Extension, KeepOnTop, appended_rows, attention, attn1_block_keys, batch_layout, block_patch,
+    install_self_attention_extension, keep_on_top, replace_patches, token_grid,
 )
 from .dit_regions import install_dit_region_attention
 from .instances import apply_instance_regions
@@ -140,8 +146,13 @@ class _GridCache:
         self.cache.clear()
 
 
-class RegionalCrossAttention(SharedByCopies):
-    """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only."""
+class RegionalCrossAttention(ComposingReplace):
+    """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only.
+
+    Composes with another node's attn2 replace patch (see :class:`ComposingReplace`) and follows
+    IPAdapter_plus's ``Attn2Replace`` contract, because IPAdapter calls ``add`` on whatever patch
+    it finds on a block: each added callback's term is added to our output within its sigma range.
+    """
 
     def __init__(self, masks: list[torch.Tensor], weights: list[float],
                  layouts: dict[int, tuple[int, tuple[int, ...]]]) -> None:
@@ -149,6 +160,21 @@ class RegionalCrossAttention(SharedByCopies):
         self.weights = tuple(weights)
         self.layouts = dict(layouts)
         self.biases: dict[tuple, torch.Tensor] = {}
+        self.callbacks: list[tuple] = []  # (callback, kwargs) added by IPAdapter-style nodes
+
+    def __deepcopy__(self, memo):  # clones share the caches (derived masks only), not the added callbacks
+        composed = copy.copy(self)
+        composed.callbacks = list(self.callbacks)
+        return composed
+
+    def over(self, foreign) -> "RegionalCrossAttention":
+        composed = self.__deepcopy__({})
+        composed.foreign = foreign
+        return composed
+
+    def add(self, callback, **kwargs) -> None:
+        """IPAdapter_plus's ``Attn2Replace.add``: ``out += callback(out, q, k, v, extra_options, **kwargs)``."""
+        self.callbacks.append((callback, kwargs))
 
     def clear_caches(self, model_patcher) -> None:
         """ON_CLEANUP callback: a run's biases are not kept for the next (other sizes would pile up on the GPU)."""
@@ -164,9 +190,20 @@ class RegionalCrossAttention(SharedByCopies):
         cond_or_uncond, items = batch_layout(extra_options, rows)
         layout = self.layout(k.shape[1])
         if layout is None or 0 not in cond_or_uncond:
-            return attention(q, k, v, extra_options)
-        return attention(q, k, v, extra_options,
-                         mask=self.bias(extra_options, q, k.shape[1], layout, cond_or_uncond, items))
+            out = self.base(q, k, v, extra_options)
+        else:
+            own = attention(q, k, v, extra_options,
+                            mask=self.bias(extra_options, q, k.shape[1], layout, cond_or_uncond, items))
+            out = self.on_top(own, q, k, v, extra_options)
+        return self.added_terms(out, q, k, v, extra_options)
+
+    def added_terms(self, out, q, k, v, extra_options):
+        sigmas = extra_options.get("sigmas")
+        sigma = float(sigmas.flatten()[0]) if sigmas is not None else float("inf")
+        for callback, kwargs in self.callbacks:
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", float("inf")):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
     def bias(self, extra_options: dict, q: torch.Tensor, context_len: int, layout: tuple[int, tuple[int, ...]],
              cond_or_uncond: list[int], items: int) -> torch.Tensor:
@@ -214,15 +251,23 @@ class RegionLocality(SharedByCopies):
         return [Extension(rows=cond, k=empty, v=empty, weight=1.0, bias=bias)]
 
 
-def install_cross_attention(model_patcher, patch) -> None:
-    """Put ``patch`` on every transformer block's cross-attention of ``model_patcher`` (a clone you own)."""
-    current = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    foreign = 0
-    for key in attn1_block_keys(model_patcher):  # attn1 and attn2 share the block keys
-        foreign += key in current
-        model_patcher.set_model_attn2_replace(patch, *key)
-    if foreign:
-        logger.warning("Selective Control: replaced %d cross-attention patches of another node on this model", foreign)
+def install_cross_attention(model_patcher, patch: RegionalCrossAttention) -> None:
+    """Put ``patch`` on every transformer block's cross-attention of ``model_patcher`` (a clone you own).
+
+    Another node's attn2 replace patch on a block keeps acting under ours, whichever came first.
+    """
+    keys = attn1_block_keys(model_patcher)  # attn1 and attn2 share the block keys
+    current = replace_patches(model_patcher.model_options, "attn2")
+
+    def holds(found) -> bool:
+        return isinstance(found, RegionalCrossAttention) and found.grids is patch.grids
+
+    def compose(found):  # a copy per block (sharing the caches): IPAdapter adds its callbacks block by block
+        return patch.over(found)
+
+    for key in keys:
+        model_patcher.set_model_attn2_replace(compose(block_patch(current, key)), *key)
+    keep_on_top(model_patcher, KeepOnTop("attn2", keys, holds, compose))
 
 
 def apply_region_controls(positive: list, negative: list, regions: list[Region], masks: list[torch.Tensor]):

@@ -74,21 +74,25 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def running_server(prepare: Callable[[Path], None] | None = None,
-                   start_timeout: float = START_TIMEOUT) -> Iterator[Server]:
+                   start_timeout: float = START_TIMEOUT, python: Path | None = None,
+                   comfyui_dir: Path | None = None, link_pack: bool = True) -> Iterator[Server]:
     """Start ``main.py`` in a fresh temporary base directory and stop it (and delete the
     folder) on exit. ``prepare(root)`` may put files into ``root/user``, ``root/models``, ...
-    before the server starts."""
+    before the server starts. ``python``/``comfyui_dir``: another environment and ComfyUI than
+    the tests' own; ``link_pack=False`` leaves ``custom_nodes`` to ``prepare`` (e.g. a clone)."""
     import torch
 
+    comfyui_dir = comfyui_dir or comfy.COMFYUI_DIR
     root = Path(tempfile.mkdtemp(prefix="selective-control-server-"))
     for name in ("custom_nodes", "user", "input", "output", "temp", "models"):
         (root / name).mkdir()
-    (root / "custom_nodes" / comfy.PACK_FOLDER_NAME).symlink_to(comfy.REPO_ROOT, target_is_directory=True)
+    if link_pack:
+        (root / "custom_nodes" / comfy.PACK_FOLDER_NAME).symlink_to(comfy.REPO_ROOT, target_is_directory=True)
     if prepare is not None:
         prepare(root)
     port = _free_port()
     command = [
-        sys.executable, str(comfy.COMFYUI_DIR / "main.py"),
+        str(python or sys.executable), str(comfyui_dir / "main.py"),
         "--listen", HOST, "--port", str(port), "--disable-auto-launch", "--disable-api-nodes",
         "--base-directory", str(root),  # custom_nodes and models come from here
         "--user-directory", str(root / "user"), "--input-directory", str(root / "input"),
@@ -99,7 +103,7 @@ def running_server(prepare: Callable[[Path], None] | None = None,
     log = root / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, cwd=str(comfy.COMFYUI_DIR), stdout=log_file,
+        process = subprocess.Popen(command, cwd=str(comfyui_dir), stdout=log_file,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     instance = Server(root, port, process, log)
     try:
