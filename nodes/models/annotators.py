@@ -61,8 +61,8 @@ class Annotator:
 _PRIVATE_PACKAGE = f"{__package__}._controlnet_aux"
 
 
-def _controlnet_aux(submodule: str) -> types.ModuleType:
-    """``controlnet_aux.<submodule>`` without running ``controlnet_aux/__init__.py``."""
+def _require_controlnet_aux() -> None:
+    """Register the private package (once), or say how to install controlnet_aux."""
     if _PRIVATE_PACKAGE not in sys.modules:
         found = importlib.util.find_spec("controlnet_aux")
         if found is None or not found.submodule_search_locations:
@@ -71,6 +71,11 @@ def _controlnet_aux(submodule: str) -> types.ModuleType:
         spec = importlib.util.spec_from_file_location(
             _PRIVATE_PACKAGE, found.origin, submodule_search_locations=list(found.submodule_search_locations))
         sys.modules[_PRIVATE_PACKAGE] = importlib.util.module_from_spec(spec)  # a namespace only: not executed
+
+
+def _controlnet_aux(submodule: str) -> types.ModuleType:
+    """``controlnet_aux.<submodule>`` without running ``controlnet_aux/__init__.py``."""
+    _require_controlnet_aux()
     return importlib.import_module(f"{_PRIVATE_PACKAGE}.{submodule}")
 
 
@@ -150,6 +155,7 @@ def weights_path(annotator: Annotator) -> str:
 
 def load(annotator: Annotator) -> torch.nn.Module:
     """The annotator's network on ComfyUI's compute device, loaded once and cached."""
+    _require_controlnet_aux()  # the package first: without it the weights file is of no use
     path = weights_path(annotator)
 
     def build() -> torch.nn.Module:
