@@ -24,8 +24,6 @@ INSTALL: dict[str, str] = {
         f"{PIP} onnxruntime-rocm  (AMD ROCm), or {PIP} onnxruntime-openvino  (Intel), or "
         f"{PIP} onnxruntime  (CPU only). Install one of them, not several: they share the module name"
     ),
-    "segment_anything": f"{PIP} segment-anything",
-    "matplotlib": f"{PIP} matplotlib",
 }
 
 
