@@ -103,10 +103,12 @@ def test_node_runs_a_neural_annotator_inside_the_mask():
 
     pixels = (picture()[0] * 255).round().to(torch.uint8).numpy()
     Image.fromarray(pixels).save(workspace().input / "block.png")
-    Image.fromarray((box_mask()[0] * 255).to(torch.uint8).numpy()).save(workspace().input / "block_mask.png")
     prompt = {
         "load": {"class_type": "LoadImage", "inputs": {"image": "block.png"}},
-        "mask": {"class_type": "LoadImageMask", "inputs": {"image": "block_mask.png", "channel": "red"}},
+        "box": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 70, "height": 60}},
+        "canvas": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 120, "height": 96}},
+        "mask": {"class_type": "MaskComposite", "inputs": {"destination": ["canvas", 0], "source": ["box", 0],
+                                                           "x": 30, "y": 20, "operation": "add"}},
         "control": {"class_type": "SCMaskedControlImage", "inputs": {
             "image": ["load", 0], "mask": ["mask", 0], "annotator": "softedge_hed", "mode": "annotate_then_mask",
             "feather": 0, "fill": "grey", "resolution": 64, "canny_low": 100, "canny_high": 200}},
