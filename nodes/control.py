@@ -4,13 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import comfy.model_management
-import comfy.utils
 from comfy_api.latest import io, ui
 
 from .models import annotators
+from .models import pose as pose_models
 from .ops import control as control_ops
-from .ops import pose as pose_ops
 from .ops.regions import mask_overlay
 from .ops.shapes import as_mask, as_rgb, broadcast_batch, resize_mask
 from .sampling.masked_control import apply_masked_control
@@ -112,19 +110,15 @@ class SCPoseFromImage(io.ComfyNode):
             if batch > 1:  # one person per image
                 _, masks = broadcast_batch(image[..., 0], masks, ("image", "person_masks"))
             masks = masks.cpu().numpy()
-        frames = control_ops.to_uint8(image)
-        progress = comfy.utils.ProgressBar(batch)
-        drawn, keypoints, person = [], [], []
-        with pose_ops.PoseDetector(min_detection_confidence=min(0.5, max(0.1, min_confidence))) as detector:
-            for b in range(batch):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                regions = [None] if masks is None else (list(masks) if batch == 1 else [masks[b]])
-                poses = np.stack([pose_ops.detect_in_region(detector, frames[b], r) for r in regions])
-                poses[poses[:, :, 2] < min_confidence] = 0
-                drawn.append(control_ops.draw_pose(poses, height, width, min_confidence))
-                keypoints.append(control_ops.pose_keypoint_dict(poses, height, width))
-                person += [control_ops.pose_person_mask(p, height, width, mask_margin, min_confidence) for p in poses]
-                progress.update(1)
+        if masks is None:
+            people = [[None]] * batch
+        else:
+            people = [list(masks)] if batch == 1 else [[m] for m in masks]
+        poses_per_image = pose_models.detect_poses(control_ops.to_uint8(image), people, min_confidence)
+        drawn = [control_ops.draw_pose(poses, height, width, min_confidence) for poses in poses_per_image]
+        keypoints = [control_ops.pose_keypoint_dict(poses, height, width) for poses in poses_per_image]
+        person = [control_ops.pose_person_mask(p, height, width, mask_margin, min_confidence)
+                  for poses in poses_per_image for p in poses]
         pose_image = control_ops.from_uint8(np.stack(drawn))
         person = torch.stack(person)
         people = [m[None] for m in person] if batch == 1 else [person]  # one colour per person

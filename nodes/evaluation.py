@@ -10,10 +10,10 @@ import torch
 import comfy.model_management
 from comfy_api.latest import io, ui
 
+from .models import pose as pose_models
 from .ops import charts, metrics
 from .ops import control as control_ops
 from .ops import finding as finding_ops
-from .ops import pose as pose_ops
 from .ops.shapes import as_mask, as_rgb, resize_mask
 from .types import ClipMatcher, PoseKeypoint
 
@@ -232,23 +232,20 @@ class SCPoseScore(io.ComfyNode):
         targets = target_pose if isinstance(target_pose, list) else [target_pose]
         if len(targets) not in (1, batch):
             raise ValueError(f"{len(targets)} target poses for {batch} images; give one for all or one per image")
-        frames = control_ops.to_uint8(images)
+        target_poses = [metrics.poses_from_keypoints(targets[b if len(targets) > 1 else 0], height, width).numpy()
+                        for b in range(batch)]
+        regions = [[None] if len(target) == 1 else [_target_region(p, height, width) for p in target]
+                   for target in target_poses]
+        found_poses = pose_models.detect_poses(control_ops.to_uint8(images), regions, min_confidence)
         scores: dict[str, list[float]] = {"pck": [], "mean_error_px": []}
         reports, labels = [], []
-        with pose_ops.PoseDetector(min_detection_confidence=min(0.5, max(0.1, min_confidence))) as detector:
-            for b in range(batch):
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                target = metrics.poses_from_keypoints(targets[b if len(targets) > 1 else 0], height, width).numpy()
-                regions = [None] if len(target) == 1 else [_target_region(p, height, width) for p in target]
-                found = np.stack([pose_ops.detect_in_region(detector, frames[b], r) for r in regions]) if len(target) \
-                    else np.zeros((0, 18, 3))
-                found[found[..., 2] < min_confidence] = 0
-                people = metrics.pose_errors(torch.from_numpy(target), torch.from_numpy(found), threshold)
-                reports.append(people)
-                for p, person in enumerate(people):
-                    labels.append(f"image {b} person {p}")
-                    for key in scores:
-                        scores[key].append(person[key])
+        for b, (target, found) in enumerate(zip(target_poses, found_poses)):
+            people = metrics.pose_errors(torch.from_numpy(target), torch.from_numpy(found), threshold)
+            reports.append(people)
+            for p, person in enumerate(people):
+                labels.append(f"image {b} person {p}")
+                for key in scores:
+                    scores[key].append(person[key])
         chart = charts.bar_chart(f"PCK@{threshold:g} per person", labels, {"pck": scores["pck"]})
         return io.NodeOutput(_mean(scores["pck"]), _mean(scores["mean_error_px"]), json.dumps(_finite(reports), indent=1), chart,
                              ui=ui.PreviewImage(chart, cls=cls))

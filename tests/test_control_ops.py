@@ -88,7 +88,7 @@ def test_missing_annotator_file_names_file_folder_and_source(astronaut):
 
 
 def test_lineart_annotator_loads_from_the_controlnet_aux_layout_once_and_keeps_the_size():
-    from controlnet_aux.lineart import Generator
+    Generator = annotators._controlnet_aux("lineart").Generator
 
     torch.manual_seed(0)
     path = workspace().models / "annotators" / "lllyasviel" / "Annotators" / "sk_model.pth"

@@ -61,7 +61,7 @@ FORBIDDEN = {
     r"\bsys\.path\b": "no sys.path edits in the pack",
     r"os\.environ\[[^]]+\]\s*=|os\.environ\.(update|setdefault)": "no environment changes in the pack",
     r"^\s*print\(": "use logging, not print",
-    r"pip install|subprocess": "no installs or subprocesses from the pack",
+    r"\bsubprocess\b|\bpip\.main\b|\bpip\._internal\b|\bos\.system\b": "no installs or subprocesses from the pack",
     r"^\s*except\s*:": "no bare except",
     r"[\"']cuda[\"']": "no hard-coded cuda device; use comfy.model_management",
 }

@@ -1,24 +1,46 @@
-"""mediapipe pose on scikit-image's astronaut, COCO-18 drawing colours, keypoint dicts, pose masks.
+"""mediapipe pose on scikit-image's astronaut (both mediapipe APIs), COCO-18 drawing colours,
+keypoint dicts, pose masks, the model-file errors.
 
 Reference positions (checked by eye on the 512x512 photo): the nose is at about (223, 128),
 the subject's right shoulder (image left) at about (113, 240), the left one at about (306, 257).
+
+Backends: ``mp.solutions`` exists up to mediapipe 0.10.2x (the floor leg); the Tasks API exists
+on both legs and is the only one on the latest (mediapipe >= 0.10.30). The Tasks tests use real
+weights: a .task bundle built from mediapipe 0.10.14's wheel (``harness.pose_task``).
 """
+import importlib.metadata
+
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
-from harness import box_mask_nodes, pack_import, run_prompt, workspace
+from harness import box_mask_nodes, node_error_message, pack_import, run_prompt, workspace
+from harness.pose_task import cached_pose_task, install_pose_task
 
 ops = pack_import("nodes.ops.control")
 pose_ops = pack_import("nodes.ops.pose")
+pose_models = pack_import("nodes.models.pose")
+models = pack_import("nodes.models")
+MEDIAPIPE = importlib.metadata.version("mediapipe")
+HAS_SOLUTIONS = pose_ops.has_solutions_pose()
 
 
-@pytest.fixture(scope="module")
-def astronaut_pose():
-    frame = data.astronaut()
-    with pose_ops.PoseDetector() as detector:
-        return detector.detect(frame)
+def open_backend(name: str):
+    if name == "solutions":
+        if not HAS_SOLUTIONS:
+            pytest.skip(f"mediapipe {MEDIAPIPE} has no mp.solutions (removed in 0.10.30): the Tasks API is tested")
+        return pose_ops.SolutionsPoseDetector()
+    task = cached_pose_task()
+    if task is None:
+        pytest.skip("no .test-assets/mediapipe-0.10.14-*.whl to build the .task from: run scripts/setup.sh --dev")
+    return pose_ops.TasksPoseDetector(str(task))
+
+
+@pytest.fixture(scope="module", params=["solutions", "tasks"])
+def astronaut_pose(request):
+    with open_backend(request.param) as detector:
+        return detector.detect(data.astronaut())
 
 
 def test_nose_and_shoulders_are_found_where_they_are(astronaut_pose):
@@ -96,3 +118,67 @@ def test_node_with_two_person_regions_outputs_one_mask_each():
     noses = [p["pose_keypoints_2d"][0] for p in people]
     assert noses[0] < 256 <= noses[1]  # each person found in their own half
     assert masks[0, :, 256:].sum() < 0.05 * masks[0].sum() and masks[1, :, :256].sum() < 0.05 * masks[1].sum()
+
+
+def test_the_node_picks_the_backend_the_installed_mediapipe_has():
+    detector = pose_models.open_detector(0.3)
+    with detector:
+        expected = pose_ops.SolutionsPoseDetector if HAS_SOLUTIONS else pose_ops.TasksPoseDetector
+        assert type(detector) is expected, MEDIAPIPE
+
+
+def test_both_apis_find_the_same_keypoints():
+    if not HAS_SOLUTIONS:
+        pytest.skip(f"mediapipe {MEDIAPIPE} has only the Tasks API")
+    frame = data.astronaut()
+    with open_backend("solutions") as solutions, open_backend("tasks") as tasks:
+        a, b = solutions.detect(frame), tasks.detect(frame)
+    seen = (a[:, 2] > 0.5) & (b[:, 2] > 0.5)
+    assert seen.sum() >= 8  # head, shoulders, elbows (the astronaut is cut off at the chest)
+    assert np.abs(a[seen, :2] - b[seen, :2]).max() < 6.0  # same networks, other crops: 4.3 px measured
+
+
+def test_missing_task_file_names_the_file_the_folder_and_the_download_url(tmp_path):
+    linked = install_pose_task()
+    if linked is not None:
+        linked.rename(tmp_path / linked.name)
+    try:
+        with pytest.raises(models.ModelFileError) as error:
+            pose_models.task_path()
+        text = str(error.value)
+        assert "'pose_landmarker_full.task' was not found in models/mediapipe" in text
+        assert pose_models.TASK_URL in text
+        assert "storage.googleapis.com/mediapipe-models/pose_landmarker/pose_landmarker_full" in text
+        if not HAS_SOLUTIONS:  # the node itself needs the file only where mp.solutions is gone
+            message = node_error_message(astronaut_pose_prompt(), ["pose"])
+            assert "pose_landmarker_full.task" in message and "models/mediapipe" in message
+    finally:
+        if linked is not None:
+            (tmp_path / linked.name).rename(linked)
+
+
+def test_a_corrupt_task_file_is_a_clear_error():
+    path = workspace().models / "mediapipe" / "broken.task"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a task bundle" * 64)
+    with pytest.raises(models.ModelFileError, match=r"broken\.task.*pose_landmarker_full\.task"):
+        pose_models.open_tasks_detector(str(path), 0.3)
+
+
+def astronaut_pose_prompt() -> dict:
+    from PIL import Image
+
+    Image.fromarray(data.astronaut()).save(workspace().input / "astronaut.png")
+    return {
+        "load": {"class_type": "LoadImage", "inputs": {"image": "astronaut.png"}},
+        "pose": {"class_type": "SCPoseFromImage", "inputs": {"image": ["load", 0], "min_confidence": 0.3,
+                                                             "mask_margin": 4}},
+    }
+
+
+def test_node_finds_the_astronaut_with_the_installed_mediapipe():
+    result = run_prompt(astronaut_pose_prompt(), outputs=["pose"])
+    keypoints = result.output("pose", 1)
+    people = keypoints["people"] if isinstance(keypoints, dict) else keypoints[0]["people"]
+    nose = people[0]["pose_keypoints_2d"][0:3]
+    assert 195 <= nose[0] <= 255 and 100 <= nose[1] <= 160 and nose[2] > 0.5

@@ -86,11 +86,38 @@ def test_greyscale_and_rgba_inputs_are_converted_not_refused():
     assert mask.shape == (1, 400, 600) and mask[0, 120:280, 200:400].mean() > 0.7
 
 
-def test_the_environment_is_restored_after_the_session_is_made():
-    before = dict(os.environ)
-    session = rembg_models.new_session("u2netp.onnx")
+def test_the_session_reads_the_file_without_touching_the_environment():
+    import types
+
+    environ = os.environ
+    os.environ = types.MappingProxyType(dict(environ))  # any write raises TypeError (pytest's own writes too,
+    try:                                                # so it is swapped back right after the call)
+        session = rembg_models.new_session("u2netp.onnx")
+    finally:
+        os.environ = environ
     assert session.model_name == "u2netp"
-    assert dict(os.environ) == before
+    assert type(session).__mro__[1].__name__ == "U2netpSession"  # rembg's own class: its pre- and post-processing
+
+
+def test_masks_equal_rembgs_own_named_session_and_its_u2net_custom_session(monkeypatch, tmp_path):
+    """Same numbers as before (rembg found the file through U2NET_HOME) and as rembg's u2net_custom, which
+    only accepts files under rembg's own home folder (U2NET_HOME), so it cannot read models/rembg as is."""
+    from rembg import new_session
+
+    pixels = np.asarray(Image.fromarray(data.coffee()).resize((300, 200)))
+    ours = rembg_models.remove_background(rembg_models.new_session("u2netp.onnx"), pixels)
+    in_comfyui = str(workspace().models / "rembg" / "u2netp.onnx")
+    with pytest.raises(ValueError, match="within the models directory"):  # why the pack does not use u2net_custom
+        new_session("u2net_custom", model_path=in_comfyui, providers=["CPUExecutionProvider"])
+    (tmp_path / "u2netp.onnx").write_bytes(U2NETP.read_bytes())
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # the old way, here in the test only
+    named = rembg_models.remove_background(new_session("u2netp", providers=["CPUExecutionProvider"]), pixels)
+    custom = rembg_models.remove_background(
+        new_session("u2net_custom", model_path=str(tmp_path / "u2netp.onnx"), providers=["CPUExecutionProvider"]),
+        pixels)
+    assert ours.shape == (200, 300) and 0.2 < ours.mean() < 0.8
+    assert np.array_equal(ours, named)
+    assert np.array_equal(ours, custom)  # u2net_custom preprocesses like u2netp; not like isnet or birefnet
 
 
 def test_missing_unknown_and_corrupt_models_are_clear_errors_and_nothing_is_downloaded():

@@ -25,6 +25,7 @@ MODEL_FOLDERS: dict[str, set[str]] = {
     "rembg": {".onnx"},
     "clip_matcher": {".safetensors", ".bin", ".json"},
     "annotators": {".pth", ".pt", ".safetensors", ".bin", ".onnx"},
+    "mediapipe": {".task"},
 }
 
 

@@ -12,18 +12,24 @@ height and width (networks run at ``resolution`` rounded to what they need, then
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import comfy.model_management
 
 from ..ops import control as control_ops
+from ..ops.optional import MissingPackageError, install_hint
 from . import ModelCache, ModelFileError, file_key, load_state_dict, model_path
+from . import pose as pose_models
 
 FOLDER = "annotators"
 HF = "https://huggingface.co/lllyasviel/Annotators/resolve/main/"
@@ -48,39 +54,51 @@ class Annotator:
 
 
 # --------------------------------------------------------------------------- network builders
-# controlnet_aux imports all its detectors (and timm, mediapipe, ...) on first import: keep it lazy.
+# controlnet_aux's package __init__ imports every detector it has, among them mediapipe_face, which
+# reads ``mp.solutions`` at import and so fails with mediapipe >= 0.10.30. The networks are taken
+# from its submodules instead, imported under a private package name whose __init__ never runs;
+# the real ``controlnet_aux`` module (other packs' copy) is left alone.
+_PRIVATE_PACKAGE = f"{__package__}._controlnet_aux"
+
+
+def _require_controlnet_aux() -> None:
+    """Register the private package (once), or say how to install controlnet_aux."""
+    if _PRIVATE_PACKAGE not in sys.modules:
+        found = importlib.util.find_spec("controlnet_aux")
+        if found is None or not found.submodule_search_locations:
+            raise MissingPackageError(install_hint("controlnet_aux", "The neural annotators (line art, HED, PiDi, "
+                                                                     "MiDaS, normal BAE)"))
+        spec = importlib.util.spec_from_file_location(
+            _PRIVATE_PACKAGE, found.origin, submodule_search_locations=list(found.submodule_search_locations))
+        sys.modules[_PRIVATE_PACKAGE] = importlib.util.module_from_spec(spec)  # a namespace only: not executed
+
+
+def _controlnet_aux(submodule: str) -> types.ModuleType:
+    """``controlnet_aux.<submodule>`` without running ``controlnet_aux/__init__.py``."""
+    _require_controlnet_aux()
+    return importlib.import_module(f"{_PRIVATE_PACKAGE}.{submodule}")
 
 
 def _lineart() -> torch.nn.Module:
-    from controlnet_aux.lineart import Generator
-
-    return Generator(3, 1, 3)
+    return _controlnet_aux("lineart").Generator(3, 1, 3)
 
 
 def _hed() -> torch.nn.Module:
-    from controlnet_aux.hed import ControlNetHED_Apache2
-
-    return ControlNetHED_Apache2()
+    return _controlnet_aux("hed").ControlNetHED_Apache2()
 
 
 def _pidi() -> torch.nn.Module:
-    from controlnet_aux.pidi.model import pidinet
-
-    return pidinet()
+    return _controlnet_aux("pidi.model").pidinet()
 
 
 def _midas() -> torch.nn.Module:
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
-
-    return DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+    return _controlnet_aux("midas.midas.dpt_depth").DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
 
 
 def _normal_bae() -> torch.nn.Module:
-    from controlnet_aux.normalbae.nets.NNET import NNET
-
     args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet",
                                  sampling_ratio=0.4, importance_ratio=0.7)
-    return NNET(args)
+    return _controlnet_aux("normalbae.nets.NNET").NNET(args)
 
 
 def _strip_module(sd: dict, inner: str | None = None) -> dict:
@@ -109,7 +127,8 @@ ANNOTATORS: dict[str, Annotator] = {
     "normal_bae": Annotator("normal_bae", "surface normals, BAE (controlnet_aux NormalBaeDetector)",
                             "lllyasviel/Annotators/scannet.pt", HF + "scannet.pt", _normal_bae,
                             prepare=lambda sd: _strip_module(sd, "model"), multiple=32),
-    "openpose": Annotator("openpose", "OpenPose COCO-18 body skeleton from mediapipe pose (weights ship with mediapipe)"),
+    "openpose": Annotator("openpose", "OpenPose COCO-18 body skeleton from mediapipe pose (mediapipe < 0.10.30 carries its "
+                                       "model; newer ones read models/mediapipe/pose_landmarker_full.task)"),
 }
 ANNOTATOR_NAMES: tuple[str, ...] = tuple(ANNOTATORS)
 
@@ -136,6 +155,7 @@ def weights_path(annotator: Annotator) -> str:
 
 def load(annotator: Annotator) -> torch.nn.Module:
     """The annotator's network on ComfyUI's compute device, loaded once and cached."""
+    _require_controlnet_aux()  # the package first: without it the weights file is of no use
     path = weights_path(annotator)
 
     def build() -> torch.nn.Module:
@@ -215,12 +235,9 @@ def annotate(name: str, image: torch.Tensor, resolution: int = 512, canny_low: i
     if name == "canny":
         return control_ops.canny(image, canny_low, canny_high)
     if name == "openpose":
-        from ..ops import pose
-
-        frames = control_ops.to_uint8(image)
-        poses = pose.detect_poses(frames, pose_confidence)
-        drawn = [control_ops.draw_pose(p, image.shape[1], image.shape[2], pose_confidence) for p in poses]
-        return control_ops.from_uint8(torch.stack([torch.from_numpy(d) for d in drawn]).numpy(), image.device)
+        poses = pose_models.detect_poses(control_ops.to_uint8(image), [[None]] * image.shape[0], pose_confidence)
+        drawn = np.stack([control_ops.draw_pose(p, image.shape[1], image.shape[2], pose_confidence) for p in poses])
+        return control_ops.from_uint8(drawn, image.device)
     return _run_network(annotator, image, resolution, _FORWARDS[name])
 
 

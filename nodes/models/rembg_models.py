@@ -1,20 +1,29 @@
-"""rembg sessions from models/rembg, without downloads and without lasting environment changes.
+"""rembg sessions from models/rembg, without downloads and without touching the process environment.
 
-rembg picks its model by name and looks for ``<U2NET_HOME>/<name>.onnx`` (the convention
-other packs follow). The file is checked here first, so a missing model is a clear error and
-rembg never reaches its downloader; ``U2NET_HOME`` points at the file's folder only while the
-session is created (``mock.patch.dict`` restores the environment afterwards).
+Files are named after rembg's models (``u2netp.onnx``, ``isnet-general-use.onnx``, ..., the
+convention other packs follow): the name picks rembg's session class, which knows the model's
+pre- and post-processing. rembg would look for the file under ``U2NET_HOME`` and download it when
+absent; instead the session is made from a subclass whose ``download_models`` returns the file
+found here, so a missing model is a clear error, nothing is downloaded and ``os.environ`` is never
+written. (rembg's ``u2net_custom`` session also takes a path, but it always preprocesses like
+U^2-Net at 320 px: right for u2net/u2netp, wrong for isnet, birefnet, bria and others.)
+
+rembg needs an onnxruntime build and its ``[cpu]`` extra would force the CPU one over a user's
+onnxruntime-gpu/-directml/-rocm: the requirements leave the choice to the user and
+``new_session`` checks that one is installed.
 """
 from __future__ import annotations
 
 import os
-from unittest import mock
 
 import numpy as np
 
 import comfy.model_management
 
+from ..ops.optional import require, require_onnxruntime
 from . import ModelFileError, list_models, model_path
+
+FEATURE = "Remove Background (rembg)"
 
 REMBG_WHERE = (
     "rembg's model releases, https://github.com/danielgatis/rembg/releases/tag/v0.0.0 (u2net.onnx, u2netp.onnx, "
@@ -24,9 +33,22 @@ REMBG_WHERE = (
 
 def known_models() -> list[str]:
     """Names of rembg's local (offline-capable) models: the file stems it accepts."""
+    return sorted(name for name, cls in _session_classes().items()
+                  if cls.is_local() and name != "sam" and not name.endswith("_custom"))
+
+
+def _session_classes() -> dict:
+    require_onnxruntime(FEATURE)  # rembg imports onnxruntime at import time
+    require("rembg", FEATURE)
     from rembg.sessions import sessions
 
-    return sorted(name for name, cls in sessions.items() if cls.is_local() and name != "sam" and not name.endswith("_custom"))
+    return sessions
+
+
+def _session_class_for_file(session_class: type, path: str) -> type:
+    """``session_class`` reading its weights from ``path`` (never from rembg's download folder)."""
+    return type(f"File{session_class.__name__}", (session_class,),
+                {"download_models": classmethod(lambda cls, *args, **kwargs: path)})
 
 
 def list_choices() -> list[str]:
@@ -35,6 +57,7 @@ def list_choices() -> list[str]:
 
 def new_session(filename: str):
     """A rembg session for ``models/rembg/<filename>`` (file name = rembg model name + .onnx)."""
+    sessions = _session_classes()  # the packages first: without them the file is of no use
     path = model_path("rembg", filename, REMBG_WHERE)
     name = os.path.splitext(os.path.basename(filename))[0]
     known = known_models()
@@ -43,14 +66,14 @@ def new_session(filename: str):
             f"models/rembg/{filename}: rembg has no model named '{name}'. Name the file after its model "
             f"({', '.join(n + '.onnx' for n in known[:12])}, ...). Where to get them: {REMBG_WHERE}"
         )
-    from rembg import new_session as rembg_new_session
+    import onnxruntime
 
     options = {}
     if comfy.model_management.get_torch_device().type == "cpu":
         options["providers"] = ["CPUExecutionProvider"]
+    session_class = _session_class_for_file(sessions[name], path)
     try:
-        with mock.patch.dict(os.environ, {"U2NET_HOME": os.path.dirname(path)}):
-            return rembg_new_session(name, **options)
+        return session_class(name, onnxruntime.SessionOptions(), **options)
     except Exception as error:  # onnxruntime raises several types for unreadable models
         raise ModelFileError(
             f"Could not load rembg model {path} ({os.path.getsize(path)} bytes): {error}. The file is truncated "

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .masks import feather, grow
+from .optional import require
 from .shapes import as_mask, as_rgb, fit_mask_to_image, resize_image, to_uint8
 
 MODES: tuple[str, ...] = ("mask_then_annotate", "annotate_then_mask")
@@ -86,7 +87,7 @@ def from_uint8(array: np.ndarray, device: torch.device | str = "cpu") -> torch.T
 
 def canny(image: torch.Tensor, low: int = 100, high: int = 200) -> torch.Tensor:
     """OpenCV Canny on each image at its own size (white edges on black, RGB)."""
-    import cv2
+    cv2 = require("cv2", "The canny annotator")
 
     if not 0 <= low <= high:
         raise ValueError(f"canny thresholds need 0 <= low <= high, got low={low} high={high}")
@@ -162,7 +163,7 @@ def draw_pose(poses: np.ndarray | Sequence, height: int, width: int, min_confide
     way the OpenPose ControlNets were trained. A keypoint is drawn when its confidence is
     > ``min_confidence`` (and > 0).
     """
-    import cv2
+    cv2 = require("cv2", "Drawing pose skeletons")
 
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     poses = np.asarray(poses, dtype=np.float64).reshape(-1, 18, 3)
