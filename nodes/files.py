@@ -19,7 +19,7 @@ class SCLoadImageFolder(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCLoadImageFolder",
-            display_name="Load Image Folder (Selective Control)",
+            display_name="Load Image Folder (SC)",
             category=CATEGORY,
             description="Every image of a folder inside ComfyUI's input folder as one batch (sorted by file name), "
                         "with the file names so later nodes can save results under the source names. All images must "
@@ -27,9 +27,9 @@ class SCLoadImageFolder(io.ComfyNode):
             inputs=[io.Combo.Input("folder", options=folder_paths.get_input_subfolders(),
                                    tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog).")],
             outputs=[
-                io.Image.Output("images", tooltip="All images of the folder, sorted by file name."),
-                io.String.Output("names", tooltip=NAMES_TOOLTIP),
-                io.Int.Output("count", tooltip="How many images were loaded."),
+                io.Image.Output("images", display_name="images", tooltip="All images of the folder, sorted by file name."),
+                io.String.Output("names", display_name="names", tooltip=NAMES_TOOLTIP),
+                io.Int.Output("count", display_name="count", tooltip="How many images were loaded."),
             ],
         )
 
@@ -54,7 +54,7 @@ class SCSelectNames(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCSelectNames",
-            display_name="Select Names (Selective Control)",
+            display_name="Select Names (SC)",
             category=CATEGORY,
             description="Keeps the file names of the images a filter passed on (Filter By Found's indices), so the "
                         "names still match the images after the skip step.",
@@ -76,7 +76,7 @@ class SCSaveImagesNamed(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCSaveImagesNamed",
-            display_name="Save Images Named (Selective Control)",
+            display_name="Save Images Named (SC)",
             category=CATEGORY,
             description="Saves each image as <output>/<subfolder>/<its name>.png (an existing file of that name is "
                         "replaced), so results keep their source photo's name. The workflow is embedded as in core "
