@@ -11,7 +11,20 @@ from .ops import files as ops
 from .ops.shapes import as_image
 
 CATEGORY = "selective_control/files"
-NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder)."
+NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder (SC))."
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # the pack's example photos (scripts/make_examples.py)
+EXAMPLE_FOLDER_PREFIX = "pack examples/"
+
+
+def _folder_choices() -> list[str]:
+    """The input folder's subfolders, then the pack's example folders (so shipped workflows run as shipped)."""
+    return folder_paths.get_input_subfolders() + ops.example_folders(EXAMPLES, EXAMPLE_FOLDER_PREFIX)
+
+
+def _folder_path(folder: str) -> Path:
+    if folder.startswith(EXAMPLE_FOLDER_PREFIX):
+        return EXAMPLES / folder.removeprefix(EXAMPLE_FOLDER_PREFIX)
+    return Path(folder_paths.get_input_directory()) / folder
 
 
 class SCLoadImageFolder(io.ComfyNode):
@@ -21,28 +34,32 @@ class SCLoadImageFolder(io.ComfyNode):
             node_id="SCLoadImageFolder",
             display_name="Load Image Folder (SC)",
             category=CATEGORY,
-            description="Every image of a folder inside ComfyUI's input folder as one batch (sorted by file name), "
-                        "with the file names so later nodes can save results under the source names. All images must "
-                        "have the same size.",
-            inputs=[io.Combo.Input("folder", options=folder_paths.get_input_subfolders(),
-                                   tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog).")],
+            description="Every photo of a folder inside ComfyUI's input folder, one after another (sorted by file "
+                        "name; sizes may differ): the nodes after it run once per photo, and each photo keeps its "
+                        "file name so results can be saved under it. 'pack examples/...' are the pack's own photos.",
+            inputs=[io.Combo.Input("folder", options=_folder_choices(),
+                                   tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog), or one of "
+                                           "the pack's example folders.")],
             outputs=[
-                io.Image.Output("images", display_name="images", tooltip="All images of the folder, sorted by file name."),
-                io.String.Output("names", display_name="names", tooltip=NAMES_TOOLTIP),
-                io.Int.Output("count", display_name="count", tooltip="How many images were loaded."),
+                io.Image.Output("images", display_name="image", tooltip="One photo at a time, in file-name order.",
+                                is_output_list=True),
+                io.String.Output("names", display_name="names", is_output_list=True,
+                                 tooltip="The photo's file name without suffix, as a JSON list of one name (for "
+                                         "Save Images Named (SC))."),
+                io.Int.Output("count", display_name="count", tooltip="How many photos the folder has."),
             ],
         )
 
     @classmethod
     def execute(cls, folder: str) -> io.NodeOutput:
-        files = ops.list_images(Path(folder_paths.get_input_directory()) / folder)
-        images, names = ops.load_batch(files)
-        return io.NodeOutput(images, json.dumps(names), len(names))
+        files = ops.list_images(_folder_path(folder))
+        images, names = ops.load_each(files)
+        return io.NodeOutput(images, [json.dumps([name]) for name in names], len(names))
 
     @classmethod
     def fingerprint_inputs(cls, folder: str) -> str:
         """Re-run when the folder's files change (added, removed or rewritten)."""
-        root = Path(folder_paths.get_input_directory()) / folder
+        root = _folder_path(folder)
         try:
             return json.dumps([(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in ops.list_images(root)])
         except (OSError, ValueError) as error:
@@ -108,4 +125,25 @@ class SCSaveImagesNamed(io.ComfyNode):
         return io.NodeOutput(ui={"images": saved})
 
 
-FILE_NODES: list[type[io.ComfyNode]] = [SCLoadImageFolder, SCSelectNames, SCSaveImagesNamed]
+class SCLoadExampleImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCLoadExampleImage",
+            display_name="Load Example Image (SC)",
+            category=CATEGORY,
+            description="One of the example photos that ship with the pack (public-domain and CC0 photos from "
+                        "scikit-image), so the shipped workflows run on a fresh install. For your own photo use core "
+                        "Load Image instead.",
+            inputs=[io.Combo.Input("image", options=ops.example_images(EXAMPLES),
+                                   tooltip="Which example photo (files in the pack's examples folder).")],
+            outputs=[io.Image.Output("image_out", display_name="image", tooltip="The photo, as Load Image gives it.")],
+        )
+
+    @classmethod
+    def execute(cls, image: str) -> io.NodeOutput:
+        images, _ = ops.load_batch([EXAMPLES / image])
+        return io.NodeOutput(images)
+
+
+FILE_NODES: list[type[io.ComfyNode]] = [SCLoadImageFolder, SCSelectNames, SCSaveImagesNamed, SCLoadExampleImage]
