@@ -33,9 +33,9 @@ def main() -> None:
     _save(ImageOps.mirror(astronaut), "astronaut_mirrored.jpg")
     _save(chelsea, "chelsea_cat.jpg")
     _save(coffee, "coffee_cup.jpg")
-    two = Image.new("RGB", (768, 512))  # two people side by side for the multi-instance workflow
-    two.paste(astronaut.crop((64, 0, 448, 512)), (0, 0))
-    two.paste(ImageOps.mirror(astronaut).crop((64, 0, 448, 512)), (384, 0))
+    two = Image.new("RGB", (512, 512))  # two people side by side for the multi-instance workflow
+    two.paste(astronaut.crop((96, 0, 352, 512)), (0, 0))
+    two.paste(ImageOps.mirror(astronaut).crop((160, 0, 416, 512)), (256, 0))
     _save(two, "two_people.jpg")
     for k, dx in enumerate((0, 8, 16)):
         _save(_shifted(astronaut, dx), f"frame_{k:03d}.jpg")

@@ -372,14 +372,15 @@ def test_pose_identity_runs_and_reports_metrics(info):
 
 
 def test_multi_instance_gives_each_person_a_region_with_their_pose(info):
-    frame = _astronaut(128)
+    frame = np.asarray(Image.fromarray(_astronaut(128)).resize((64, 128)))  # square, as the shipped example
     _save_input("two_people.png", np.concatenate([frame, frame[:, ::-1]], axis=1))
     prompt = prepare("multi_instance", info)
     for entry in prompt.values():  # the shipped 512x512 canvas, boxes and feather at a quarter of the size
         if entry["class_type"] in ("ImageScale", "SolidMask", "MaskComposite", "SCApplyRegions"):
             entry["inputs"].update({k: v // 4 for k, v in entry["inputs"].items() if k in ("width", "height", "x", "feather")})
-    [apply] = _ids(prompt, "SCApplyRegions")
+    [apply], [scale] = _ids(prompt, "SCApplyRegions"), _ids(prompt, "ImageScale")
     assert prompt[apply]["inputs"]["mode"] == "instances" and prompt[apply]["inputs"]["feather"] == 4
+    assert prompt[scale]["inputs"]["crop"] == "center"  # a photo of another shape is cropped, never stretched
     result = run_prompt(prompt)
     poses = _ids(prompt, "SCPoseFromImage")
     assert len(poses) == 2
