@@ -108,6 +108,36 @@ def test_workflow_matches_the_node_definitions(info, path):
     assert not problems, "\n".join(problems)
 
 
+DIALOG_SUFFIXES = (".safetensors", ".sft")  # what the frontend's Missing Models dialog will download
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_model_is_downloadable_from_the_dialog_or_its_manual_step_is_in_a_note(path):
+    """The Missing Models dialog refuses other suffixes and hosts than Hugging Face's safetensors; anything
+    else is listed under extra.selective_control.model_files and named, with its folder and URL, in a Note."""
+    workflow = _load(path)
+    for node in workflow["nodes"]:
+        for model in (node.get("properties") or {}).get("models") or []:
+            assert model["name"].endswith(DIALOG_SUFFIXES), f"{path.name}: the dialog cannot download {model['name']}"
+            assert model["url"].startswith("https://huggingface.co/"), f"{path.name}: the dialog refuses {model['url']}"
+    notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote"))
+    manual = ((workflow.get("extra") or {}).get("selective_control") or {}).get("model_files") or []
+    for model in manual:
+        assert f"models/{model['directory']}/{model['name']}" in notes and model["url"] in notes, (
+            f"{path.name}: {model['name']} must be fetched by hand; say where from and where to in a Note")
+
+
+def test_no_workflow_needs_files_in_the_input_folder():
+    """Every picture a workflow reads ships with the pack (examples/), so a fresh install runs it."""
+    for path in WORKFLOWS:
+        for node in _load(path)["nodes"]:
+            assert node["type"] != "LoadImage", f"{path.name}: use Load Example Image (SC) for shipped pictures"
+            if node["type"] == "SCLoadImageFolder":
+                assert node["widgets_values"][0].startswith("pack examples/"), path.name
+            if node["type"] == "SCLoadExampleImage":
+                assert (REPO_ROOT / "examples" / node["widgets_values"][0]).is_file(), path.name
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_every_link_matches_the_slots_it_names(path):
     """The frontend's link check (fixBadLinks: "Expected node to match patched data") wants each link's
