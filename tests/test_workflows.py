@@ -38,7 +38,7 @@ from harness.workflow import VIRTUAL_NODE_TYPES, _ordered_inputs, _widget_kind, 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 U2NETP = REPO_ROOT / ".test-assets" / "u2netp.onnx"
 EXPECTED = {"selective_controlnet", "local_control", "product_photoshoot", "pose_identity", "multi_instance",
-            "video_consistency", "train_local_control"}
+            "video_consistency", "train_local_control", "sdxl_regions"}
 LOADER_STANDINS = {"CheckpointLoaderSimple": ("TinyCheckpointLoader", {"architecture": "sd15"}),
                    "ControlNetLoader": ("TinyControlNetLoader", {"architecture": "sd15"}),
                    "SCLoadSAM": ("WorkflowTestSAM", {}), "SCLoadCLIPMatcher": ("WorkflowTestColourCLIP", {})}
@@ -200,7 +200,7 @@ def _astronaut(size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(data.astronaut()).resize((size, size)))
 
 
-def prepare(name: str, info: dict) -> dict:
+def prepare(name: str, info: dict, architecture: str = "sd15") -> dict:
     """The shipped workflow as the frontend would queue it, with the documented stand-ins."""
     path = REPO_ROOT / "workflows" / f"{name}.json"
     prompt = ui_to_api(_load(path), info, source=str(path))
@@ -208,6 +208,8 @@ def prepare(name: str, info: dict) -> dict:
         kind = entry["class_type"]
         if kind in LOADER_STANDINS:
             entry["class_type"], entry["inputs"] = LOADER_STANDINS[kind][0], dict(LOADER_STANDINS[kind][1])
+            if "architecture" in entry["inputs"]:
+                entry["inputs"]["architecture"] = architecture
         elif kind == "SCMaskedControlImage" and entry["inputs"]["annotator"] in ("lineart", "depth_midas"):
             entry["inputs"]["annotator"] = "canny"
         elif kind == "KSampler":
@@ -279,6 +281,22 @@ def test_selective_controlnet_runs(info):
     assert ((soft > 0) & (soft < 1)).any()  # feathered edge
     [load] = _ids(prompt, "LoadImage")
     _assert_regions(result, prompt, result.output(load), soft, strength=0.9)
+    [image] = _saved(result, prompt)
+    assert image.shape == (64, 64, 3)
+
+
+def test_sdxl_regions_runs_the_same_setup_on_an_sdxl_model(info):
+    _save_input("astronaut.png", _photo((96, 64)))
+    prompt = prepare("sdxl_regions", info, architecture="sdxl")
+    [scale] = _ids(prompt, "ImageScale")
+    assert prompt[scale]["inputs"]["width"] == prompt[scale]["inputs"]["height"] == 1024
+    assert prompt[scale]["inputs"]["crop"] == "center"
+    prompt[scale]["inputs"].update(width=64, height=64)  # SDXL's 1024 px at the tiny model's scale
+    result = run_prompt(prompt)
+    [(control, mask)] = _controls(result, prompt)
+    _assert_control_only_inside(control, mask)
+    [feather] = _ids(prompt, "SCFeatherMask")
+    _assert_regions(result, prompt, result.output(scale), result.output(feather), strength=0.9)
     [image] = _saved(result, prompt)
     assert image.shape == (64, 64, 3)
 
