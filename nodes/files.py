@@ -12,7 +12,9 @@ from .ops.shapes import as_image
 
 CATEGORY = "selective_control/files"
 NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder (SC))."
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # the pack's example photos (scripts/make_examples.py)
+# The pack's example photos (scripts/make_examples.py). Not "examples": ComfyUI serves a pack's workflow
+# templates from the first of example_workflows/example/examples/workflow/workflows that exists.
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_inputs"
 EXAMPLE_FOLDER_PREFIX = "pack examples/"
 
 
@@ -136,7 +138,7 @@ class SCLoadExampleImage(io.ComfyNode):
                         "scikit-image), so the shipped workflows run on a fresh install. For your own photo use core "
                         "Load Image instead.",
             inputs=[io.Combo.Input("image", options=ops.example_images(EXAMPLES),
-                                   tooltip="Which example photo (files in the pack's examples folder).")],
+                                   tooltip="Which example photo (files in the pack's example_inputs folder).")],
             outputs=[io.Image.Output("image_out", display_name="image", tooltip="The photo, as Load Image gives it.")],
         )
 

@@ -1,4 +1,4 @@
-"""Write the pack's example inputs (examples/) from scikit-image's public-domain / CC0 photos.
+"""Write the pack's example inputs (example_inputs/) from scikit-image's public-domain / CC0 photos.
 
 astronaut (NASA, public domain), coffee and chelsea (Stefan van der Walt, CC0). Every shipped
 workflow reads its pictures from here through 'Load Example Image (SC)' or the 'pack examples/'
@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from skimage import data
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_inputs"
 
 
 def _save(image: Image.Image, name: str) -> None:

@@ -70,7 +70,7 @@ def _declared_models(workflow: dict) -> list[dict]:
 
 def _prepare(root: Path) -> None:
     """User settings and model placeholders. The input folder stays empty: every picture a workflow
-    reads ships with the pack (examples/), as on a fresh install."""
+    reads ships with the pack (example_inputs/), as on a fresh install."""
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(USER_SETTINGS))

@@ -128,14 +128,14 @@ def test_every_model_is_downloadable_from_the_dialog_or_its_manual_step_is_in_a_
 
 
 def test_no_workflow_needs_files_in_the_input_folder():
-    """Every picture a workflow reads ships with the pack (examples/), so a fresh install runs it."""
+    """Every picture a workflow reads ships with the pack (example_inputs/), so a fresh install runs it."""
     for path in WORKFLOWS:
         for node in _load(path)["nodes"]:
             assert node["type"] != "LoadImage", f"{path.name}: use Load Example Image (SC) for shipped pictures"
             if node["type"] == "SCLoadImageFolder":
                 assert node["widgets_values"][0].startswith("pack examples/"), path.name
             if node["type"] == "SCLoadExampleImage":
-                assert (REPO_ROOT / "examples" / node["widgets_values"][0]).is_file(), path.name
+                assert (REPO_ROOT / "example_inputs" / node["widgets_values"][0]).is_file(), path.name
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
