@@ -7,9 +7,11 @@
 // - inputs that grow: Combine Regions shows regions_1 .. the last connected slot plus one free
 //   slot (up to the backend's regions_8); connecting the free slot adds the next one,
 //   disconnecting the last ones removes the trailing free slots again;
-// - "Add region": on region nodes (SCRegion, SCCombineRegions, SCApplyRegions, when the pack
-//   provides them) a new Region node is inserted into the chain feeding the `regions` input,
-//   so regions grow one by one without rewiring by hand.
+// - "Add region": on nodes with a `regions` input (Region Prompt, Apply Regions) a new Region
+//   node is inserted into the chain feeding that input; on Combine Regions the new Region goes
+//   into the free slot. Regions grow one by one without rewiring by hand. If the existing link
+//   cannot be read, nothing is changed (a chain is never dropped).
+// Nodes are added to the node's own graph (node.graph), so all of this works inside subgraphs.
 // Everything goes through app.registerExtension and per-node-type prototype hooks that call the
 // previous hook; nothing global is replaced.
 import { app } from "../../scripts/app.js";
@@ -32,20 +34,31 @@ function chain(prototype, name, extra) {
   };
 }
 
-function createNode(type, pos) {
+// The graph a node lives in: a subgraph's own graph when it sits inside one, else the root graph.
+function graphOf(node) {
+  return node.graph ?? app.graph;
+}
+
+function createNode(graph, type, pos) {
   const node = globalThis.LiteGraph?.createNode(type);
   if (!node) return null;
   node.pos = [pos[0], pos[1]];
-  app.graph.add(node);
+  graph.add(node);
   return node;
+}
+
+function getLink(graph, linkId) {
+  const links = graph.links;
+  return (typeof links?.get === "function" ? links.get(linkId) : links?.[linkId]) ?? null;
 }
 
 function previewOutput(node, slot, throughMaskToImage) {
   const x = node.pos[0] + node.size[0] + GAP;
   const y = node.pos[1] + slot * 60;
-  const toImage = throughMaskToImage ? createNode("MaskToImage", [x, y]) : null;
+  const graph = graphOf(node);
+  const toImage = throughMaskToImage ? createNode(graph, "MaskToImage", [x, y]) : null;
   if (throughMaskToImage && !toImage) return;
-  const preview = createNode("PreviewImage", [x + (toImage ? 220 : 0), y]);
+  const preview = createNode(graph, "PreviewImage", [x + (toImage ? 220 : 0), y]);
   if (!preview) return;
   preview.title = `Preview: ${node.outputs[slot].name}`;
   if (toImage) {
@@ -54,7 +67,7 @@ function previewOutput(node, slot, throughMaskToImage) {
   } else {
     node.connect(slot, preview, 0);
   }
-  app.graph.setDirtyCanvas(true, true);
+  graph.setDirtyCanvas(true, true);
 }
 
 // Combine Regions: keep regions_1 .. (last connected + 1) of the slots the backend defines.
@@ -71,25 +84,38 @@ function growInputs(node, maxSlots) {
     if (!have.has(`regions_${n}`)) node.addInput(`regions_${n}`, REGION_TYPE);
   }
   node.setSize?.([node.size[0], node.computeSize()[1]]);
-  app.graph?.setDirtyCanvas(true, true);
+  node.graph?.setDirtyCanvas(true, true);
+}
+
+// The input a new region goes into: `regions`, or Combine Regions' first free regions_N slot.
+function regionInputOf(node) {
+  const inputs = node.inputs || [];
+  const named = inputs.findIndex((i) => i.name === "regions");
+  if (named >= 0) return named;
+  return inputs.findIndex((i) => COMBINE_SLOT.test(i.name) && i.link == null);
 }
 
 function addRegion(node) {
-  const input = node.findInputSlot?.("regions") ?? (node.inputs || []).findIndex((i) => i.name === "regions");
+  const graph = graphOf(node);
+  const input = regionInputOf(node);
   if (input < 0) return;
-  const region = createNode(REGION_NODE, [node.pos[0] - 360, node.pos[1] + node.size[1] + GAP]);
-  if (!region) return;
   const linkId = node.inputs[input].link;
-  const link = linkId != null ? app.graph.links?.[linkId] ?? app.graph.links?.get?.(linkId) : null;
-  if (link) {
+  const link = linkId != null ? getLink(graph, linkId) : null;
+  const origin = link ? graph.getNodeById(link.origin_id) : null;
+  if (linkId != null && !origin) {
+    console.warn(`selective_control: link ${linkId} into ${node.title} not found; Add region left the graph unchanged`);
+    return;
+  }
+  const region = createNode(graph, REGION_NODE, [node.pos[0] - 360, node.pos[1] + node.size[1] + GAP]);
+  if (!region) return;
+  if (origin) {
     // the old chain now feeds the new region, which feeds this node
-    const origin = app.graph.getNodeById(link.origin_id);
-    const regionInput = region.findInputSlot?.("regions") ?? -1;
-    if (origin && regionInput >= 0) origin.connect(link.origin_slot, region, regionInput);
+    const regionInput = (region.inputs || []).findIndex((i) => i.name === "regions");
+    origin.connect(link.origin_slot, region, regionInput);
   }
   const output = (region.outputs || []).findIndex((o) => o.type === REGION_TYPE);
-  if (output >= 0) region.connect(output, node, input);
-  app.graph.setDirtyCanvas(true, true);
+  region.connect(output, node, input);
+  graph.setDirtyCanvas(true, true);
 }
 
 app.registerExtension({
@@ -114,8 +140,8 @@ app.registerExtension({
     const maskSlots = outputs.map((type, slot) => (type === "MASK" ? slot : -1)).filter((slot) => slot >= 0);
     const takesRegions = Object.entries(nodeData.input?.required || {})
       .concat(Object.entries(nodeData.input?.optional || {}))
-      .some(([name, spec]) => name === "regions" && spec?.[0] === REGION_TYPE);
-    const previewSlot = takesRegions ? outputs.indexOf("IMAGE") : -1;
+      .some(([name, spec]) => (name === "regions" || COMBINE_SLOT.test(name)) && spec?.[0] === REGION_TYPE);
+    const previewSlot = takesRegions ? outputs.indexOf("IMAGE") : -1;  // Apply Regions' preview
     if (!maskSlots.length && previewSlot < 0 && !takesRegions) return;
     chain(nodeType.prototype, "getExtraMenuOptions", function (_canvas, options) {
       for (const slot of maskSlots) {

@@ -23,7 +23,7 @@ class SCLatentBlend(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCLatentBlend",
-            display_name="Latent Blend (masked, feathered)",
+            display_name="Blend Latents by Mask (SC)",
             category=CATEGORY,
             description=(
                 "Blends two latents with a mask in latent space: samples_b where the mask is white, samples_a "
@@ -38,7 +38,7 @@ class SCLatentBlend(io.ComfyNode):
                 io.Float.Input("feather", default=16.0, min=0.0, max=512.0, step=1.0,
                                tooltip="Width of the soft edge in image pixels, applied on the latent grid: 8 px per cell (SD, Flux.1, Z-Image, Qwen-Image), 16 for Flux.2's 128-channel latents; 0 keeps the mask as is."),
             ],
-            outputs=[io.Latent.Output(tooltip="The blended latent.")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The blended latent.")],
         )
 
     @classmethod
@@ -51,11 +51,11 @@ class SCPreserveRegion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCPreserveRegion",
-            display_name="Preserve Region (during sampling)",
+            display_name="Keep Region While Sampling (SC)",
             category=SAMPLING_CATEGORY,
             description=(
-                "Patches the model so that during sampling the denoised prediction inside the mask is replaced "
-                "by the source latent (blended over a feathered band outside the mask), so the kept area stays "
+                "Patches the model so that during sampling the picture inside the mask is replaced "
+                "by the source (blended over a feathered band outside the mask), so the kept area stays "
                 "the source while the rest is generated around it, with any sampler and any model family (SD, Flux, Flux.2, Z-Image, Qwen-Image). Pair with Paste Back for "
                 "exact pixels. The sampled latent's own noise_mask still applies."
             ),
@@ -70,7 +70,7 @@ class SCPreserveRegion(io.ComfyNode):
                 io.Combo.Input("falloff", options=list(blending.SCHEDULE_FALLOFFS), default="none",
                                tooltip="How the preservation strength changes from start to end: none = full throughout, linear or cosine = fades to 0 at end."),
             ],
-            outputs=[io.Model.Output(tooltip="The patched model; connect it to your sampler.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched model; connect it to your sampler.")],
         )
 
     @classmethod
@@ -83,7 +83,7 @@ class SCPasteBack(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCPasteBack",
-            display_name="Paste Back (exact)",
+            display_name="Paste Back Original (SC)",
             category=CATEGORY,
             description=(
                 "Restores the source pixels exactly inside the mask and blends them into the generated image over "
@@ -100,7 +100,7 @@ class SCPasteBack(io.ComfyNode):
                 io.Boolean.Input("colour_match", default=False,
                                  tooltip="Shift the generated image's colours in the band towards the source's (mean and contrast per channel)."),
             ],
-            outputs=[io.Image.Output(tooltip="The image with the source restored.")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The image with the source restored.")],
         )
 
     @classmethod
@@ -113,13 +113,13 @@ class SCReferenceAttention(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCReferenceAttention",
-            display_name="Reference Attention (identity)",
+            display_name="Identity From Reference (SC)",
             category=SAMPLING_CATEGORY,
             description=(
-                "Reference-only self-attention: the reference latent, noised to each step's sigma, runs in the same "
-                "model batch and its self-attention keys/values are added to the image's, so identity and style "
-                "carry over while prompts and (masked) ControlNets set the rest. CFG-aware; works with any sampler. "
-                "SD1.x/SD2.x/SDXL UNets."
+                "Carries a person's identity and style over from a reference picture: while sampling, the model "
+                "also looks at the reference (noised to the same step) and copies its look, while the prompts and "
+                "pose or edge controls decide the rest. Works with any sampler, with and without a negative prompt. "
+                "SD1.5 and SDXL models."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (it is cloned, never changed)."),
@@ -127,12 +127,12 @@ class SCReferenceAttention(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
                                tooltip="How much the image attends to the reference; 0 returns the plain model."),
                 io.Float.Input("style_fidelity", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="Removes the reference from the negative prediction (1 = fully), so CFG pushes harder towards the reference."),
+                               tooltip="How much the negative prompt is kept free of the reference (1 = fully), which pushes the result harder towards the reference's look."),
                 _percent("start_percent", 0.0, "Sampling progress at which reference attention starts."),
                 _percent("end_percent", 1.0, "Sampling progress at which reference attention ends."),
                 io.Mask.Input("mask", optional=True, tooltip="Where the reference applies (white); any size, batch 1 or one per latent. Empty = everywhere."),
             ],
-            outputs=[io.Model.Output(tooltip="The patched model; connect it to your sampler.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched model; connect it to your sampler.")],
         )
 
     @classmethod
@@ -146,21 +146,21 @@ class SCCrossFrameAttention(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCCrossFrameAttention",
-            display_name="Cross-Frame Attention",
+            display_name="Keep Frames Consistent (SC)",
             category=SAMPLING_CATEGORY,
             description=(
-                "Frames in a latent batch also attend to the self-attention keys/values of anchor frames, which "
-                "keeps identity and background consistent across frames. With one frame it does nothing. "
-                "SD1.x/SD2.x/SDXL UNets."
+                "Keeps a person and background the same across the frames of a batch: while sampling, every frame "
+                "also looks at the anchor frames and copies their look. With one frame it does nothing. SD1.5 and "
+                "SDXL models."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to patch (it is cloned, never changed)."),
                 io.String.Input("anchor_frames", default="0",
                                 tooltip="Indices of the anchor frames in the batch, comma separated (e.g. '0' or '0, 8'); negative counts from the end."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Blend between plain self-attention (0) and attention that includes the anchors (1)."),
+                               tooltip="How much each frame copies the anchor frames: 0 = not at all, 1 = fully."),
             ],
-            outputs=[io.Model.Output(tooltip="The patched model; connect it to your sampler.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched model; connect it to your sampler.")],
         )
 
     @classmethod

@@ -22,7 +22,7 @@ class SCMaskedControlImage(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCMaskedControlImage",
-            display_name="Masked Control Image",
+            display_name="Masked Control Image (SC)",
             category=CATEGORY,
             description=(
                 "Make a control image (edges, line art, depth, normals, pose) only for the masked subject, at the "
@@ -35,8 +35,9 @@ class SCMaskedControlImage(io.ComfyNode):
                 io.Mask.Input("mask", tooltip="Where the control applies (resized to the image, bilinear; a batch of 1 "
                                               "applies to every image)."),
                 io.Combo.Input("annotator", options=list(annotators.ANNOTATOR_NAMES), default="canny",
-                               tooltip="Which control image to make. canny and openpose need no files; the others "
-                                       "need their file in models/annotators/lllyasviel/Annotators/."),
+                               tooltip="Which control image to make. canny (edges) and openpose (body pose found by MediaPipe, drawn as an "
+                                       "OpenPose skeleton) need no files; the others need their file in "
+                                       "models/annotators/lllyasviel/Annotators/ (see the README's model table)."),
                 io.Combo.Input("mode", options=list(control_ops.MODES), default="mask_then_annotate",
                                tooltip="mask_then_annotate: annotate only the subject on a flat fill. "
                                        "annotate_then_mask: annotate the whole image, then keep the mask's part."),
@@ -52,9 +53,9 @@ class SCMaskedControlImage(io.ComfyNode):
                 io.Int.Input("canny_high", default=200, min=0, max=255, tooltip="Canny: upper hysteresis threshold."),
             ],
             outputs=[
-                io.Image.Output("control_image", tooltip="The control image, input size, black outside the mask."),
-                io.Mask.Output("control_mask", tooltip="The (feathered) mask the control image was limited to; "
-                                                       "connect it to Apply ControlNet (Masked)."),
+                io.Image.Output("control_image", display_name="control_image", tooltip="The control image, input size, black outside the mask."),
+                io.Mask.Output("control_mask", display_name="control_mask", tooltip="The (feathered) mask the control image was limited to; "
+                                                       "connect it to Apply ControlNet With Mask (SC)."),
             ],
         )
 
@@ -72,13 +73,13 @@ class SCPoseFromImage(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCPoseFromImage",
-            display_name="Pose From Image (mediapipe)",
+            display_name="MediaPipe Pose as OpenPose (SC)",
             category=CATEGORY,
             description=(
-                "Body pose with mediapipe (its models ship inside the wheel: works offline), drawn as an OpenPose "
-                "COCO-18 skeleton in the standard colours, plus the keypoints (POSE_KEYPOINT, OpenPose JSON in pixels) "
-                "and one mask per person made from the pose (limbs as capsules, torso and head filled, grown by a "
-                "margin). For several people give one mask per person: with one image, each mask is one person."
+                "Finds each person's body pose with Google's MediaPipe (not the OpenPose network) and draws it as an "
+                "OpenPose skeleton in the standard colours, so OpenPose ControlNets can use it. Also gives the "
+                "keypoints (OpenPose JSON in pixels) and one mask per person shaped like the body. For several "
+                "people give one mask per person: with one image, each mask is one person."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="Picture(s) with people."),
@@ -92,10 +93,10 @@ class SCPoseFromImage(io.ComfyNode):
                              tooltip="Grow each person mask by this many pixels."),
             ],
             outputs=[
-                io.Image.Output("pose_image", tooltip="Skeletons of all people on black, one image per input image."),
-                PoseKeypoint.Output("keypoints", tooltip="Per image: OpenPose-style people with 18 body keypoints "
+                io.Image.Output("pose_image", display_name="pose_image", tooltip="Skeletons of all people on black, one image per input image."),
+                PoseKeypoint.Output("keypoints", display_name="keypoints", tooltip="Per image: OpenPose-style people with 18 body keypoints "
                                                          "(x, y in pixels, confidence; 0,0,0 when missing)."),
-                io.Mask.Output("pose_masks", tooltip="One mask per person (P for a single image with P masks, "
+                io.Mask.Output("pose_masks", display_name="pose_masks", tooltip="One mask per person (P for a single image with P masks, "
                                                        "otherwise one per image)."),
             ],
         )
@@ -130,19 +131,18 @@ class SCApplyControlNetMasked(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCApplyControlNetMasked",
-            display_name="Apply ControlNet (Masked)",
+            display_name="Apply ControlNet With Mask (SC)",
             category=CATEGORY,
             description=(
-                "Like core Apply ControlNet (Advanced), plus a mask: the ControlNet's (or T2I-Adapter's) residuals are "
-                "multiplied by the mask, resized to each injection resolution, at every step, so the control is fed "
-                "in only inside the mask. Chain several, each with its own image, strength, range and mask. A mask "
-                "of ones gives exactly core's result, an empty mask no effect. The incoming conditioning is copied."
+                "Like core Apply ControlNet (Advanced), plus a mask: the ControlNet (or T2I-Adapter) steers the "
+                "picture only inside the mask, at every step. Chain several, each with its own image, strength, "
+                "range and mask. A white mask gives exactly core's result, a black mask no effect."
             ),
             inputs=[
                 io.Conditioning.Input("positive", tooltip="Positive conditioning to add the control to."),
                 io.Conditioning.Input("negative", tooltip="Negative conditioning to add the control to."),
                 io.ControlNet.Input("control_net", tooltip="A ControlNet or T2I-Adapter from a core loader."),
-                io.Image.Input("image", tooltip="The control image (e.g. from Masked Control Image)."),
+                io.Image.Input("image", tooltip="The control image (e.g. from Masked Control Image (SC))."),
                 io.Mask.Input("mask", tooltip="Where the control acts, in the control image's frame (resized to it, "
                                               "bilinear). A batch of 1 applies to every latent."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01,

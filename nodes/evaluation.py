@@ -49,7 +49,7 @@ class SCPreservationScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCPreservationScore",
-            display_name="Preservation Score",
+            display_name="Preservation Score (SC)",
             category=CATEGORY,
             description=(
                 "Measures how exactly a result kept the source where it had to (PSNR, SSIM and the largest "
@@ -65,12 +65,12 @@ class SCPreservationScore(io.ComfyNode):
                                tooltip="Whether white in the mask marks the edited area or the area that had to be kept."),
             ],
             outputs=[
-                io.Float.Output("psnr_outside", tooltip="Mean PSNR over the kept area in dB (inf when identical)."),
-                io.Float.Output("ssim_outside", tooltip="Mean SSIM over the kept area (1 = identical)."),
-                io.Float.Output("max_abs_diff_outside", tooltip="Largest pixel difference in the kept area (0..1)."),
-                io.Float.Output("mean_change_inside", tooltip="Mean absolute change in the edited area (0..1)."),
-                io.String.Output("report", tooltip="Per-image scores as JSON."),
-                io.Image.Output("chart", tooltip="The per-image scores as a bar chart."),
+                io.Float.Output("psnr_outside", display_name="psnr_outside", tooltip="Mean PSNR over the kept area in dB (inf when identical)."),
+                io.Float.Output("ssim_outside", display_name="ssim_outside", tooltip="Mean SSIM over the kept area (1 = identical)."),
+                io.Float.Output("max_abs_diff_outside", display_name="max_abs_diff_outside", tooltip="Largest pixel difference in the kept area (0..1)."),
+                io.Float.Output("mean_change_inside", display_name="mean_change_inside", tooltip="Mean absolute change in the edited area (0..1)."),
+                io.String.Output("report", display_name="report", tooltip="Per-image scores as JSON."),
+                io.Image.Output("chart", display_name="chart", tooltip="The per-image scores as a bar chart."),
             ],
         )
 
@@ -97,7 +97,7 @@ class SCSeamScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCSeamScore",
-            display_name="Seam Score",
+            display_name="Seam Score (SC)",
             category=CATEGORY,
             description=(
                 "Detects visible seams: gradient energy in a band along the mask's edge divided by the energy "
@@ -111,9 +111,9 @@ class SCSeamScore(io.ComfyNode):
                              tooltip="Half-width in pixels of the band along the edge; the surroundings reach 3x as far."),
             ],
             outputs=[
-                io.Float.Output("seam_ratio", tooltip="Batch mean of band energy / surrounding energy."),
-                io.String.Output("report", tooltip="Per-image ratio and energies as JSON."),
-                io.Image.Output("chart", tooltip="The per-image seam ratios as a bar chart."),
+                io.Float.Output("seam_ratio", display_name="seam_ratio", tooltip="Batch mean of band energy / surrounding energy."),
+                io.String.Output("report", display_name="report", tooltip="Per-image ratio and energies as JSON."),
+                io.Image.Output("chart", display_name="chart", tooltip="The per-image seam ratios as a bar chart."),
             ],
         )
 
@@ -134,7 +134,7 @@ class SCRegionScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCRegionScore",
-            display_name="Region Score (CLIP)",
+            display_name="Region Prompt Score (SC)",
             category=CATEGORY,
             description=(
                 "Checks that every region shows its own prompt and not its neighbours': CLIP compares each region's "
@@ -147,13 +147,13 @@ class SCRegionScore(io.ComfyNode):
                 io.Mask.Input("region_masks", tooltip="One mask per region (a batch of masks), resized to the image."),
                 io.String.Input("region_texts", multiline=True, default="",
                                 tooltip="One text per line, in the order of the masks (e.g. 'a red car')."),
-                ClipMatcher.Input("clip_matcher", tooltip="CLIP from 'Load CLIP Matcher (Selective Control)'."),
+                ClipMatcher.Input("clip_matcher", tooltip="CLIP from 'Load CLIP Matcher (SC)'."),
             ],
             outputs=[
-                io.Float.Output("mean_clip_score", tooltip="Mean cosine similarity of each crop to its own text."),
-                io.Float.Output("worst_margin", tooltip="Smallest (own score - best other score); below 0 = leaked."),
-                io.String.Output("report", tooltip="JSON per image: the texts, the crop x text matrix and per-region scores."),
-                io.Image.Output("heatmap", tooltip="The crop x text matrix (batch mean) as a heatmap."),
+                io.Float.Output("mean_clip_score", display_name="mean_clip_score", tooltip="Mean cosine similarity of each crop to its own text."),
+                io.Float.Output("worst_margin", display_name="worst_margin", tooltip="Smallest (own score - best other score); below 0 = leaked."),
+                io.String.Output("report", display_name="report", tooltip="JSON per image: the texts, the crop x text matrix and per-region scores."),
+                io.Image.Output("heatmap", display_name="heatmap", tooltip="The crop x text matrix (batch mean) as a heatmap."),
             ],
         )
 
@@ -200,16 +200,16 @@ class SCPoseScore(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCPoseScore",
-            display_name="Pose Score (PCK)",
+            display_name="Pose Score (SC)",
             category=CATEGORY,
             description=(
                 "How closely the people in a result follow a target pose: the pose is detected in the result with "
-                "the same mediapipe detector as 'Pose From Image' and compared keypoint by keypoint: PCK (share of "
+                "the same MediaPipe detector as 'MediaPipe Pose as OpenPose (SC)' and compared keypoint by keypoint: PCK (share of "
                 "keypoints within a threshold of the person's size) and the mean error in pixels."
             ),
             is_output_node=True,
             inputs=[
-                PoseKeypoint.Input("target_pose", tooltip="The wanted pose (POSE_KEYPOINT, e.g. from 'Pose From Image'); "
+                PoseKeypoint.Input("target_pose", tooltip="The wanted pose (POSE_KEYPOINT, e.g. from 'MediaPipe Pose as OpenPose (SC)'); "
                                                           "one entry for all images or one per image."),
                 io.Image.Input("image", tooltip="The result whose people should stand in the target pose."),
                 io.Float.Input("threshold", default=0.1, min=0.001, max=1.0, step=0.005,
@@ -218,10 +218,10 @@ class SCPoseScore(io.ComfyNode):
                                tooltip="Detected keypoints less visible than this count as missing."),
             ],
             outputs=[
-                io.Float.Output("pck", tooltip="Mean PCK over people and images (1 = every keypoint in place)."),
-                io.Float.Output("mean_error_px", tooltip="Mean keypoint distance in pixels (found keypoints only)."),
-                io.String.Output("report", tooltip="JSON per image and person: PCK, error, keypoints compared."),
-                io.Image.Output("chart", tooltip="PCK per person as a bar chart."),
+                io.Float.Output("pck", display_name="pck", tooltip="Share of body keypoints in the right place (PCK), over people and images: 1 = every keypoint in place."),
+                io.Float.Output("mean_error_px", display_name="mean_error_px", tooltip="Mean keypoint distance in pixels (found keypoints only)."),
+                io.String.Output("report", display_name="report", tooltip="JSON per image and person: PCK, error, keypoints compared."),
+                io.Image.Output("chart", display_name="chart", tooltip="PCK per person as a bar chart."),
             ],
         )
 

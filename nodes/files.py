@@ -12,7 +12,22 @@ from .ops.shapes import as_image
 from .sampling import compat
 
 CATEGORY = "selective_control/files"
-NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder)."
+NAMES_TOOLTIP = "JSON list of file names without suffix, one per image (from Load Image Folder (SC))."
+# The pack's example photos (scripts/make_examples.py). Not "examples": ComfyUI serves a pack's workflow
+# templates from the first of example_workflows/example/examples/workflow/workflows that exists.
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_inputs"
+EXAMPLE_FOLDER_PREFIX = "pack examples/"
+
+
+def _folder_choices() -> list[str]:
+    """The input folder's subfolders, then the pack's example folders (so shipped workflows run as shipped)."""
+    return folder_paths.get_input_subfolders() + ops.example_folders(EXAMPLES, EXAMPLE_FOLDER_PREFIX)
+
+
+def _folder_path(folder: str) -> Path:
+    if folder.startswith(EXAMPLE_FOLDER_PREFIX):
+        return EXAMPLES / folder.removeprefix(EXAMPLE_FOLDER_PREFIX)
+    return Path(folder_paths.get_input_directory()) / folder
 
 
 class SCLoadImageFolder(io.ComfyNode):
@@ -20,30 +35,34 @@ class SCLoadImageFolder(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCLoadImageFolder",
-            display_name="Load Image Folder (Selective Control)",
+            display_name="Load Image Folder (SC)",
             category=CATEGORY,
-            description="Every image of a folder inside ComfyUI's input folder as one batch (sorted by file name), "
-                        "with the file names so later nodes can save results under the source names. All images must "
-                        "have the same size.",
-            inputs=[io.Combo.Input("folder", options=folder_paths.get_input_subfolders(),
-                                   tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog).")],
+            description="Every photo of a folder inside ComfyUI's input folder, one after another (sorted by file "
+                        "name; sizes may differ): the nodes after it run once per photo, and each photo keeps its "
+                        "file name so results can be saved under it. 'pack examples/...' are the pack's own photos.",
+            inputs=[io.Combo.Input("folder", options=_folder_choices(),
+                                   tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog), or one of "
+                                           "the pack's example folders.")],
             outputs=[
-                io.Image.Output("images", tooltip="All images of the folder, sorted by file name."),
-                io.String.Output("names", tooltip=NAMES_TOOLTIP),
-                io.Int.Output("count", tooltip="How many images were loaded."),
+                io.Image.Output("images", display_name="image", tooltip="One photo at a time, in file-name order.",
+                                is_output_list=True),
+                io.String.Output("names", display_name="names", is_output_list=True,
+                                 tooltip="The photo's file name without suffix, as a JSON list of one name (for "
+                                         "Save Images Named (SC))."),
+                io.Int.Output("count", display_name="count", tooltip="How many photos the folder has."),
             ],
         )
 
     @classmethod
     def execute(cls, folder: str) -> io.NodeOutput:
-        files = ops.list_images(Path(folder_paths.get_input_directory()) / folder)
-        images, names = ops.load_batch(files)
-        return io.NodeOutput(images, json.dumps(names), len(names))
+        files = ops.list_images(_folder_path(folder))
+        images, names = ops.load_each(files)
+        return io.NodeOutput(images, [json.dumps([name]) for name in names], len(names))
 
     @classmethod
     def fingerprint_inputs(cls, folder: str) -> str:
         """Re-run when the folder's files change (added, removed or rewritten)."""
-        root = Path(folder_paths.get_input_directory()) / folder
+        root = _folder_path(folder)
         try:
             return json.dumps([(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in ops.list_images(root)])
         except (OSError, ValueError) as error:
@@ -55,7 +74,7 @@ class SCSelectNames(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCSelectNames",
-            display_name="Select Names (Selective Control)",
+            display_name="Select Names (SC)",
             category=CATEGORY,
             description="Keeps the file names of the images a filter passed on (Filter By Found's indices), so the "
                         "names still match the images after the skip step.",
@@ -77,7 +96,7 @@ class SCSaveImagesNamed(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCSaveImagesNamed",
-            display_name="Save Images Named (Selective Control)",
+            display_name="Save Images Named (SC)",
             category=CATEGORY,
             description="Saves each image as <output>/<subfolder>/<its name>.png (an existing file of that name is "
                         "replaced), so results keep their source photo's name. The workflow is embedded as in core "
@@ -109,4 +128,25 @@ class SCSaveImagesNamed(io.ComfyNode):
         return io.NodeOutput(ui={"images": saved})
 
 
-FILE_NODES: list[type[io.ComfyNode]] = [SCLoadImageFolder, SCSelectNames, SCSaveImagesNamed]
+class SCLoadExampleImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SCLoadExampleImage",
+            display_name="Load Example Image (SC)",
+            category=CATEGORY,
+            description="One of the example photos that ship with the pack (public-domain and CC0 photos from "
+                        "scikit-image), so the shipped workflows run on a fresh install. For your own photo use core "
+                        "Load Image instead.",
+            inputs=[io.Combo.Input("image", options=ops.example_images(EXAMPLES),
+                                   tooltip="Which example photo (files in the pack's example_inputs folder).")],
+            outputs=[io.Image.Output("image_out", display_name="image", tooltip="The photo, as Load Image gives it.")],
+        )
+
+    @classmethod
+    def execute(cls, image: str) -> io.NodeOutput:
+        images, _ = ops.load_batch([EXAMPLES / image])
+        return io.NodeOutput(images)
+
+
+FILE_NODES: list[type[io.ComfyNode]] = [SCLoadImageFolder, SCSelectNames, SCSaveImagesNamed, SCLoadExampleImage]

@@ -32,15 +32,15 @@ class SCLoadSAM(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCLoadSAM",
-            display_name="Load SAM (Selective Control)",
+            display_name="Load SAM (SC)",
             category=CATEGORY,
-            description="Loads a segment-anything checkpoint from models/sams; vit_b, vit_l or vit_h is detected "
-            "from the weights, not the file name.",
+            description="Loads Meta's Segment Anything (SAM) from models/sams: the model that outlines objects. "
+            "Any size (vit_b, vit_l, vit_h) works; it is told from the weights, not the file name.",
             inputs=[
                 io.Combo.Input("model_name", options=list_models("sams"),
                                tooltip="Checkpoint in models/sams, e.g. sam_vit_b_01ec64.pth (official SAM v1 files)."),
             ],
-            outputs=[SamModel.Output(display_name="sam")],
+            outputs=[SamModel.Output(display_name="sam", tooltip="The SAM model; connect it to Find Objects by Name (SC).")],
         )
 
     @classmethod
@@ -53,16 +53,16 @@ class SCLoadCLIPMatcher(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCLoadCLIPMatcher",
-            display_name="Load CLIP Matcher (Selective Control)",
+            display_name="Load CLIP Matcher (SC)",
             category=CATEGORY,
-            description="Loads a full CLIP (image and text towers, transformers format) from models/clip_matcher "
-            "to score masks against class names.",
+            description="Loads a CLIP model from models/clip_matcher: it tells which outline shows which named "
+            "object (it needs both the image and the text part of CLIP).",
             inputs=[
                 io.Combo.Input("model_name", options=clip_models.list_choices(),
                                tooltip="A folder with config.json + model.safetensors, or a single .safetensors "
                                "file, under models/clip_matcher (e.g. openai/clip-vit-base-patch32)."),
             ],
-            outputs=[ClipMatcher.Output(display_name="clip_matcher")],
+            outputs=[ClipMatcher.Output(display_name="clip_matcher", tooltip="The CLIP model; connect it to Find Objects by Name (SC) or Region Prompt Score (SC).")],
         )
 
     @classmethod
@@ -75,15 +75,15 @@ class SCFindObjects(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCFindObjects",
-            display_name="Find Objects (SAM + CLIP)",
+            display_name="Find Objects by Name (SC)",
             category=CATEGORY,
-            description="Finds the named objects in every image: CLIP's patch similarity picks a few SAM prompts, SAM "
-            "decodes them from one embedding, duplicates are dropped and CLIP ranks the masked crops against the class "
-            "names and the negatives. 'automatic' runs SAM's automatic mask generator instead, with the same scoring.",
+            description="Finds the named objects in every photo and gives their masks: CLIP points at likely places, "
+            "SAM outlines what is there, and CLIP picks the outline that best matches a name (and not a negative "
+            "name). 'automatic' lets SAM outline everything first (slow), with the same choice by CLIP.",
             inputs=[
                 io.Image.Input("image", tooltip="Photos to search (a batch is searched image by image)."),
-                SamModel.Input("sam", tooltip="SAM from 'Load SAM (Selective Control)'."),
-                ClipMatcher.Input("clip_matcher", tooltip="CLIP from 'Load CLIP Matcher (Selective Control)'."),
+                SamModel.Input("sam", tooltip="SAM from 'Load SAM (SC)'."),
+                ClipMatcher.Input("clip_matcher", tooltip="CLIP from 'Load CLIP Matcher (SC)'."),
                 io.String.Input("class_names", multiline=True, default="",
                                 tooltip="Objects to find, one per line or comma-separated (e.g. 'shoe', 'handbag')."),
                 io.String.Input("negative_names", multiline=True, default="background",
@@ -101,9 +101,9 @@ class SCFindObjects(io.ComfyNode):
                 io.Int.Input("max_prompts", default=16, min=1, max=256,
                              tooltip="Point prompts taken from CLIP's relevance map (guided mode)."),
                 io.Float.Input("pred_iou_thresh", default=0.88, min=0.0, max=1.0, step=0.01,
-                               tooltip="Drop masks SAM rates below this quality (SAM's default 0.88)."),
+                               tooltip="Drop outlines SAM itself rates below this quality, 0..1 (SAM's default 0.88; SAM calls it pred_iou_thresh)."),
                 io.Float.Input("stability_thresh", default=0.95, min=0.0, max=1.0, step=0.01,
-                               tooltip="Drop masks whose shape changes when SAM's threshold moves (default 0.95)."),
+                               tooltip="Drop unsteady outlines: ones whose shape changes a lot when SAM's cut-off moves (default 0.95)."),
                 io.Float.Input("dedupe_iou", default=0.85, min=0.0, max=1.0, step=0.01,
                                tooltip="Masks overlapping more than this (IoU) are duplicates; the better one stays."),
                 io.Int.Input("amg_points_per_side", default=32, min=1, max=128,
@@ -111,7 +111,7 @@ class SCFindObjects(io.ComfyNode):
             ],
             outputs=[
                 io.Mask.Output(display_name="mask", tooltip="Found object per image (all zeros where not found)."),
-                Found.Output(display_name="found", tooltip="Per image: was the object found (for 'Filter By Found')."),
+                Found.Output(display_name="found", tooltip="Per image: was the object found (for 'Filter By Found (SC)')."),
                 io.String.Output(display_name="scores", tooltip="JSON: per image, every candidate mask with its "
                                  "label, score and box, best first."),
                 io.Image.Output(display_name="preview", tooltip="The photos with the chosen masks and labels drawn."),
@@ -153,7 +153,7 @@ class SCRemoveBackground(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCRemoveBackground",
-            display_name="Remove Background (rembg)",
+            display_name="Remove Background (SC)",
             category=CATEGORY,
             description="Masks the main subject of every image with a rembg model from models/rembg (nothing is "
             "downloaded) and returns the mask and the subject on black.",
@@ -202,7 +202,7 @@ class SCFilterByFound(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCFilterByFound",
-            display_name="Filter By Found (Selective Control)",
+            display_name="Filter By Found (SC)",
             category=CATEGORY,
             description="Passes on only the images in which the object was found, with their masks and original batch "
             "indices; when none was found it stops this branch (the rest of the queue still runs).",
@@ -210,7 +210,7 @@ class SCFilterByFound(io.ComfyNode):
                 io.Image.Input("images", tooltip="The image batch that was searched."),
                 io.Mask.Input("masks", tooltip="Masks for the images (batch of 1 or the same batch size; resized "
                               "to the images bilinearly)."),
-                Found.Input("found", tooltip="The 'found' output of 'Find Objects'."),
+                Found.Input("found", tooltip="The 'found' output of 'Find Objects by Name (SC)'."),
             ],
             outputs=[
                 io.Image.Output(display_name="images", tooltip="Images that contain the object."),
@@ -227,7 +227,7 @@ class SCFilterByFound(io.ComfyNode):
         if len(flags) != images.shape[0]:
             raise ValueError(
                 f"'found' has {len(flags)} entries but the image batch has shape {tuple(images.shape)}; connect the "
-                "images that went into 'Find Objects' (the same batch)"
+                "images that went into 'Find Objects by Name (SC)' (the same batch)"
             )
         images, masks = fit_mask_to_image(masks, images)
         keep = [i for i, flag in enumerate(flags) if flag]

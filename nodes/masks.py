@@ -195,7 +195,7 @@ class SCMaskToLatent(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="SCMaskToLatent",
-            display_name="Mask To Latent Grid (SC)",
+            display_name="Mask To Latent Size (SC)",
             category=CATEGORY,
             description=(
                 "Fit a mask to a latent's grid by area averaging (a half-covered latent cell gets 0.5), and set it "

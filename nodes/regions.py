@@ -17,11 +17,11 @@ class SCRegion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCRegion",
-            display_name="Region (prompt + mask)",
+            display_name="Region Prompt (SC)",
             category=CATEGORY,
             description=(
                 "One region: a prompt that applies where the mask is, with a weight and optionally its own "
-                "ControlNet / T2I-Adapter (image, strength, mask). Chain Region nodes through 'regions' to build the "
+                "ControlNet / T2I-Adapter (image, strength, mask). Chain Region Prompt nodes through 'regions' to build the "
                 "list for Apply Regions; the incoming list is never changed (a new list is returned)."
             ),
             inputs=[
@@ -31,8 +31,8 @@ class SCRegion(io.ComfyNode):
                 io.Float.Input("weight", default=1.0, min=0.0, max=10.0, step=0.05,
                                tooltip="How strongly the region prompt counts where regions overlap or against the "
                                        "base prompt."),
-                Regions.Input("regions", optional=True, tooltip="Regions so far (from another Region node) to append "
-                                                                "this one to."),
+                Regions.Input("regions", optional=True, tooltip="Regions so far (from another Region Prompt node) to "
+                                                                "add this one to."),
                 io.ControlNet.Input("control_net", optional=True,
                                     tooltip="Optional ControlNet or T2I-Adapter just for this region."),
                 io.Image.Input("control_image", optional=True, tooltip="The control image for this region's "
@@ -69,7 +69,7 @@ class SCCombineRegions(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCCombineRegions",
-            display_name="Combine Regions",
+            display_name="Combine Regions (SC)",
             category=CATEGORY,
             description=(
                 f"Join up to {COMBINE_SLOTS} region lists, in slot order, into a new list for Apply Regions. "
@@ -77,10 +77,10 @@ class SCCombineRegions(io.ComfyNode):
             ),
             inputs=[
                 Regions.Input(f"regions_{i}", optional=i > 1,
-                              tooltip="Regions (from Region or Combine Regions nodes); joined in slot order.")
+                              tooltip="Regions (from Region Prompt or Combine Regions nodes); joined in slot order.")
                 for i in range(1, COMBINE_SLOTS + 1)
             ],
-            outputs=[Regions.Output("regions", tooltip="All connected lists, slot 1 first.")],
+            outputs=[Regions.Output("regions", display_name="regions", tooltip="All connected lists, slot 1 first.")],
         )
 
     @classmethod
@@ -94,29 +94,31 @@ class SCApplyRegions(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCApplyRegions",
-            display_name="Apply Regions",
+            display_name="Apply Regions (SC)",
             category=CATEGORY,
             description=(
                 "Give each region its own prompt (and control) inside one ordinary sampler run: connect the outputs "
-                "to any core sampler (KSampler, KSamplerAdvanced, SamplerCustomAdvanced). attention: one UNet pass, "
-                "cross-attention masked so each position sees the base prompt plus its own regions' prompts at every "
-                "layer. instances: every region is its own path (prompt + ControlNet) and the paths are blended by "
-                "the masks each step, all in one batched UNet call; uncovered pixels follow the base prompt."
+                "to any core sampler (KSampler, KSamplerAdvanced, SamplerCustomAdvanced). attention: one model pass; "
+                "each part of the picture reads the base prompt plus the prompts of the regions covering it. "
+                "instances: each region (a person, an object) is drawn as its own picture with its own prompt and "
+                "control, and the pictures are joined by the masks at every step, so prompts cannot mix; areas "
+                "outside every region follow the base prompt."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with (SD1.x, SD2.x or SDXL UNet)."),
                 io.Conditioning.Input("positive", tooltip="The base prompt: applies everywhere (attention) or "
                                                           "where no region is (instances)."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt, passed on (used for every region)."),
-                Regions.Input("regions", tooltip="The regions, from Region / Combine Regions nodes."),
+                Regions.Input("regions", tooltip="The regions, from Region Prompt / Combine Regions nodes."),
                 io.Combo.Input("mode", options=list(MODES), default="attention",
-                               tooltip="attention: one pass, masked cross-attention (fast). instances: one path per "
-                                       "region with its own control, composited each step (FineControlNet)."),
+                               tooltip="attention: one pass where each area reads its own prompt (fast). instances: each "
+                                       "region drawn separately with its own prompt and control and joined every step "
+                                       "(slower, no mixing; for several people)."),
                 io.Int.Input("feather", default=16, min=0, max=512, step=1,
                              tooltip="Soften the region mask edges over this many pixels (mask pixels)."),
                 io.Float.Input("self_attention_locality", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Attention mode: cut self-attention between different regions by this "
-                                       "fraction to reduce leakage (0 = off, 1 = regions never see each other)."),
+                               tooltip="Attention mode: how much regions are kept from looking at each other, to stop "
+                                       "one region's prompt leaking into another (0 = off, 1 = fully apart)."),
                 io.Image.Input("image", optional=True, tooltip="Optional picture to draw the region preview over."),
             ],
             outputs=[

@@ -154,19 +154,18 @@ class SCTrainLocalControl(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCTrainLocalControl",
-            display_name="Train Local Control Adapter",
+            display_name="Train Local Control Adapter (SC)",
             category=CATEGORY,
             is_experimental=True,
             is_input_list=True,
             description=(
                 "Train a T2I-Adapter or a ControlNet (every weight, or a LoRA on it) so its control acts only inside a "
-                "mask: at every step the adapter's features are "
-                "multiplied by the mask (the same code as Apply ControlNet (Masked)), the frozen UNet predicts the "
-                "noise, and the loss is the noise MSE plus sobel_weight x the Sobel-edge difference between the "
-                "predicted clean latent z0' and the true latent inside the mask. The dataset comes from the inputs or "
+                "mask: the adapter only acts inside the mask while training (as in Apply ControlNet With Mask), "
+                "and it learns to predict the noise and to keep the edges of the picture right inside the mask "
+                "(details in docs/training.md). The dataset comes from the inputs or "
                 "from dataset_folder (images/, controls/, masks/ matched by file name, optional captions). The node "
                 "shows the step and both losses while it runs; cancelling keeps the weights of the last finished step. "
-                "Use the trained adapter through Apply ControlNet (Masked): without the mask it also acts outside."
+                "Use the trained adapter through Apply ControlNet With Mask (SC): without the mask it also acts outside."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The (frozen) diffusion model the adapter is trained for (eps or v models)."),
@@ -196,7 +195,7 @@ class SCTrainLocalControl(io.ComfyNode):
                                tooltip="AdamW learning rate for the adapter's weights."),
                 io.Int.Input("batch_size", default=1, min=1, max=256, tooltip="Training images per step."),
                 io.Float.Input("sobel_weight", default=1.0, min=0.0, max=100.0, step=0.01,
-                               tooltip="Lambda: weight of the masked Sobel loss on z0' (0 = plain noise loss)."),
+                               tooltip="How much the edges inside the mask count in the training loss (0 = only the usual noise loss)."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Timestep range start, as in ControlNet start_percent (0 = noisiest)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -226,11 +225,11 @@ class SCTrainLocalControl(io.ComfyNode):
                                tooltip="The low-rank kind when lora_rank > 0 (ComfyUI's own, as in Train LoRA)."),
             ],
             outputs=[
-                io.ControlNet.Output("trained_control_net",
+                io.ControlNet.Output("trained_control_net", display_name="trained_control_net",
                                      tooltip="The trained T2I-Adapter or ControlNet; save it with Save Adapter."),
-                io.String.Output("loss_history", tooltip="JSON: noise_loss and sobel_loss per step, steps_done, "
+                io.String.Output("loss_history", display_name="loss_history", tooltip="JSON: noise_loss and sobel_loss per step, steps_done, "
                                                          "interrupted, diverged_at_step."),
-                io.Image.Output("loss_plot", tooltip="Both losses against the step."),
+                io.Image.Output("loss_plot", display_name="loss_plot", tooltip="Both losses against the step."),
             ],
         )
 
@@ -277,17 +276,17 @@ class SCSaveAdapter(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="SCSaveAdapter",
-            display_name="Save Adapter",
+            display_name="Save Adapter (SC)",
             category=CATEGORY,
             is_output_node=True,
             description=(
                 "Save a T2I-Adapter or ControlNet as safetensors into models/controlnet, where Load ControlNet Model "
-                "finds it (refresh the node list), ready for Apply ControlNet (Masked): as full weights, or a "
+                "finds it (refresh the node list), ready for Apply ControlNet With Mask (SC): as full weights, or a "
                 "ControlNet as a Control-LoRA (differences to the model's UNet, a few % of the size)."
             ),
             inputs=[
                 io.ControlNet.Input("control_net",
-                                    tooltip="A T2I-Adapter or ControlNet, e.g. from Train Local Control Adapter."),
+                                    tooltip="A T2I-Adapter or ControlNet, e.g. from Train Local Control Adapter (SC)."),
                 io.String.Input("filename_prefix", default="local_control/adapter",
                                 tooltip="File name prefix inside models/controlnet; a counter is appended."),
                 io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="float32", optional=True,
@@ -305,8 +304,8 @@ class SCSaveAdapter(io.ComfyNode):
                              tooltip="Control-LoRA only: rank of the stored differences (use the training's "
                                      "lora_rank; lower ranks approximate, see truncation_error)."),
             ],
-            outputs=[io.String.Output("filename", tooltip="The saved file, relative to models/controlnet."),
-                     io.Float.Output("truncation_error",
+            outputs=[io.String.Output("filename", display_name="filename", tooltip="The saved file, relative to models/controlnet."),
+                     io.Float.Output("truncation_error", display_name="truncation_error",
                                      tooltip="Control-LoRA: the worst relative error of a stored difference (0 = "
                                              "exact); 0 for full weights.")],
         )

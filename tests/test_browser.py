@@ -12,7 +12,7 @@ must finish. Skips when chromium or the npm packages are missing: `bash scripts/
 The server's models folder gets an empty placeholder for every model a workflow declares in
 ``properties.models`` / ``models`` (the files the frontend's missing-model dialog offers), so
 a model combo is only valid when the workflow declares where to download its file; its input
-folder gets the images the workflows' LoadImage nodes name (users pick their own).
+folder stays empty, as on a fresh install (the workflows read the pack's own example photos).
 Known limit: a dynamic prompt with ``{a|b}`` choices would be resolved at random on both sides.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image, ImageStat
 
 from harness import comfy
 from harness.server import running_server
-from harness.workflow import VIRTUAL_NODE_TYPES, WorkflowError, object_info, ui_to_api
+from harness.workflow import ui_to_api
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,6 @@ STEP_TIMEOUT_MS = 30_000  # each browser wait / the queued run
 RUN_TIMEOUT = 150.0  # the whole node process
 # Settings the frontend reads at start: without TutorialCompleted a fresh user folder opens
 # the Templates dialog over everything; the minimap would cover part of each screenshot.
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
 
 
@@ -69,38 +68,9 @@ def _declared_models(workflow: dict) -> list[dict]:
     return [m for m in models if isinstance(m, dict) and m.get("name") and m.get("directory")]
 
 
-def _input_images(workflow: dict, source: str) -> set[str]:
-    """File names the workflow's image-upload combos (LoadImage and the like) name."""
-    comfy.boot()
-    import nodes
-
-    types = {n.get("type") for n in workflow.get("nodes") or []} - VIRTUAL_NODE_TYPES
-    info = object_info([t for t in types if t in nodes.NODE_CLASS_MAPPINGS])
-    try:
-        prompt = ui_to_api(workflow, info, source=source)
-    except WorkflowError:
-        return set()  # test_graph_to_prompt_equals_ui_to_api reports it
-    names = set()
-    for node in prompt.values():
-        specs = {**info[node["class_type"]]["input"].get("required", {}),
-                 **info[node["class_type"]]["input"].get("optional", {})}
-        for name, value in node["inputs"].items():
-            options = specs.get(name, [None, {}])
-            if (isinstance(value, str) and len(options) > 1 and isinstance(options[1], dict)
-                    and options[1].get("image_upload") and Path(value).suffix.lower() in IMAGE_SUFFIXES):
-                names.add(value)
-    return names
-
-
-def _input_folders(workflow: dict) -> set[str]:
-    """Input subfolders the workflow's folder loaders (SCLoadImageFolder) name."""
-    return {n["widgets_values"][0] for n in workflow.get("nodes") or []
-            if n.get("type") == "SCLoadImageFolder" and n.get("widgets_values")}
-
-
 def _prepare(root: Path) -> None:
-    """User settings, model placeholders, and the input images the workflows name (the file
-    shipped next to the workflow when there is one, else a grey placeholder)."""
+    """User settings and model placeholders. The input folder stays empty: every picture a workflow
+    reads ships with the pack (example_inputs/), as on a fresh install."""
     settings = root / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(USER_SETTINGS))
@@ -111,20 +81,6 @@ def _prepare(root: Path) -> None:
             assert (root / "models").resolve() in target.parents, f"{path.name}: model path {model} leaves the models folder"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
-        for name in _input_folders(workflow):
-            folder = (root / "input" / name).resolve()
-            assert (root / "input").resolve() in folder.parents, f"{path.name}: input folder {name!r} leaves the input folder"
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (64, 64), (128, 128, 128)).save(folder / "placeholder.png")
-        for name in _input_images(workflow, str(path)):
-            target = (root / "input" / name).resolve()
-            assert (root / "input").resolve() in target.parents, f"{path.name}: input image {name!r} leaves the input folder"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shipped = path.parent / name
-            if shipped.is_file():
-                shutil.copyfile(shipped, target)
-            else:
-                Image.new("RGB", (64, 64), (128, 128, 128)).save(target)
 
 
 @pytest.fixture(scope="module")

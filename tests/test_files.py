@@ -66,38 +66,44 @@ def test_names_follow_the_indices_and_paths_stay_inside(tmp_path):
 
 
 def test_load_select_save_through_the_executor():
-    colours = {"red.png": (230, 20, 20), "green.png": (20, 200, 20), "blue.png": (20, 20, 230)}
-    write_folder("files_test", {name: solid(rgb) for name, rgb in colours.items()})
+    """Photos of mixed sizes come one by one (a list output), each with its own name, and are saved under it."""
+    colours = {"red.png": ((230, 20, 20), (6, 4)), "green.png": ((20, 200, 20), (5, 7)),
+               "blue.png": ((20, 20, 230), (3, 3))}
+    write_folder("files_test", {name: solid(rgb, size) for name, (rgb, size) in colours.items()})
     out_dir = workspace().output / "named_test"
     for stale in out_dir.glob("*.png"):
         stale.unlink()
     prompt = {
         "1": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "files_test"}},
-        "2": {"class_type": "SCSelectNames", "inputs": {"names": ["1", 1], "indices": "[0, 2]"}},
-        "3": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": 2, "length": 1}},
-        "4": {"class_type": "ImageFromBatch", "inputs": {"image": ["1", 0], "batch_index": 0, "length": 1}},
-        "5": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["3", 0]}},
-        "6": {"class_type": "SCSaveImagesNamed", "inputs": {"images": ["5", 0], "names": ["2", 0],
+        "2": {"class_type": "SCSelectNames", "inputs": {"names": '["blue", "green", "red"]', "indices": "[0, 2]"}},
+        "6": {"class_type": "SCSaveImagesNamed", "inputs": {"images": ["1", 0], "names": ["1", 1],
                                                           "subfolder": "named_test"}},
     }
-    result = run_prompt(prompt)
+    result = run_prompt(prompt, outputs=["1", "2", "6"])
     images, names, count = (result.output("1", i) for i in range(3))
-    assert json.loads(names) == ["blue", "green", "red"] and count == 3 and images.shape == (3, 4, 6, 3)
+    assert [json.loads(n) for n in names] == [["blue"], ["green"], ["red"]] and count == 3
+    assert [tuple(i.shape) for i in images] == [(1, 3, 3, 3), (1, 7, 5, 3), (1, 4, 6, 3)]  # sizes kept
     assert json.loads(result.output("2")) == ["blue", "red"]
-    assert result.ui["6"]["images"] == [{"filename": f"{n}.png", "subfolder": "named_test", "type": "output"}
-                                        for n in ("blue", "red")]
-    assert sorted(p.name for p in out_dir.iterdir()) == ["blue.png", "red.png"]  # green was not selected
-    for name in ("blue", "red"):
-        with Image.open(out_dir / f"{name}.png") as saved:
+    assert sorted(p.name for p in out_dir.iterdir()) == ["blue.png", "green.png", "red.png"]
+    for name, (rgb, size) in colours.items():
+        with Image.open(out_dir / name) as saved:
             assert json.loads(saved.text["prompt"]) == prompt  # the workflow travels with the file, as in core
-            assert (np.asarray(saved) == np.array(colours[f"{name}.png"], np.uint8)).all()  # exact round trip
+            assert saved.size == size and (np.asarray(saved) == np.array(rgb, np.uint8)).all()  # exact round trip
+
+
+def test_pack_examples_load_without_copying():
+    """The example photos ship with the pack: the example node and 'pack examples/' folders read them in place."""
+    result = run_prompt({
+        "1": {"class_type": "SCLoadExampleImage", "inputs": {"image": "coffee_cup.jpg"}},
+        "2": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "pack examples/catalog"}},
+    }, outputs=["1", "2"])
+    assert tuple(result.output("1").shape) == (1, 400, 600, 3)
+    names = [json.loads(n)[0] for n in result.output("2", 1)]
+    assert names == ["astronaut", "chelsea_cat", "coffee_cup", "coffee_cup_small"]
+    assert len({tuple(i.shape) for i in result.output("2", 0)}) == 4  # four sizes
 
 
 def test_node_errors():
-    write_folder("files_mixed", {"a.png": solid((1, 1, 1), (6, 4)), "b.png": solid((1, 1, 1), (4, 4))})
-    message = node_error_message({"1": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "files_mixed"}}},
-                                 outputs=["1"])
-    assert "b.png is 4x4 but a.png is 6x4" in message
     write_folder("files_one", {"a.png": solid((1, 1, 1))})
     message = node_error_message({
         "1": {"class_type": "SCLoadImageFolder", "inputs": {"folder": "files_one"}},

@@ -220,6 +220,11 @@ def test_clip_files_without_both_towers_or_with_a_bad_config_are_refused(clip_fo
         clip_models.load_clip_matcher("bad")
     with pytest.raises(shared.ModelFileError, match="not found in models/clip_matcher"):
         clip_models.load_clip_matcher("absent")
+    for empty in (None, ""):  # what an empty models folder leaves in the loader's list
+        with pytest.raises(shared.ModelFileError, match="models/clip_matcher has none.*press R.*huggingface.co"):
+            clip_models.load_clip_matcher(empty)
+        with pytest.raises(shared.ModelFileError, match="models/sams has none.*segment-anything#model"):
+            sam_models.load_sam(empty)
 
 
 # --------------------------------------------------------------------------- the finder end to end

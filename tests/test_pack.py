@@ -6,7 +6,7 @@ import tomllib
 import pytest
 
 from harness import REPO_ROOT
-from harness.node_docs import README, pack_node_classes, readme_with_reference, render_reference
+from harness.node_docs import REFERENCE_DOC, doc_with_reference, pack_node_classes, render_reference
 
 SCHEMAS = [cls.GET_SCHEMA() for cls in pack_node_classes()]
 
@@ -27,6 +27,9 @@ def test_node_schema_follows_the_conventions(schema):
     assert len(schema.description) > 20
     for item in schema.inputs:
         assert item.tooltip and len(item.tooltip) > 10, f"{schema.node_id}.{item.id} has no useful tooltip"
+    for item in schema.outputs:  # without one the frontend labels the slot with its type (FLOAT, FLOAT, ...)
+        assert item.display_name and item.tooltip, f"{schema.node_id} has an output without a display name or tooltip"
+    assert schema.display_name.endswith(" (SC)"), "one naming pattern: '<what it does> (SC)'"
 
 
 def test_node_ids_are_unique():
@@ -34,9 +37,9 @@ def test_node_ids_are_unique():
     assert len(ids) == len(set(ids))
 
 
-def test_readme_node_reference_matches_the_schemas():
-    current = README.read_text()
-    assert current == readme_with_reference(current, render_reference()), "run `make readme`"
+def test_node_reference_matches_the_schemas():
+    current = REFERENCE_DOC.read_text()
+    assert current == doc_with_reference(current, render_reference()), "run `make readme`"
 
 
 def test_pyproject_has_the_registry_fields():

@@ -16,7 +16,9 @@ rest of the graph is exactly the shipped one:
   tests/test_finding_ops.py (the product class list becomes "red" to match it);
 - u2net.onnx is the real u2netp.onnx from .test-assets, written under the name the workflows use;
 - lineart / depth annotators need weights that are not on this machine: they become canny;
-- KSampler steps drop to 2; images are small synthetic or scikit-image photos in the input folder.
+- KSampler steps drop to 2; the pack's example photos (Load Example Image (SC), 'pack examples/'
+  folders) become small synthetic or scikit-image photos in the input folder, under the same names
+  (coffee_cup.jpg -> input/coffee_cup.png; 'pack examples/catalog' -> input/catalog).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from harness.workflow import VIRTUAL_NODE_TYPES, _ordered_inputs, _widget_kind, 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 U2NETP = REPO_ROOT / ".test-assets" / "u2netp.onnx"
 EXPECTED = {"selective_controlnet", "local_control", "product_photoshoot", "pose_identity", "multi_instance",
-            "video_consistency", "train_local_control", "regions_zimage"}
+            "video_consistency", "train_local_control", "regions_zimage", "sdxl_regions"}
 LOADER_STANDINS = {"CheckpointLoaderSimple": ("TinyCheckpointLoader", {"architecture": "sd15"}),
                    "ControlNetLoader": ("TinyControlNetLoader", {"architecture": "sd15"}),
                    "SCLoadSAM": ("WorkflowTestSAM", {}), "SCLoadCLIPMatcher": ("WorkflowTestColourCLIP", {})}
@@ -106,6 +108,36 @@ def test_workflow_matches_the_node_definitions(info, path):
     assert not problems, "\n".join(problems)
 
 
+DIALOG_SUFFIXES = (".safetensors", ".sft")  # what the frontend's Missing Models dialog will download
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_model_is_downloadable_from_the_dialog_or_its_manual_step_is_in_a_note(path):
+    """The Missing Models dialog refuses other suffixes and hosts than Hugging Face's safetensors; anything
+    else is listed under extra.selective_control.model_files and named, with its folder and URL, in a Note."""
+    workflow = _load(path)
+    for node in workflow["nodes"]:
+        for model in (node.get("properties") or {}).get("models") or []:
+            assert model["name"].endswith(DIALOG_SUFFIXES), f"{path.name}: the dialog cannot download {model['name']}"
+            assert model["url"].startswith("https://huggingface.co/"), f"{path.name}: the dialog refuses {model['url']}"
+    notes = " ".join(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote"))
+    manual = ((workflow.get("extra") or {}).get("selective_control") or {}).get("model_files") or []
+    for model in manual:
+        assert f"models/{model['directory']}/{model['name']}" in notes and model["url"] in notes, (
+            f"{path.name}: {model['name']} must be fetched by hand; say where from and where to in a Note")
+
+
+def test_no_workflow_needs_files_in_the_input_folder():
+    """Every picture a workflow reads ships with the pack (example_inputs/), so a fresh install runs it."""
+    for path in WORKFLOWS:
+        for node in _load(path)["nodes"]:
+            assert node["type"] != "LoadImage", f"{path.name}: use Load Example Image (SC) for shipped pictures"
+            if node["type"] == "SCLoadImageFolder":
+                assert node["widgets_values"][0].startswith("pack examples/"), path.name
+            if node["type"] == "SCLoadExampleImage":
+                assert (REPO_ROOT / "example_inputs" / node["widgets_values"][0]).is_file(), path.name
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_every_link_matches_the_slots_it_names(path):
     """The frontend's link check (fixBadLinks: "Expected node to match patched data") wants each link's
@@ -168,7 +200,7 @@ def _astronaut(size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(data.astronaut()).resize((size, size)))
 
 
-def prepare(name: str, info: dict) -> dict:
+def prepare(name: str, info: dict, architecture: str = "sd15") -> dict:
     """The shipped workflow as the frontend would queue it, with the documented stand-ins."""
     path = REPO_ROOT / "workflows" / f"{name}.json"
     prompt = ui_to_api(_load(path), info, source=str(path))
@@ -176,10 +208,16 @@ def prepare(name: str, info: dict) -> dict:
         kind = entry["class_type"]
         if kind in LOADER_STANDINS:
             entry["class_type"], entry["inputs"] = LOADER_STANDINS[kind][0], dict(LOADER_STANDINS[kind][1])
+            if "architecture" in entry["inputs"]:
+                entry["inputs"]["architecture"] = architecture
         elif kind == "SCMaskedControlImage" and entry["inputs"]["annotator"] in ("lineart", "depth_midas"):
             entry["inputs"]["annotator"] = "canny"
         elif kind == "KSampler":
             entry["inputs"]["steps"] = 2
+        elif kind == "SCLoadExampleImage":
+            entry["class_type"], entry["inputs"] = "LoadImage", {"image": Path(entry["inputs"]["image"]).stem + ".png"}
+        elif kind == "SCLoadImageFolder":
+            entry["inputs"]["folder"] = entry["inputs"]["folder"].removeprefix("pack examples/")
     return prompt
 
 
@@ -233,7 +271,7 @@ def _assert_regions(result, prompt: dict, image: torch.Tensor, subject: torch.Te
 
 
 def test_selective_controlnet_runs(info):
-    _save_input("sc_subject.png", _photo())
+    _save_input("astronaut.png", _photo())
     prompt = prepare("selective_controlnet", info)
     result = run_prompt(prompt)
     [(control, mask)] = _controls(result, prompt)
@@ -247,8 +285,24 @@ def test_selective_controlnet_runs(info):
     assert image.shape == (64, 64, 3)
 
 
+def test_sdxl_regions_runs_the_same_setup_on_an_sdxl_model(info):
+    _save_input("astronaut.png", _photo((96, 64)))
+    prompt = prepare("sdxl_regions", info, architecture="sdxl")
+    [scale] = _ids(prompt, "ImageScale")
+    assert prompt[scale]["inputs"]["width"] == prompt[scale]["inputs"]["height"] == 1024
+    assert prompt[scale]["inputs"]["crop"] == "center"
+    prompt[scale]["inputs"].update(width=64, height=64)  # SDXL's 1024 px at the tiny model's scale
+    result = run_prompt(prompt)
+    [(control, mask)] = _controls(result, prompt)
+    _assert_control_only_inside(control, mask)
+    [feather] = _ids(prompt, "SCFeatherMask")
+    _assert_regions(result, prompt, result.output(scale), result.output(feather), strength=0.9)
+    [image] = _saved(result, prompt)
+    assert image.shape == (64, 64, 3)
+
+
 def test_local_control_runs_two_controls_in_disjoint_masks(info):
-    _save_input("sc_person.png", _photo())
+    _save_input("astronaut.png", _photo())
     prompt = prepare("local_control", info)
     result = run_prompt(prompt)
     controls = _controls(result, prompt)
@@ -260,42 +314,54 @@ def test_local_control_runs_two_controls_in_disjoint_masks(info):
     assert [i.shape for i in _saved(result, prompt)] == [(64, 64, 3)]
 
 
-def _colour_photo(name: str, rgb: tuple[int, int, int]) -> np.ndarray:
-    pixels = np.full((192, 256, 3), rgb, np.uint8)
+def _colour_photo(name: str, rgb: tuple[int, int, int], size: tuple[int, int]) -> np.ndarray:
+    pixels = np.full((*size, 3), rgb, np.uint8)
     return _save_input(f"catalog/{name}", pixels)
 
 
+PRODUCT_PHOTOS = {"a_red.png": ((230, 20, 20), (192, 256)), "b_blue.png": ((20, 20, 230), (128, 128)),
+                  "c_red.png": ((200, 30, 30), (256, 128))}  # mixed sizes, as real catalogs are
+
+
+def _unblocked(values: list) -> list:
+    from comfy_execution.graph import ExecutionBlocker
+
+    return [v for v in values if not isinstance(v, ExecutionBlocker)]
+
+
 def test_product_photoshoot_skips_photos_without_the_product_and_saves_under_the_source_names(info):
-    for name, rgb in (("a_red.png", (230, 20, 20)), ("b_blue.png", (20, 20, 230)), ("c_red.png", (200, 30, 30))):
-        _colour_photo(name, rgb)
+    for name, (rgb, size) in PRODUCT_PHOTOS.items():
+        _colour_photo(name, rgb, size)
     shots = workspace().output / "product_photoshoot"
     for stale in shots.glob("*.png"):
         stale.unlink()
     prompt = prepare("product_photoshoot", info)
-    assert not _ids(prompt, "LoraLoader")  # shipped bypassed
+    assert not _ids(prompt, "LoraLoader")  # no speed LoRA: the sampler settings are the plain model's
+    [sampler] = _ids(prompt, "KSampler")
+    assert prompt[sampler]["inputs"]["sampler_name"] != "lcm" and prompt[sampler]["inputs"]["cfg"] > 3
     [find] = _ids(prompt, "SCFindObjects")
     prompt[find]["inputs"].update(class_names="red", negative_names="white, black", threshold=0.5,
                                   pred_iou_thresh=0.0, stability_thresh=0.0, max_prompts=2)
     result = run_prompt(prompt)
     [load] = _ids(prompt, "SCLoadImageFolder")
-    assert json.loads(result.output(load, 1)) == ["a_red", "b_blue", "c_red"]  # sorted by file name
+    assert [json.loads(n) for n in result.outputs[load][1]] == [["a_red"], ["b_blue"], ["c_red"]]  # one by one
     [filt] = _ids(prompt, "SCFilterByFound")
-    images, masks, indices, count = (result.output(filt, i) for i in range(4))
-    assert count == 2 and json.loads(indices) == [0, 2]  # the blue photo has no red product
+    images, masks = (_unblocked(result.outputs[filt][i]) for i in range(2))
+    assert result.outputs[filt][3] == [1, 0, 1]  # the blue photo has no red product
     [select] = _ids(prompt, "SCSelectNames")
-    assert json.loads(result.output(select)) == ["a_red", "c_red"]
+    assert [json.loads(n) for n in _unblocked(result.outputs[select][0])] == [["a_red"], ["c_red"]]
     [paste] = _ids(prompt, "SCPasteBack")
-    pasted = result.output(paste)
-    inside = masks >= 1
-    assert inside.any()
-    assert torch.equal(pasted[inside], images[inside])  # exact product pixels
-    [save] = _ids(prompt, "SCSaveImagesNamed")
-    assert [i["filename"] for i in result.ui[save]["images"]] == ["a_red.png", "c_red.png"]
+    pasted = _unblocked(result.outputs[paste][0])
+    assert len(pasted) == len(images) == 2
+    for image, mask, out in zip(images, masks, pasted):
+        inside = mask >= 1
+        assert inside.any() and out.shape == image.shape
+        assert torch.equal(out[inside], image[inside])  # exact product pixels
     assert sorted(p.name for p in shots.iterdir()) == ["a_red.png", "c_red.png"]  # b_blue.png not written
-    for k, name in enumerate(("a_red", "c_red")):
+    for out, name in zip(pasted, ("a_red", "c_red")):
         written = np.asarray(Image.open(shots / f"{name}.png").convert("RGB"))
-        expected = (pasted[k].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        assert written.shape == (192, 256, 3) and np.array_equal(written, expected)
+        expected = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        assert written.shape == (*PRODUCT_PHOTOS[f"{name}.png"][1], 3) and np.array_equal(written, expected)
 
 
 def test_train_local_control_trains_on_a_photo_folder_and_saves_an_adapter_core_loads(info):
@@ -315,7 +381,7 @@ def test_train_local_control_trains_on_a_photo_folder_and_saves_an_adapter_core_
     result = run_prompt(prompt, outputs=[*_ids(prompt, "SCSaveAdapter"), *_ids(prompt, "PreviewImage"), train,
                                          *_ids(prompt, "SCRemoveBackground"), *_ids(prompt, "Canny")])
     [rembg], [canny] = _ids(prompt, "SCRemoveBackground"), _ids(prompt, "Canny")
-    masks, edges = result.output(rembg, 0), result.output(canny, 0)
+    masks, edges = torch.cat(result.outputs[rembg][0]), torch.cat(result.outputs[canny][0])  # one photo at a time
     assert masks.shape == (3, 64, 64) and edges.shape == (3, 64, 64, 3)
     assert all(0.05 < float(m.mean()) < 0.95 for m in masks)  # a subject in every photo, not the whole frame
     history = json.loads(result.output(train, 1))
@@ -337,8 +403,8 @@ def test_train_local_control_trains_on_a_photo_folder_and_saves_an_adapter_core_
 
 
 def test_pose_identity_runs_and_reports_metrics(info):
-    _save_input("sc_pose.png", _astronaut(128))
-    _save_input("sc_identity.png", _astronaut(128)[:, ::-1])
+    _save_input("astronaut_mirrored.png", _astronaut(128))
+    _save_input("astronaut.png", _astronaut(128)[:, ::-1])
     prompt = prepare("pose_identity", info)
     result = run_prompt(prompt)
     [pose] = _ids(prompt, "SCPoseFromImage")
@@ -354,14 +420,15 @@ def test_pose_identity_runs_and_reports_metrics(info):
 
 
 def test_multi_instance_gives_each_person_a_region_with_their_pose(info):
-    frame = _astronaut(128)
-    _save_input("sc_two_people.png", np.concatenate([frame, frame[:, ::-1]], axis=1))
+    frame = np.asarray(Image.fromarray(_astronaut(128)).resize((64, 128)))  # square, as the shipped example
+    _save_input("two_people.png", np.concatenate([frame, frame[:, ::-1]], axis=1))
     prompt = prepare("multi_instance", info)
     for entry in prompt.values():  # the shipped 512x512 canvas, boxes and feather at a quarter of the size
         if entry["class_type"] in ("ImageScale", "SolidMask", "MaskComposite", "SCApplyRegions"):
             entry["inputs"].update({k: v // 4 for k, v in entry["inputs"].items() if k in ("width", "height", "x", "feather")})
-    [apply] = _ids(prompt, "SCApplyRegions")
+    [apply], [scale] = _ids(prompt, "SCApplyRegions"), _ids(prompt, "ImageScale")
     assert prompt[apply]["inputs"]["mode"] == "instances" and prompt[apply]["inputs"]["feather"] == 4
+    assert prompt[scale]["inputs"]["crop"] == "center"  # a photo of another shape is cropped, never stretched
     result = run_prompt(prompt)
     poses = _ids(prompt, "SCPoseFromImage")
     assert len(poses) == 2
@@ -401,7 +468,7 @@ def test_multi_instance_gives_each_person_a_region_with_their_pose(info):
 def test_video_consistency_samples_every_frame(info):
     base = _photo()
     for i in range(3):
-        _save_input(f"sc_frame_{i:03d}.png", np.roll(base, 2 * i, axis=1))
+        _save_input(f"frame_{i:03d}.png", np.roll(base, 2 * i, axis=1))
     prompt = prepare("video_consistency", info)
     result = run_prompt(prompt)
     [(control, mask)] = _controls(result, prompt)

@@ -49,8 +49,13 @@ def list_models(folder: str) -> list[str]:
 def model_path(folder: str, filename: str, where_to_get: str) -> str:
     """Full path of ``filename`` in ``folder``, or an error that says where to put which file."""
     path = folder_paths.get_full_path(folder, filename) if filename else None
+    searched = ", ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
+    if not filename:  # an empty folder leaves the loader's list empty
+        raise ModelFileError(
+            f"No model file chosen: models/{folder} has none (searched: {searched}). Put one there and refresh "
+            f"the node list (press R in ComfyUI). Where to get it: {where_to_get}"
+        )
     if path is None or not os.path.isfile(path):
-        searched = ", ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
         raise ModelFileError(
             f"Model file '{filename}' was not found in models/{folder} (searched: {searched}). "
             f"Put it there and refresh the node list (press R in ComfyUI). Where to get it: {where_to_get}"

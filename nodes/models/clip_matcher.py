@@ -208,7 +208,7 @@ def build_matcher(path: str, source: str) -> CLIPMatcher:
 
 def load_clip_matcher(choice: str) -> comfy.model_patcher.ModelPatcher:
     """The CLIP in ``models/clip_matcher/<choice>`` (a folder or a .safetensors file) as a ModelPatcher."""
-    is_folder = not choice.endswith((".safetensors", ".bin"))
+    is_folder = bool(choice) and not choice.endswith((".safetensors", ".bin"))
     found = model_path("clip_matcher", f"{choice}/config.json" if is_folder else choice, CLIP_WHERE)
     path = os.path.dirname(found) if is_folder else found
     return _cache.get(file_key(found), lambda: build_matcher(path, f"models/clip_matcher/{choice}"))

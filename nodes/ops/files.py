@@ -48,6 +48,25 @@ def load_batch(files: list[Path]) -> tuple[torch.Tensor, list[str]]:
     return torch.stack(images), names
 
 
+def load_each(files: list[Path]) -> tuple[list[torch.Tensor], list[str]]:
+    """One ``[1,H,W,3]`` image per file (sizes may differ) and the file names without suffix."""
+    loaded = [load_batch([path]) for path in files]
+    return [images for images, _ in loaded], [names[0] for _, names in loaded]
+
+
+def example_images(folder: Path) -> list[str]:
+    """The image files directly in ``folder``, sorted (the pack's example photos)."""
+    return [p.name for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES] \
+        if folder.is_dir() else []
+
+
+def example_folders(folder: Path, prefix: str) -> list[str]:
+    """``prefix + name`` for every subfolder of ``folder`` that holds images."""
+    if not folder.is_dir():
+        return []
+    return [prefix + p.name for p in sorted(folder.iterdir()) if p.is_dir() and example_images(p)]
+
+
 def names_from_json(text: str, what: str = "names") -> list[str]:
     """A JSON list of file names, as Load Image Folder makes it."""
     try:

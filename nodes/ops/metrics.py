@@ -188,7 +188,7 @@ def poses_from_keypoints(keypoints: dict, height: int, width: int) -> torch.Tens
     some editors write) are taken as fractions of the canvas.
     """
     if not isinstance(keypoints, dict) or "people" not in keypoints:
-        raise ValueError("pose keypoints must be OpenPose JSON with a 'people' list (e.g. from 'Pose From Image')")
+        raise ValueError("pose keypoints must be OpenPose JSON with a 'people' list (e.g. from 'MediaPipe Pose as OpenPose (SC)')")
     poses = []
     for person in keypoints["people"]:
         flat = person.get("pose_keypoints_2d") or []

@@ -45,6 +45,8 @@ const HARMLESS = [
     test: (e, base) => (e.url && !e.url.startsWith(base) && /^Failed to load resource/.test(e.text)) ||
       /^Connecting to '[^']+' violates the following Content Security Policy directive/.test(e.text) &&
         !e.text.includes(`'${base}`) },
+  { why: 'frontend 1.49.6 logs this at start-up with no custom node loaded at all (verified)',
+    test: (e) => e.phase === 'startup' && /^ComfyApp graph accessed before initialization/.test(e.text) },
   { why: 'frontend 1.32.9 useRenderModeSetting stores an unregistered setting at startup (TypeError in onChange)',
     test: (e) => e.phase === 'startup' &&
       e.text.startsWith("TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange (") &&

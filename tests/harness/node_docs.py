@@ -1,4 +1,4 @@
-"""The README's node reference, rendered from the nodes' own V3 schemas so it cannot drift."""
+"""The node reference (docs/nodes.md), rendered from the nodes' own V3 schemas so it cannot drift."""
 from __future__ import annotations
 
 import asyncio
@@ -6,7 +6,7 @@ import re
 
 from .comfy import REPO_ROOT, boot
 
-README = REPO_ROOT / "README.md"
+REFERENCE_DOC = REPO_ROOT / "docs" / "nodes.md"
 START, END = "<!-- node-reference:start -->", "<!-- node-reference:end -->"
 
 
@@ -33,14 +33,14 @@ def render_reference() -> str:
             optional = ", optional" if item.optional else ""
             lines.append(f"- in `{item.id}` ({item.get_io_type()}{optional}): {_one_line(item.tooltip)}")
         for item in schema.outputs:
-            name = item.display_name or item.id or item.get_io_type()
+            name = item.display_name
             tip = f": {_one_line(item.tooltip)}" if item.tooltip else ""
             lines.append(f"- out `{name}` ({item.get_io_type()}){tip}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def readme_with_reference(readme: str, reference: str) -> str:
-    head, rest = readme.split(START, 1)
+def doc_with_reference(doc: str, reference: str) -> str:
+    head, rest = doc.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{reference}{END}{tail}"
