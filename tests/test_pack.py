@@ -130,13 +130,8 @@ def global_state_changes(source: str) -> list[str]:
 
 
 # rembg_models.py sets U2NET_HOME through mock.patch.dict; the deps branch removes it (drop this mark then).
-KNOWN_GLOBAL_STATE = {"nodes/models/rembg_models.py"}
 
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="removed by the deps branch"))
-    if str(p.relative_to(REPO_ROOT)) in KNOWN_GLOBAL_STATE else p for p in PACK_SOURCES
-], ids=lambda p: str(p.relative_to(REPO_ROOT)))
+@pytest.mark.parametrize("path", PACK_SOURCES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_pack_changes_no_global_state(path):
     assert global_state_changes(path.read_text()) == []
 
