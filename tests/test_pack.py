@@ -129,11 +129,16 @@ def global_state_changes(source: str) -> list[str]:
     return found
 
 
-# rembg_models.py sets U2NET_HOME through mock.patch.dict; the deps branch removes it (drop this mark then).
+
+# The annotators import controlnet_aux's network modules under the pack's own private package name
+# (never the real controlnet_aux, whose __init__ fails on new mediapipe): a key of the pack's own.
+OWN_MODULE_NAMES = {"nodes/models/annotators.py": ["writes sys.modules[...]"]}
+
 
 @pytest.mark.parametrize("path", PACK_SOURCES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_pack_changes_no_global_state(path):
-    assert global_state_changes(path.read_text()) == []
+    found = [change.split(": ", 1)[1] for change in global_state_changes(path.read_text())]
+    assert found == OWN_MODULE_NAMES.get(str(path.relative_to(REPO_ROOT)), [])
 
 
 @pytest.mark.parametrize("snippet", [
