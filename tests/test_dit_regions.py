@@ -226,15 +226,20 @@ def test_cond_and_uncond_in_one_call_bias_only_the_cond_rows():
         assert p[uncond][:, outside][..., 8:16].min().item() > 0.0
 
 
+def one_left_region(arch: str, locality: int):
+    """A tiny ``arch`` model patched in attention mode with one region ("a red car") on the left half."""
+    positive, negative = conds(arch)
+    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
+    patched, pos, neg, _ = regional.apply_regions(tiny_dit.model(arch), positive, negative, regions, "attention", locality)
+    return patched, pos, neg
+
+
 @needs_dit
 def test_every_core_sampler_runs_with_regions():
     import comfy.samplers
 
     arch = "flux"
-    model = tiny_dit.model(arch)
-    positive, negative = conds(arch)
-    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
-    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 8)
+    patched, pos, neg = one_left_region(arch, locality=8)
     for sampler in comfy.samplers.KSampler.SAMPLERS:
         out = sample(patched, pos, neg, arch, steps=2, sampler=sampler)
         assert torch.isfinite(out).all(), sampler
@@ -243,10 +248,7 @@ def test_every_core_sampler_runs_with_regions():
 @needs_dit
 def test_caches_hold_one_run_only():
     arch = "qwen_image"
-    model = tiny_dit.model(arch)
-    positive, negative = conds(arch)
-    regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
-    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
+    patched, pos, neg = one_left_region(arch, locality=0)
     hooks = patched.model_options["transformer_options"]["patches"]["attn1_patch"][-1].__self__
     sample(patched, pos, neg, arch, steps=1)
     assert hooks.cache == {}
