@@ -110,7 +110,7 @@ def fake_checkout(tmp_path) -> tuple[Path, Path]:
     for name in ("setup.sh", "link_pack.sh"):
         shutil.copy(REPO_ROOT / "scripts" / name, root / "scripts" / name)
     (root / "scripts" / "setup_browser.sh").write_text('touch "$(dirname "$0")/../browser-was-set-up"\n')
-    for name in ("requirements.txt", "requirements-dev.txt", "constraints-dev.txt"):
+    for name in ("requirements.txt", "requirements-optional.txt", "requirements-dev.txt", "constraints-dev.txt"):
         shutil.copy(REPO_ROOT / name, root / name)
     (root / ".test-assets").mkdir()
     (root / ".test-assets" / "u2netp.onnx").write_bytes(b"")

@@ -176,7 +176,8 @@ def standins():
     if not U2NETP.is_file():
         pytest.skip("no .test-assets/u2netp.onnx: run scripts/setup.sh (it extracts the real weights)")
     write_model_file("rembg", "u2net.onnx", U2NETP.read_bytes())
-    from test_finding_nodes import TestColourMatcherLoader, TestSAMLoader
+    from harness.doubles import TestColourMatcherLoader
+    from test_finding_nodes import TestSAMLoader
 
     # The finding tests' own stand-ins: a one-block-encoder SAM and the colour CLIP double.
     nodes.NODE_CLASS_MAPPINGS.update(WorkflowTestSAM=TestSAMLoader, WorkflowTestColourCLIP=TestColourMatcherLoader)
