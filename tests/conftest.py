@@ -1,4 +1,6 @@
 """Boots ComfyUI once for the whole session, before test modules import pack code."""
+import pytest
+
 from harness import comfy, pose_task, tiny_dit, tiny_models
 
 
@@ -11,3 +13,10 @@ def pytest_configure(config) -> None:
 
 def pytest_unconfigure(config) -> None:
     comfy.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def forget_dead_loaded_models():
+    """After each test, as ComfyUI would after its prompt: no loaded-model entry outlives its patcher."""
+    yield
+    comfy.forget_dead_loaded_models()

@@ -234,3 +234,17 @@ def cleanup() -> None:
     ws = _state.get("workspace")
     if ws is not None:
         shutil.rmtree(ws.root, ignore_errors=True)
+
+
+def forget_dead_loaded_models() -> None:
+    """Drop ComfyUI's loaded-model entries whose ModelPatcher (and its parent) no longer exists.
+
+    Tests let model clones go between samplings. ComfyUI 0.33 keeps such an entry in
+    ``current_loaded_models`` still marked in use, and core ControlNets that encode their hint with a
+    VAE then get ``None`` from ``loaded_models(only_currently_used=True)`` and fail. A server keeps
+    its clones alive in the output cache; this is the tests' bookkeeping, as ``cleanup_models`` does
+    for entries whose model is gone.
+    """
+    import comfy.model_management as mm
+
+    mm.current_loaded_models[:] = [entry for entry in mm.current_loaded_models if entry.model is not None]
