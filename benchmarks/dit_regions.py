@@ -13,13 +13,17 @@ with the process's CPU time on one thread:
 - ``regions_n4``: Apply Regions, attention mode, 4 regions (4096 + 5 x 256 tokens, joint attention
   biased by a dense ``[1, 1, S, S]`` mask);
 - ``core_n4``: core ConditioningSetMask, the base prompt plus 4 masked region prompts (N + 1
-  model passes per step).
+  model passes per step);
+- ``single_short`` / ``regions_n4_short``: the same with unpadded prompts (base 64, regions 32
+  tokens each), as the Qwen3 / Mistral / Qwen2.5-VL encoders of Z-Image, Flux.2 dev and Qwen-Image
+  give them (no minimum length). T5's 256-token minimum alone makes Flux.1's N=4 sequence 1.235x
+  the single prompt's, and joint attention grows with its square.
 
 It also says which attention kernel runs with the mask (ComfyUI's attention function and
 torch's SDPA backend choice for these shapes) and what the mask costs in memory at 1024 px and
 2048 px. Goal: ``regions_n4`` <= 1.25x ``single``. Run with the latest leg's environment:
 ``COMFYUI_PATH=.comfyui-latest .venv-latest/bin/python benchmarks/dit_regions.py``.
-Last stdout line: JSON with ``flux_n4_ratio`` and ``core_n4_ratio``.
+Last stdout line: JSON with ``flux_n4_ratio``, ``core_n4_ratio`` and ``short_prompts_n4_ratio``.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ from _common import add_threads_argument, clock_name  # noqa: E402
 from harness import boot, pack_import  # noqa: E402
 
 HEADS, HEAD_DIM = 24, 128
-TEXT_TOKENS = 256
+TEXT_TOKENS = 256  # T5's minimum length in ComfyUI's Flux.1 tokenizer
+SHORT_BASE_TOKENS, SHORT_REGION_TOKENS = 64, 32  # unpadded encoders (Z-Image, Flux.2 dev, Qwen-Image)
 T5_WIDTH, POOLED_WIDTH = 4096, 768
 REGIONS = 4
 
@@ -59,9 +64,9 @@ def build_flux(double: int, single: int):
                                             offload_device=mm.unet_offload_device())
 
 
-def prompt(seed: int) -> list:
+def prompt(seed: int, tokens: int = TEXT_TOKENS) -> list:
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, TEXT_TOKENS, T5_WIDTH, generator=g),
+    return [[torch.randn(1, tokens, T5_WIDTH, generator=g),
              {"pooled_output": torch.randn(1, POOLED_WIDTH, generator=g), "guidance": 3.5}]]
 
 
@@ -135,11 +140,19 @@ def main() -> None:
     for c, m in zip(region_prompts, masks):
         core += node_helpers.conditioning_set_values(c, {"mask": m, "set_area_to_bounds": False, "mask_strength": 1.0})
 
+    short_base = prompt(10, SHORT_BASE_TOKENS)
+    short_regions = [regional.Region(conditioning=prompt(11 + i, SHORT_REGION_TOKENS), mask=m, weight=1.0)
+                     for i, m in enumerate(masks)]
+    short_patched, short_joined, _, _ = regional.apply_regions(model, short_base, [], short_regions, "attention", 0)
+
     seconds = {"single": seconds_per_step(model, base, latent_hw),
                "regions_n4": seconds_per_step(patched, joined, latent_hw),
-               "core_n4": seconds_per_step(model, core, latent_hw)}
+               "core_n4": seconds_per_step(model, core, latent_hw),
+               "single_short": seconds_per_step(model, short_base, latent_hw),
+               "regions_n4_short": seconds_per_step(short_patched, short_joined, latent_hw)}
     ratios = {"flux_n4_ratio": seconds["regions_n4"] / seconds["single"],
-              "core_n4_ratio": seconds["core_n4"] / seconds["single"]}
+              "core_n4_ratio": seconds["core_n4"] / seconds["single"],
+              "short_prompts_n4_ratio": seconds["regions_n4_short"] / seconds["single_short"]}
     seq = latent_hw[0] * latent_hw[1] // 4 + (REGIONS + 1) * TEXT_TOKENS
     kernel = attention_kernel(seq)
     memory = {f"{px}px_{name}_mb": round(mask_bytes(px, REGIONS, size) / 2 ** 20, 1)
@@ -148,9 +161,10 @@ def main() -> None:
     print(f"Flux-shaped model: {HEADS} heads x {HEAD_DIM}, {args.double} double + {args.single} single blocks, "
           f"{args.size} px ({latent_hw[0] * latent_hw[1] // 4} image tokens), {TEXT_TOKENS} tokens per prompt, "
           f"{args.threads} thread(s), {clock_name()}")
-    print(f"{'run':12s} {'s/step':>8s} {'ratio':>7s}")
+    print(f"{'run':16s} {'s/step':>8s} {'ratio':>7s}  (each against its single prompt)")
     for name, value in seconds.items():
-        print(f"{name:12s} {value:8.2f} {value / seconds['single']:7.3f}")
+        reference = seconds["single_short" if name.endswith("_short") else "single"]
+        print(f"{name:16s} {value:8.2f} {value / reference:7.3f}")
     print(f"attention kernel with the region mask: {kernel}")
     print("region mask [1, 1, S, S] (broadcast over heads and blocks, one per model call): "
           + ", ".join(f"{k} {v}" for k, v in memory.items()))

@@ -57,6 +57,7 @@ class Benchmark:
     measures: tuple[Measure, ...] = ()
     quick_args: tuple[str, ...] = ()
     file: str = ""
+    leg: str = "floor"  # "latest": run with .venv-latest on .comfyui-latest (the DiT models need ComfyUI 0.33)
 
     @property
     def path(self) -> Path:
@@ -91,6 +92,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                Measure("ratios.cross_frame_2", "cross-frame (2 frames) step / plain"),
                Measure("ratios.cross_frame_8", "cross-frame (8 frames) step / plain")),
               quick_args=("--steps", "1", "--repeats", "2")),
+    Benchmark("dit_regions", "Flux-shaped model (24 heads × 128, 1 double + 1 single block, random), 1024 px, one "
+              "euler step at cfg 1, 1 thread, process CPU time; Apply Regions N=4 attention mode vs the single "
+              "prompt vs core masked conds (N + 1 passes)",
+              (Measure("flux_n4_ratio", "attention mode N=4 step / single prompt, 256-token T5 prompts", 1.25, False),
+               Measure("short_prompts_n4_ratio", "attention mode N=4 step / single prompt, unpadded prompts"),
+               Measure("core_n4_ratio", "core masked conds N=4 step / single prompt")), leg="latest"),
+    Benchmark("dit_control", "masked ControlNet and instances mode on tiny Flux / Qwen-Image models vs core "
+              "(see benchmarks/dit_control.py)", leg="latest"),
     Benchmark("train_local", "masked adapter training step with vs without the Sobel term, micro SD1.5-layout "
               "UNet + T2I-Adapter and ControlNet (see benchmarks/train_local.py)",
               (Measure("ratio", "training step with Sobel / without (the worse adapter kind)", 1.15, False),)),
@@ -141,11 +150,17 @@ def machine() -> str:
 
 def run(benchmark: Benchmark, quick: bool, timeout: float) -> Outcome:
     """Run one benchmark in a subprocess; its last stdout line must be its JSON."""
-    command = [sys.executable, str(benchmark.path), *(benchmark.quick_args if quick else ())]
+    python, env = sys.executable, None
+    if benchmark.leg == "latest":
+        python, comfy = ROOT / ".venv-latest" / "bin" / "python", os.environ.get("COMFYUI_PATH", ROOT / ".comfyui-latest")
+        if not python.exists():
+            return Outcome(benchmark, error="needs the latest leg's environment: run scripts/setup.sh --leg latest --dev")
+        env = {**os.environ, "COMFYUI_PATH": str(comfy)}
+    command = [str(python), str(benchmark.path), *(benchmark.quick_args if quick else ())]
     print(f"--- {benchmark.name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return Outcome(benchmark, time.perf_counter() - start, error=f"timed out after {timeout:g} s")
     seconds = time.perf_counter() - start

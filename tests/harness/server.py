@@ -24,7 +24,7 @@ import pytest
 from . import comfy
 
 HOST = "127.0.0.1"
-START_TIMEOUT = 60.0
+START_TIMEOUT = 240.0  # ComfyUI 0.33 imports ~100 comfy_extras modules: minutes on a loaded 2-core machine
 
 
 class Server:
