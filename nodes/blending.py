@@ -91,8 +91,9 @@ class SCPasteBack(io.ComfyNode):
                 "band's colours to the source."
             ),
             inputs=[
-                io.Image.Input("image", tooltip="The generated image."),
-                io.Image.Input("source_image", tooltip="The original image whose pixels are kept; same size as image."),
+                io.Image.Input("image", tooltip="The generated image. Scaled (bilinear) to the original's size if they "
+                                                "differ (a VAE rounds sides down to a multiple of 8)."),
+                io.Image.Input("source_image", tooltip="The original image whose pixels are kept; the output has its size."),
                 io.Mask.Input("mask", tooltip="White = restore the source here. Resized to the image (bilinear) if needed."),
                 io.Float.Input("feather", default=8.0, min=0.0, max=512.0, step=1.0,
                                tooltip="Width in pixels of the blend band outside the mask; 0 uses the mask as given."),

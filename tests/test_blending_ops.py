@@ -117,7 +117,20 @@ def test_paste_back_colour_match_moves_the_band_towards_the_source():
 
 
 def test_paste_back_errors_name_the_shapes():
-    with pytest.raises(ValueError, match=r"\(1, 32, 32, 3\).*\(1, 64, 64, 3\)"):
-        ops.paste_back(torch.zeros(1, 32, 32, 3), torch.zeros(1, 64, 64, 3), torch.ones(1, 32, 32))
+    with pytest.raises(ValueError, match=r"\(1, 32, 32, 4\).*\(1, 32, 32, 3\)"):
+        ops.paste_back(torch.zeros(1, 32, 32, 4), torch.zeros(1, 32, 32, 3), torch.ones(1, 32, 32))
     with pytest.raises(ValueError, match=r"batch sizes differ"):
         ops.paste_back(torch.zeros(2, 32, 32, 3), torch.zeros(3, 32, 32, 3), torch.ones(1, 32, 32))
+
+
+def test_paste_back_scales_a_vae_rounded_result_to_the_source_size():
+    """An 83x61 photo comes back from the VAE as 80x56: the output has the photo's size, its kept pixels exact."""
+    source = torch.rand(1, 83, 61, 3)
+    mask = torch.zeros(1, 83, 61)
+    mask[:, 20:60, 15:45] = 1.0
+    result = torch.full((1, 80, 56, 3), 0.25)
+    out = ops.paste_back(result, source, mask)
+    assert out.shape == source.shape
+    inside = mask[0] >= 1
+    assert torch.equal(out[0][inside], source[0][inside])
+    assert torch.allclose(out[0][~inside], torch.tensor(0.25))  # a flat result stays flat when scaled

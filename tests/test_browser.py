@@ -165,7 +165,12 @@ def test_graph_to_prompt_equals_ui_to_api(browser, path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_screenshot_shows_the_graph(browser, path):
-    shot = Path(_entry(browser, path)["screenshot"])
+    entry = _entry(browser, path)
+    # Taken once the fitted view stopped moving and was drawn with every node on screen
+    # (check_workflows.mjs waitForSettledView), not after a fixed delay that load can outrun.
+    drawn = entry["drawn"]
+    assert drawn["visible_nodes"] == drawn["graph_nodes"] == entry["graph_nodes"] > 0, drawn
+    shot = Path(entry["screenshot"])
     assert shot.is_file() and shot.stat().st_size > 20_000, shot
     with Image.open(shot) as image:
         assert image.size == VIEWPORT

@@ -160,3 +160,14 @@ def test_ops_do_not_import_comfyui():
     for path in (REPO_ROOT / "nodes" / "ops").rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+(comfy|comfy_api|folder_paths|nodes)\b", text, re.MULTILINE), path.name
+
+
+@pytest.mark.parametrize("workflow", sorted((REPO_ROOT / "workflows").glob("*.json")), ids=lambda p: p.name)
+def test_every_workflow_has_its_picture_and_the_readme_shows_it(workflow):
+    """docs/workflows/<name>.png comes from scripts/workflow_pictures.py (the real frontend); re-run it after
+    adding or changing a workflow."""
+    picture = REPO_ROOT / "docs" / "workflows" / f"{workflow.stem}.png"
+    assert picture.is_file(), f"no {picture.relative_to(REPO_ROOT)}: run scripts/workflow_pictures.py"
+    assert picture.stat().st_size <= 150_000, f"{picture.name} is {picture.stat().st_size} bytes (README budget 150 KB)"
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"](docs/workflows/{workflow.stem}.png)" in readme, f"README does not show {picture.name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .masks import FALLOFFS, feather, mask_to_latent
 from .shapes import as_image, as_mask, broadcast_batch, fit_mask_to_image
@@ -170,11 +171,16 @@ def paste_back(
     band statistics (per-channel mean and std), faded by the same weight, before blending.
     """
     result, source = as_image(result, "image"), as_image(source, "source_image")
-    if result.shape[1:] != source.shape[1:]:
+    if result.shape[-1] != source.shape[-1]:
         raise ValueError(
             f"image has shape {tuple(result.shape)} and source_image has shape {tuple(source.shape)}; "
-            "paste-back needs the same size and channels (scale one to the other first)"
+            "paste-back needs the same channels (convert one to the other's first)"
         )
+    if result.shape[1:3] != source.shape[1:3]:
+        # A VAE round trip rounds sides down to a multiple of 8 (an 83 px photo comes back 80 px): the
+        # result is scaled (bilinear) to the source photo's size, so the output keeps the photo's size.
+        result = F.interpolate(result.movedim(-1, 1), size=tuple(source.shape[1:3]), mode="bilinear",
+                               align_corners=False).movedim(1, -1)
     if falloff not in FALLOFFS:
         raise ValueError(f"unknown falloff {falloff!r}; use one of {', '.join(FALLOFFS)}")
     result, mask = fit_mask_to_image(mask, result)

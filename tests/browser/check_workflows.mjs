@@ -10,7 +10,8 @@
 // and a comparison with LiteGraph.registered_node_types), missing models
 // (app.showMissingModelsError), console errors (known harmless offline ones listed apart,
 // see HARMLESS), dialogs left open, toasts (read, then closed), widget values that break the node definitions from
-// /object_info, the frontend's own (await app.graphToPrompt()).output and a screenshot.
+// /object_info, the frontend's own (await app.graphToPrompt()).output and a screenshot taken once
+// the fitted view has settled and been drawn (waitForSettledView).
 // With --queue NAME the workflow whose file name is NAME is queued through app.queuePrompt;
 // the prompt id comes from the /api/prompt response and /api/history is polled.
 // Requests to any other origin than --url are aborted (the page runs offline).
@@ -77,6 +78,22 @@ const takeToasts = () => {
 };
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Comfy.Canvas.FitView animates the view over 350 ms (DragAndScale.animateToBounds, one step per
+// animation frame); under load those frames come late. The screenshot waits until the view has
+// not moved for two drawn frames and the last draw saw every node, instead of a fixed delay.
+async function waitForSettledView(page, timeoutMs) {
+  await page.evaluate(() => { window.__scView = null; });
+  await page.waitForFunction(() => {
+    const canvas = window.app.canvas;
+    const view = [canvas.ds.scale, ...canvas.ds.offset].join();
+    const last = window.__scView;
+    if (!last || last.view !== view) { window.__scView = { view, frame: canvas.frame }; return false; }
+    return canvas.frame >= last.frame + 2 && !canvas.dirty_canvas;
+  }, null, { polling: 'raf', timeout: timeoutMs });
+  return page.evaluate(() => ({ frame: window.app.canvas.frame, scale: window.app.canvas.ds.scale,
+    visible_nodes: window.app.canvas.visible_nodes.length, graph_nodes: window.app.graph.nodes.length }));
+}
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
@@ -206,7 +223,7 @@ async function main() {
           open_dialogs: result.dialogs, toasts: result.toasts, active_workflow: result.activeWorkflow,
           graph_nodes: result.graphNodes, prompt: result.prompt,
         });
-        await sleep(250);
+        entry.drawn = await waitForSettledView(page, opts.timeoutMs);
         const shot = join(opts.artifacts, name.replace(/\.json$/i, '') + '.png');
         await page.screenshot({ path: shot });
         entry.screenshot = resolve(shot);
