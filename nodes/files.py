@@ -39,7 +39,9 @@ class SCLoadImageFolder(io.ComfyNode):
             category=CATEGORY,
             description="Every photo of a folder inside ComfyUI's input folder, one after another (sorted by file "
                         "name; sizes may differ): the nodes after it run once per photo, and each photo keeps its "
-                        "file name so results can be saved under it. 'pack examples/...' are the pack's own photos.",
+                        "file name so results can be saved under it. 'pack examples/...' are the pack's own photos. "
+                        "ComfyUI keeps every photo's results until the run ends, so memory grows with the folder: "
+                        "for hundreds of photos run the workflow per photo with `python -m catalog` (docs/catalog.md).",
             inputs=[io.Combo.Input("folder", options=_folder_choices(),
                                    tooltip="A folder inside ComfyUI's input folder (e.g. input/catalog), or one of "
                                            "the pack's example folders.")],
