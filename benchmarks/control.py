@@ -34,9 +34,10 @@ def best_of(fn, repeats):
 def annotator_benchmark():
     import numpy as np
     import torch
-    from controlnet_aux.lineart import Generator, LineartDetector
-
     annotators = pack_import("nodes.models.annotators")
+    # controlnet_aux's own __init__ fails with mediapipe >= 0.10.30: its submodule through the pack's loader
+    lineart = annotators._controlnet_aux("lineart")
+    Generator, LineartDetector = lineart.Generator, lineart.LineartDetector
     folder = workspace().models / "annotators" / "lllyasviel" / "Annotators"
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -41,7 +41,6 @@ def weights():
     yield
     for path in paths:  # other test files check the error for a missing file
         path.unlink()
-    annotators.clear_cache()
 
 
 def picture(batch=1, height=96, width=120):

@@ -259,6 +259,7 @@ def test_dit_instances_refuse_a_region_controlnet_that_needs_a_vae():
 # --------------------------------------------------------------------------- preserve region and latent blend, sampled
 
 from harness import run_prompt  # noqa: E402
+from harness.fixture_nodes import fixture_node  # noqa: E402
 
 PRESERVE_ARCHS = ["flux", "flux2", "qwen_image", "z_image"]
 
@@ -294,22 +295,9 @@ def sampled(request):
     return arch, run_prompt(prompt, outputs=["source", "plain", "kept", "blend"])
 
 
-class SCTestMask:
-    """Test-only node: a SIZE x SIZE mask, white on the centre square [32:96, 32:96]."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("MASK",)
-    FUNCTION = "make"
-    CATEGORY = "testing"
-
-    def make(self):
-        return (box_mask(32, 32, 64, 64),)
-
-
-nodes.NODE_CLASS_MAPPINGS["SCTestMask"] = SCTestMask
+nodes.NODE_CLASS_MAPPINGS["SCTestMask"] = fixture_node(
+    "SCTestMask", "Test-only node: a SIZE x SIZE mask, white on the centre square [32:96, 32:96].", ("MASK",),
+    lambda: box_mask(32, 32, 64, 64))
 
 
 def cells(arch):

@@ -35,6 +35,24 @@ def test_list_and_load_sorted_with_exact_values(tmp_path):
     assert images[1, 3, 5].tolist() == pytest.approx([1.0, 128 / 255, 1 / 255], abs=1e-7)
 
 
+def test_every_reader_takes_the_same_image_suffixes_in_any_case(tmp_path):
+    """Photo folders, example folders and training datasets share one suffix list, compared case-insensitively."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.JPG", "b.webp", "c.Jpeg", "d.png", "e.BMP", "f.tif", "g.TIFF", "h.gif"):
+        Image.fromarray(solid((40, 80, 120))).save(photos / name, format="PNG")  # the reader goes by suffix
+    (photos / "notes.txt").write_text("not an image")
+    expected = ["a.JPG", "b.webp", "c.Jpeg", "d.png", "e.BMP", "f.tif", "g.TIFF"]
+    assert [p.name for p in ops.list_images(photos)] == expected
+    assert ops.example_images(photos) == expected
+    dataset = tmp_path / "dataset"
+    for sub, name in (("images", "cat.JPG"), ("controls", "cat.webp"), ("masks", "cat.TIF")):
+        (dataset / sub).mkdir(parents=True)
+        Image.fromarray(solid((255, 255, 255), (8, 8))).save(dataset / sub / name, format="PNG")
+    data = ops.read_dataset_folder(str(dataset))
+    assert data.names == ["cat"] and data.images.shape == (1, 8, 8, 3) and float(data.masks.min()) == 1.0
+
+
 def test_folder_errors_say_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist: create it"):
         ops.list_images(tmp_path / "missing")

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from harness import node_error_message, pack_import, run_prompt, workspace, write_model_file
+from harness.fixture_nodes import fixture_node
 
 sam_models = pack_import("nodes.models.sam")
 clip_models = pack_import("nodes.models.clip_matcher")
@@ -57,20 +58,10 @@ def tiny_clip_config():
 # --------------------------------------------------------------------------- fixtures and test nodes
 
 
-class TestSAMLoader:
-    """Test-only node: the one-block-encoder SAM, as SC_SAM_MODEL."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("SC_SAM_MODEL",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-    _cache = shared.ModelCache(max_entries=1)
-
-    def load(self):
-        return (self._cache.get("tiny-sam", lambda: sam_models.SAMModel(tiny_sam(), "tiny")),)
+_sam_cache = shared.ModelCache(max_entries=1)
+TestSAMLoader = fixture_node(
+    "TestSAMLoader", "Test-only node: the one-block-encoder SAM, as SC_SAM_MODEL.", ("SC_SAM_MODEL",),
+    lambda: _sam_cache.get("tiny-sam", lambda: sam_models.SAMModel(tiny_sam(), "tiny")))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -103,9 +103,6 @@ class ModelCache:
             logging.debug("selective_control: released cached model %s", evicted)
         return patcher
 
-    def clear(self) -> None:
-        self._entries.clear()
-
     @staticmethod
     def use(patcher: comfy.model_patcher.ModelPatcher) -> torch.nn.Module:
         """Load the model onto ComfyUI's compute device (through its manager) and return it."""

@@ -45,10 +45,6 @@ class Annotator:
     prepare: Callable[[dict], dict] = field(default=lambda sd: sd)  # checkpoint -> state dict
     multiple: int = 64  # input sides are rounded to this
 
-    @property
-    def needs_weights(self) -> bool:
-        return self.filename is not None
-
     def where_to_get(self) -> str:
         return f"download {self.source} and save it as models/{FOLDER}/{self.filename}"
 
@@ -239,7 +235,3 @@ def annotate(name: str, image: torch.Tensor, resolution: int = 512, canny_low: i
         drawn = np.stack([control_ops.draw_pose(p, image.shape[1], image.shape[2], pose_confidence) for p in poses])
         return control_ops.from_uint8(drawn, image.device)
     return _run_network(annotator, image, resolution, _FORWARDS[name])
-
-
-def clear_cache() -> None:
-    _cache.clear()

@@ -16,7 +16,13 @@ from PIL.PngImagePlugin import PngInfo
 
 from .shapes import to_uint8
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The image files every folder reader takes (photo folders, example folders, training datasets),
+# compared case-insensitively: PHOTO.JPG counts.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -24,7 +30,7 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist: create it inside ComfyUI's input folder and "
                                 "put the photos there")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
         raise ValueError(f"image folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}): put the photos there")
     return files
@@ -56,7 +62,7 @@ def load_each(files: list[Path]) -> tuple[list[torch.Tensor], list[str]]:
 
 def example_images(folder: Path) -> list[str]:
     """The image files directly in ``folder``, sorted (the pack's example photos)."""
-    return [p.name for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES] \
+    return [p.name for p in sorted(folder.iterdir()) if is_image_file(p)] \
         if folder.is_dir() else []
 
 
@@ -118,7 +124,6 @@ def save_png(image: torch.Tensor, path: Path, pnginfo: PngInfo | None = None) ->
 
 # --------------------------------------------------------------------------- training dataset folders
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 DATASET_SUBFOLDERS = ("images", "controls", "masks")
 
 
@@ -155,7 +160,7 @@ def read_dataset_folder(root: str, downscale: int = 8) -> FolderDataset:
         folders[name] = _image_files(folder)
     names = sorted(folders["images"])
     if not names:
-        raise ValueError(f"{os.path.join(root, 'images')} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"{os.path.join(root, 'images')} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     for kind in ("controls", "masks"):
         missing = [n for n in names if n not in folders[kind]]
         if missing:
@@ -198,8 +203,8 @@ def read_dataset_folder(root: str, downscale: int = 8) -> FolderDataset:
 def _image_files(folder: str) -> dict[str, str]:
     files: dict[str, str] = {}
     for entry in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(entry)
-        if ext.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(os.path.join(folder, entry)):
+        stem = os.path.splitext(entry)[0]
+        if not is_image_file(Path(folder, entry)):
             continue
         if stem in files:
             raise ValueError(f"{folder} has two files named {stem} ({files[stem]} and {entry}); keep one")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
 
@@ -268,47 +269,36 @@ class SelfAttentionDispatcher(ComposingReplace):
     def extended(self, q, k, v, extra_options, groups: list[Extension]):
         """Plain attention with every group's extra keys/values, as if this patch were alone on the block."""
         rows = q.shape[0]
-        # The plan is worked out on Python lists (a handful of rows): no small tensor ops per call.
-        row_lists = [g.rows.tolist() for g in groups]
-        covered = [0] * rows
-        for row_list in row_lists:
-            for r in row_list:
-                covered[r] += 1
-        # A group of full weight whose rows no other group touches needs only its extended attention.
-        sole = [g.full and all(covered[r] == 1 for r in row_list) for g, row_list in zip(groups, row_lists)]
-        # Blends without a bias: plain and delta from one fused attention with log-sum-exps.
-        merged = [
-            None if is_sole or g.bias is not None else _merged_blend(q[g.rows], k[g.rows], v[g.rows], g, extra_options)
-            for g, is_sole in zip(groups, sole)
-        ]
+        plans = _plan_groups(q, k, v, extra_options, groups)
         # ComfyUI's plain attention: rows no extension touches (bit-identical to no patch) and
         # the base of every blend that could not be merged.
-        two_call = [not is_sole and m is None for is_sole, m in zip(sole, merged)]
-        has_base = [c == 0 for c in covered]
-        for row_list, needs_base in zip(row_lists, two_call):
-            if needs_base:
-                for r in row_list:
-                    has_base[r] = True
-        out = base = None
-        plain_rows = [r for r in range(rows) if has_base[r]]
+        touched = {r for plan in plans for r in plan.rows}
+        has_plain = [r not in touched for r in range(rows)]
+        for plan in plans:
+            if plan.needs_plain:
+                for r in plan.rows:
+                    has_plain[r] = True
+        out = plain_out = None
+        plain_rows = [r for r in range(rows) if has_plain[r]]
         if plain_rows:
             index = torch.tensor(plain_rows, device=q.device)
-            base = attention(q[index], k[index], v[index], extra_options)
-            out = base.new_empty((rows, *base.shape[1:]))
-            out.index_copy_(0, index, base)
-            if any(two_call):
-                base = out.clone()  # plain values, read by the two-call blends below
-        for g, row_list, is_sole, m in zip(groups, row_lists, sole, merged):
-            if m is not None:
-                plain, delta = m
+            plain_out = attention(q[index], k[index], v[index], extra_options)
+            out = plain_out.new_empty((rows, *plain_out.shape[1:]))
+            out.index_copy_(0, index, plain_out)
+            if any(plan.needs_plain for plan in plans):
+                plain_out = out.clone()  # plain values, read by the two-call blends below
+        for plan in plans:
+            g = plan.group
+            if plan.merged is not None:
+                plain, delta = plan.merged
                 if out is None:
                     out = plain.new_empty((rows, *plain.shape[1:]))
-                missing = [i for i, r in enumerate(row_list) if not has_base[r]]
+                missing = [i for i, r in enumerate(plan.rows) if not has_plain[r]]
                 if missing:
                     picked = torch.tensor(missing, device=q.device)
                     out.index_copy_(0, g.rows[picked], plain[picked].to(out.dtype))
                     for i in missing:
-                        has_base[row_list[i]] = True
+                        has_plain[plan.rows[i]] = True
                 out.index_add_(0, g.rows, delta.to(out.dtype))
                 continue
             ki = torch.cat((k[g.rows], g.k.to(k.dtype)), dim=1)
@@ -316,12 +306,48 @@ class SelfAttentionDispatcher(ComposingReplace):
             extended = attention(q[g.rows], ki, vi, extra_options, mask=g.bias)
             if out is None:
                 out = extended.new_empty((rows, *extended.shape[1:]))
-            if is_sole:
+            if plan.alone:
                 out.index_copy_(0, g.rows, extended.to(out.dtype))
             else:
                 weight = g.weight.to(extended.dtype) if torch.is_tensor(g.weight) else g.weight
-                out.index_add_(0, g.rows, ((extended - base[g.rows]) * weight).to(out.dtype))
+                out.index_add_(0, g.rows, ((extended - plain_out[g.rows]) * weight).to(out.dtype))
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class _GroupPlan:
+    """How :meth:`SelfAttentionDispatcher.extended` computes one group's rows.
+
+    ``rows``: the group's batch rows as a Python tuple (the plan is worked out on a handful of
+    rows in Python: no small tensor ops per call). ``alone``: full weight and no other group on
+    these rows, so the group's extended attention is the output (one ComfyUI call). ``merged``:
+    ``(plain, delta)`` of a blend without a bias, from one fused attention with log-sum-exps
+    (:func:`_merged_blend`); None for a group that is alone, has a bias, or where the fused kernel
+    is unavailable.
+    """
+
+    group: Extension
+    rows: tuple[int, ...]
+    alone: bool
+    merged: tuple[torch.Tensor, torch.Tensor] | None
+
+    @property
+    def needs_plain(self) -> bool:
+        """A blend computed as extended minus ComfyUI's plain attention of its rows (two calls)."""
+        return not self.alone and self.merged is None
+
+
+def _plan_groups(q, k, v, extra_options, groups: list[Extension]) -> list[_GroupPlan]:
+    row_tuples = [tuple(g.rows.tolist()) for g in groups]
+    groups_on_row = Counter(r for rows in row_tuples for r in rows)
+    plans = []
+    for g, rows in zip(groups, row_tuples):
+        alone = g.full and all(groups_on_row[r] == 1 for r in rows)
+        merged = None
+        if not alone and g.bias is None:
+            merged = _merged_blend(q[g.rows], k[g.rows], v[g.rows], g, extra_options)
+        plans.append(_GroupPlan(g, rows, alone, merged))
+    return plans
 
 
 # --------------------------------------------------------------------------- installing

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 GROUP_KEY = "sc_instance_group"  # conditioning option: the InstanceGroup an entry belongs to
 ROLE_KEY = "sc_instance_role"  # "carrier" for the base entry, the region index for a region entry
-PATHS_KEY = "sc_instance_paths"  # transformer_options: carrier uuid -> list[Path] for this call
+PATHS_KEY = "sc_instance_paths"  # transformer_options: carrier uuid -> list[InstancePath] for this call
 EXPANSION_KEY = "sc_instance_expansion"  # transformer_options: this call's Expansion, with what it was made from
 WRAPPER_KEY = "selective_control.instances"
 MEMORY_MARGIN = 1.5  # the same safety factor ComfyUI's cond batching uses
@@ -71,7 +71,7 @@ class InstanceGroup(SharedByCopies):
 
 
 @dataclass(frozen=True)
-class Path:
+class InstancePath:
     """One prepared path of a carrier for this step: processed model conds, blend weight, region index."""
 
     conditioning: dict  # name -> comfy.conds.CONDRegular, processed for the latent batch
@@ -88,7 +88,7 @@ class Expansion:
 
     items: int  # latent items per chunk
     sources: tuple[int, ...]  # for each expanded chunk, the sampler chunk it comes from
-    paths: tuple[Path | None, ...]  # for each expanded chunk, the path it computes (None: the chunk itself)
+    paths: tuple[InstancePath | None, ...]  # for each expanded chunk, the path it computes (None: the chunk itself)
     extra_rows: int  # rows appended after the sampler's chunks by another wrapper (kept as they are)
 
     @property
@@ -175,7 +175,7 @@ def expand_transformer_options(plan: Expansion, transformer_options: dict) -> di
 
 def collapse(plan: Expansion, output: torch.Tensor) -> torch.Tensor:
     """Back to the sampler's rows: each carrier chunk is its paths blended by their weights."""
-    chunks: dict[int, list[tuple[torch.Tensor, Path | None]]] = {}
+    chunks: dict[int, list[tuple[torch.Tensor, InstancePath | None]]] = {}
     for index, (chunk, path) in enumerate(zip(plan.sources, plan.paths)):
         chunks.setdefault(chunk, []).append((_chunk_rows(output, plan.items, index), path))
     pieces = []
@@ -195,7 +195,7 @@ def collapse(plan: Expansion, output: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- the wrappers
 
 
-def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[Path] | None:
+def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[InstancePath] | None:
     """The group's paths for this step, or None when ComfyUI must run the entries itself."""
     for entry in (*members[1:], members[0]):  # regions first: the base prompt's mask is derived from theirs
         if entry.get("mask") is not None:  # checked here: ComfyUI's own error would come from deep in torch
@@ -209,7 +209,7 @@ def _prepare_paths(members: list[dict], x_in: torch.Tensor, timestep) -> list[Pa
         if prepared.area is not None or prepared.hooks is not None or prepared.patches is not None:
             return None
         if bool((prepared.mult > 0).any()):
-            paths.append(Path(prepared.conditioning, prepared.mult, entry[ROLE_KEY]))
+            paths.append(InstancePath(prepared.conditioning, prepared.mult, entry[ROLE_KEY]))
     return paths
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fixture_nodes import fixture_node
+
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "white": (1.0, 1.0, 1.0),
            "black": (0.0, 0.0, 0.0), "background": (1.0, 1.0, 1.0)}
 
@@ -42,18 +44,11 @@ class ColourMatcher(torch.nn.Module):
         return torch.einsum("td,dhw->thw", text_embeds.float(), patches)
 
 
-class TestColourMatcherLoader:
-    """Test-only node: the colour CLIP double, as SC_CLIP_MATCHER."""
+def _colour_matcher():
+    from .comfy import pack_import
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
+    return pack_import("nodes.models").ModelCache(1).get("colour", ColourMatcher)
 
-    RETURN_TYPES = ("SC_CLIP_MATCHER",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
 
-    def load(self):
-        from .comfy import pack_import
-
-        return (pack_import("nodes.models").ModelCache(1).get("colour", ColourMatcher),)
+TestColourMatcherLoader = fixture_node("TestColourMatcherLoader", "Test-only node: the colour CLIP double, as SC_CLIP_MATCHER.",
+                                       ("SC_CLIP_MATCHER",), _colour_matcher)

@@ -19,6 +19,7 @@ import hashlib
 
 import torch
 
+from .fixture_nodes import choice, fixture_node
 from .tiny_models import _clip_config, _randomize
 
 ARCHITECTURES = ("flux", "flux2", "chroma", "qwen_image", "z_image")
@@ -205,83 +206,28 @@ def clip(arch: str = "flux", seed: int = 3):
     return result
 
 
-class TinyDiTLoader:
-    """Test-only node: a tiny DiT MODEL of the chosen architecture, in place of a diffusion-model file."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),)}}
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, architecture):
-        return (model(architecture),)
-
-
-class TinyDiTCLIPLoader:
-    """Test-only node: a tiny CLIP whose output width fits the tiny DiT of the chosen architecture."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),)}}
-
-    RETURN_TYPES = ("CLIP",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, architecture):
-        return (clip(architecture),)
-
-
-class TinyDiTVAELoader:
-    """Test-only node: a tiny VAE whose latent layout fits the tiny DiT of the chosen architecture."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),)}}
-
-    RETURN_TYPES = ("VAE",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, architecture):
-        return (vae(architecture),)
-
-
-class TinyDiTTextEncode:
-    """Test-only node: CONDITIONING for a tiny DiT straight from text (see conditioning())."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),), "text": ("STRING", {"default": ""}),
-                             "tokens": ("INT", {"default": TEXT_TOKENS, "min": 1, "max": 512})}}
-
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "encode"
-    CATEGORY = "testing"
-
-    def encode(self, architecture, text, tokens):
-        return (conditioning(architecture, text, tokens, guidance=3.5),)
-
-
-class TinyDiTEmptyLatent:
-    """Test-only node: an empty LATENT in the tiny DiT's own layout (5-D for Qwen-Image, 128 channels for Flux.2)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),),
-                             "width": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
-                             "height": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
-                             "batch_size": ("INT", {"default": 1, "min": 1, "max": 8})}}
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "make"
-    CATEGORY = "testing"
-
-    def make(self, architecture, width, height, batch_size):
-        return (empty_latent(architecture, width, height, batch_size),)
+_ARCHITECTURE_INPUT = {"architecture": choice(ARCHITECTURES)}
+TinyDiTLoader = fixture_node(
+    "TinyDiTLoader", "Test-only node: a tiny DiT MODEL of the chosen architecture, in place of a diffusion-model file.",
+    ("MODEL",), model, _ARCHITECTURE_INPUT)
+TinyDiTCLIPLoader = fixture_node(
+    "TinyDiTCLIPLoader", "Test-only node: a tiny CLIP whose output width fits the tiny DiT of the chosen architecture.",
+    ("CLIP",), clip, _ARCHITECTURE_INPUT)
+TinyDiTVAELoader = fixture_node(
+    "TinyDiTVAELoader", "Test-only node: a tiny VAE whose latent layout fits the tiny DiT of the chosen architecture.",
+    ("VAE",), vae, _ARCHITECTURE_INPUT)
+TinyDiTTextEncode = fixture_node(
+    "TinyDiTTextEncode", "Test-only node: CONDITIONING for a tiny DiT straight from text (see conditioning()).",
+    ("CONDITIONING",), lambda arch, text, tokens: conditioning(arch, text, tokens, guidance=3.5),
+    {**_ARCHITECTURE_INPUT, "text": ("STRING", {"default": ""}),
+     "tokens": ("INT", {"default": TEXT_TOKENS, "min": 1, "max": 512})})
+TinyDiTEmptyLatent = fixture_node(
+    "TinyDiTEmptyLatent",
+    "Test-only node: an empty LATENT in the tiny DiT's own layout (5-D for Qwen-Image, 128 channels for Flux.2).",
+    ("LATENT",), empty_latent,
+    {**_ARCHITECTURE_INPUT, "width": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
+     "height": ("INT", {"default": 64, "min": 16, "max": 1024, "step": 16}),
+     "batch_size": ("INT", {"default": 1, "min": 1, "max": 8})})
 
 
 TEST_NODES = {"TinyDiTLoader": TinyDiTLoader, "TinyDiTCLIPLoader": TinyDiTCLIPLoader, "TinyDiTVAELoader": TinyDiTVAELoader,

@@ -17,6 +17,7 @@ import functools
 import torch
 
 from . import tiny_dit
+from .fixture_nodes import choice, fixture_node
 from .tiny_models import _randomize
 
 KINDS = {"flux_xlabs": "flux", "flux_union": "flux", "qwen_instantx": "qwen_image", "qwen_fun": "qwen_image"}
@@ -85,19 +86,9 @@ def vae(kind: str = "flux_union"):
     return _FrameAxisVAE(tiny_dit.vae(arch)) if arch == "qwen_image" else tiny_dit.vae(arch)
 
 
-class TinyDiTControlNetLoader:
-    """Test-only node: a tiny DiT ControlNet and the VAE its hint needs."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"kind": (list(KINDS),)}}
-
-    RETURN_TYPES = ("CONTROL_NET", "VAE")
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, kind):
-        return controlnet(kind), vae(kind)
+TinyDiTControlNetLoader = fixture_node(
+    "TinyDiTControlNetLoader", "Test-only node: a tiny DiT ControlNet and the VAE its hint needs.",
+    ("CONTROL_NET", "VAE"), lambda kind: (controlnet(kind), vae(kind)), {"kind": choice(KINDS)})
 
 
 def register_test_nodes() -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .fixture_nodes import choice, fixture_node
+
 ARCHITECTURES = ("sd15", "sdxl")
 
 _UNET_BASE = {
@@ -225,35 +227,17 @@ def checkpoint(arch: str = "sd15") -> TinyCheckpoint:
     return TinyCheckpoint(unet(arch), clip(arch), vae())
 
 
-class TinyCheckpointLoader:
-    """Test-only node: MODEL, CLIP and VAE of a tiny SD1.5 or SDXL, in place of a checkpoint file."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),)}}
-
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, architecture):
-        ckpt = checkpoint(architecture)
-        return ckpt.model, ckpt.clip, ckpt.vae
+def _checkpoint_outputs(architecture: str) -> tuple:
+    ckpt = checkpoint(architecture)
+    return ckpt.model, ckpt.clip, ckpt.vae
 
 
-class TinyControlNetLoader:
-    """Test-only node: a tiny ControlNet matching the tiny UNet of the same architecture."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"architecture": (list(ARCHITECTURES),)}}
-
-    RETURN_TYPES = ("CONTROL_NET",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, architecture):
-        return (controlnet(architecture),)
+TinyCheckpointLoader = fixture_node(
+    "TinyCheckpointLoader", "Test-only node: MODEL, CLIP and VAE of a tiny SD1.5 or SDXL, in place of a checkpoint file.",
+    ("MODEL", "CLIP", "VAE"), _checkpoint_outputs, {"architecture": choice(ARCHITECTURES)})
+TinyControlNetLoader = fixture_node(
+    "TinyControlNetLoader", "Test-only node: a tiny ControlNet matching the tiny UNet of the same architecture.",
+    ("CONTROL_NET",), controlnet, {"architecture": choice(ARCHITECTURES)})
 
 
 TEST_NODES = {"TinyCheckpointLoader": TinyCheckpointLoader, "TinyControlNetLoader": TinyControlNetLoader}
