@@ -532,8 +532,10 @@ def _peak_rss_while(run) -> tuple[object, int]:
 
 # Growth allowed per extra photo: ComfyUI runs a list output by keeping every item of every node's output
 # list (execution.py _async_map_node_over_list / merge_result_data) until the prompt ends, so memory grows
-# with the photo count by what the graph keeps per photo; at these sizes that is well under 1 MB.
-RSS_PER_EXTRA_PHOTO = 1 << 20
+# with the photo count by what the graph keeps per photo. Measured at 48-96 px: 1.7 MB per photo (4 vs 8
+# photos, clean-clone CI run; peak RSS also moves a few MB between runs). A model or a full-size buffer
+# kept per photo would be tens of MB.
+RSS_PER_EXTRA_PHOTO = 4 << 20
 
 
 # Photo counts: a warm-up (first-run allocations), then fewer against more. On a shared 2-core CPU the

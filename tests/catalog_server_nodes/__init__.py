@@ -1,14 +1,16 @@
 """Test-only custom nodes for ComfyUI servers started by the catalog tests and benchmark: the
 harness's tiny-model loaders, and a per-image 'found' flag for Filter By Found."""
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "catalog_test_tiny_models", Path(__file__).resolve().parents[1] / "harness" / "tiny_models.py")
-tiny_models = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tiny_models  # its dataclass looks itself up there
-_spec.loader.exec_module(tiny_models)
+# The harness folder as a package of its own name, without running its __init__ (which boots an
+# in-process ComfyUI): tiny_models imports its sibling fixture_nodes relatively.
+_harness = importlib.util.module_from_spec(importlib.util.spec_from_loader("catalog_test_harness", None, is_package=True))
+_harness.__path__ = [str(Path(__file__).resolve().parents[1] / "harness")]
+sys.modules[_harness.__name__] = _harness
+tiny_models = importlib.import_module("catalog_test_harness.tiny_models")
 
 
 class TestFoundIfBright:
