@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .masks import FALLOFFS, feather, mask_to_latent
-from .shapes import as_image, as_mask, broadcast_batch, fit_mask_to_image
+from .shapes import as_image, as_mask, broadcast_batch, fit_mask_to_image, resize_image
 
 SCHEDULE_FALLOFFS: tuple[str, ...] = ("none", "linear", "cosine")
 DEFAULT_PIXELS_PER_CELL = 8  # SD, SDXL, Flux.1, Chroma, Z-Image and Qwen-Image VAEs
@@ -179,8 +178,7 @@ def paste_back(
     if result.shape[1:3] != source.shape[1:3]:
         # A VAE round trip rounds sides down to a multiple of 8 (an 83 px photo comes back 80 px): the
         # result is scaled (bilinear) to the source photo's size, so the output keeps the photo's size.
-        result = F.interpolate(result.movedim(-1, 1), size=tuple(source.shape[1:3]), mode="bilinear",
-                               align_corners=False).movedim(1, -1)
+        result = resize_image(result, source.shape[1], source.shape[2])
     if falloff not in FALLOFFS:
         raise ValueError(f"unknown falloff {falloff!r}; use one of {', '.join(FALLOFFS)}")
     result, mask = fit_mask_to_image(mask, result)
