@@ -7,7 +7,9 @@ frontend's schema validation of the file), every widget value valid
 for the server's /object_info, the frontend's own ``graphToPrompt`` output equal to
 tests/harness/workflow.ui_to_api (class_type and inputs per node id), and a screenshot in
 tests/browser/artifacts/ (or $SC_BROWSER_ARTIFACTS). One workflow is queued from the UI and
-must finish. Skips when chromium or the npm packages are missing: `bash scripts/setup_browser.sh`.
+must finish. The pack's "Add region" (js/selective_control.js) is run from the canvas's node
+menu at the root graph, inside a subgraph made with the frontend's Convert to Subgraph, on a
+chain that enters the subgraph from outside (left alone) and on Combine Regions. Skips when chromium or the npm packages are missing: `bash scripts/setup_browser.sh`.
 
 The server's models folder gets an empty placeholder for every model a workflow declares in
 ``properties.models`` / ``models`` (the files the frontend's missing-model dialog offers), so
@@ -40,6 +42,8 @@ ARTIFACTS = Path(os.environ.get("SC_BROWSER_ARTIFACTS") or BROWSER_DIR / "artifa
 SHIPPED = sorted((comfy.REPO_ROOT / "workflows").glob("*.json"))
 WORKFLOWS = SHIPPED + [comfy.REPO_ROOT / "tests" / "data" / "core_workflow.json"]
 QUEUED = "core_workflow.json"  # core nodes only: runs in well under a second
+CHAIN = "sdxl_regions.json"  # Apply Regions fed by Region -> Region: "Add region" at the root and in a subgraph
+COMBINE = "multi_instance.json"  # Combine Regions with regions_1, regions_2 linked and regions_3 free
 VIEWPORT = (1600, 1000)  # check_workflows.mjs
 STEP_TIMEOUT_MS = 30_000  # each browser wait / the queued run
 RUN_TIMEOUT = 150.0  # the whole node process
@@ -93,7 +97,7 @@ def browser():
     with running_server(_prepare) as server:
         command = ["node", str(SCRIPT), "--url", server.url, "--artifacts", str(ARTIFACTS),
                    "--timeout-ms", str(STEP_TIMEOUT_MS), "--chromium", str(CHROMIUM),
-                   "--queue", QUEUED, *map(str, WORKFLOWS)]
+                   "--queue", QUEUED, "--chain", CHAIN, "--combine", COMBINE, *map(str, WORKFLOWS)]
         started = time.monotonic()
         try:
             run = subprocess.run(command, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT)
@@ -227,3 +231,64 @@ def test_combine_regions_inputs_grow_as_the_last_one_is_connected(browser):
     assert grow["no_free_slot_after"] == 8
     assert grow["after_disconnecting_last"] == slots(8)  # regions_8 is the free slot again
     assert grow["after_disconnecting_3_to_7"] == slots(3)  # regions_1, regions_2 linked + one free
+
+
+def _add_region(browser: dict, case: str) -> dict:
+    report = browser["report"]["add_region"]
+    assert not report.get("error"), report.get("error")
+    assert not report["console_errors"], _brief(report["console_errors"])
+    result = report[case]
+    assert result["offered"], f"{case}: the node menu of {result['type']} has no 'Add region'"
+    assert result["canvas_shows_graph"], f"{case}: the canvas does not show the graph the node is in"
+    assert result["root_edges_unchanged"], f"{case}: links of the root graph changed"
+    return result
+
+
+def _inserted_into_chain(result: dict) -> None:
+    """One new Region between the node and the Region that fed it; every other link kept."""
+    node, origin = str(result["node"]), str(result["origin"])
+    assert [a["type"] for a in result["added"]] == ["SCRegion"], result["added"]
+    new = str(result["added"][0]["id"])
+    assert result["lost"] == [f"{origin}.regions->{node}.regions"]
+    assert sorted(result["gained"]) == sorted([f"{origin}.regions->{new}.regions", f"{new}.regions->{node}.regions"])
+
+
+def test_add_region_at_the_root_graph_extends_the_chain(browser):
+    result = _add_region(browser, "root")
+    assert browser["report"]["add_region"]["chain_length"] == 2  # Region -> Region -> Apply Regions in CHAIN
+    assert not result["in_subgraph"]
+    before, after = result["nodes"]
+    assert after == before + 1 and result["root_nodes"] == [before, before + 1]
+    _inserted_into_chain(result)
+
+
+def test_add_region_inside_a_subgraph_adds_the_node_to_that_subgraph(browser):
+    """The chain and Apply Regions made into a subgraph (the frontend's Convert to Subgraph), which is
+    opened: the new Region lands in the subgraph, linked into its chain; the root graph keeps its nodes."""
+    result = _add_region(browser, "subgraph")
+    assert browser["report"]["add_region"]["subgraph_chain_length"] == 2
+    assert result["in_subgraph"]
+    before, after = result["nodes"]
+    assert before == 3 and after == 4  # Region, Region, Apply Regions + the new Region
+    root_before, root_after = result["root_nodes"]
+    assert root_after == root_before
+    _inserted_into_chain(result)
+
+
+def test_add_region_leaves_a_chain_it_cannot_read_alone(browser):
+    """A Region whose chain comes in through the subgraph's input: the link's origin is no node of the
+    subgraph, so nothing is added and no link is dropped or rewired."""
+    result = _add_region(browser, "boundary")
+    assert result["in_subgraph"] and int(result["origin"]) < 0  # the subgraph input node
+    assert result["nodes"][0] == result["nodes"][1] == 2 and result["root_nodes"][0] == result["root_nodes"][1]
+    assert result["added"] == [] and result["gained"] == [] and result["lost"] == []
+
+
+def test_add_region_on_combine_regions_fills_the_free_slot(browser):
+    result = _add_region(browser, "combine")
+    node = str(result["node"])
+    assert [a["type"] for a in result["added"]] == ["SCRegion"] and result["lost"] == []
+    before, after = result["nodes"]
+    assert after == before + 1
+    assert result["gained"] == [f"{result['added'][0]['id']}.regions->{node}.regions_3"]
+    assert result["inputs"] == [["regions_1", "regions_2", "regions_3"], ["regions_1", "regions_2", "regions_3", "regions_4"]]

@@ -2,6 +2,7 @@
 // playwright-core) the way a user opens a file, and prints one JSON report on stdout.
 //
 //   node check_workflows.mjs --url http://127.0.0.1:8188 --artifacts DIR [--queue NAME]
+//        [--chain NAME] [--combine NAME]
 //        [--timeout-ms 30000] [--chromium /usr/bin/chromium] WORKFLOW.json...
 //
 // The server must run with its own --user-directory whose default/comfy.settings.json has
@@ -14,19 +15,27 @@
 // the fitted view has settled and been drawn (waitForSettledView).
 // With --queue NAME the workflow whose file name is NAME is queued through app.queuePrompt;
 // the prompt id comes from the /api/prompt response and /api/history is polled.
+// With --chain NAME (a workflow whose Apply Regions is fed by a chain of Region nodes) and
+// --combine NAME (one with a Combine Regions node) the pack's "Add region" menu entry is taken
+// from the canvas's own node menu and run: at the root graph, inside a subgraph made from the
+// chain with the frontend's Comfy.Graph.ConvertToSubgraph command, on a node whose chain comes
+// in through the subgraph's input (the link's origin is no node of that graph), and on Combine
+// Regions; each reports the links gained and lost (report.add_region).
 // Requests to any other origin than --url are aborted (the page runs offline).
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 
 function parseArgs(argv) {
-  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, timeoutMs: 30000,
+  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, chain: null, combine: null, timeoutMs: 30000,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium', files: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === '--url') opts.url = argv[++i].replace(/\/$/, '');
     else if (arg === '--artifacts') opts.artifacts = argv[++i];
     else if (arg === '--queue') opts.queue = argv[++i];
+    else if (arg === '--chain') opts.chain = argv[++i];
+    else if (arg === '--combine') opts.combine = argv[++i];
     else if (arg === '--timeout-ms') opts.timeoutMs = Number(argv[++i]);
     else if (arg === '--chromium') opts.chromium = argv[++i];
     else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
@@ -52,6 +61,9 @@ const HARMLESS = [
     test: (e) => e.phase === 'startup' &&
       e.text.startsWith("TypeError: Cannot read properties of undefined (reading 'id')\n    at onChange (") &&
       /\n\s+at Proxy\.set \(/.test(e.text) && /\n\s+at load \([^)]*GraphView-/.test(e.text) },
+  { why: 'frontend 1.32.9 GraphView removes per-graph node listeners it never set up when the canvas switches between root graph and subgraph',
+    test: (e) => e.phase === 'add_region' && e.text === 'Attempted to cleanup event listeners for graph that was never set up' &&
+      /\/assets\/GraphView-/.test(e.url) },
 ];
 
 function classify(entries, base) {
@@ -303,6 +315,123 @@ async function main() {
         ext.error = String(e.stack || e);
       }
       report.extension = closePhase(ext, started);
+    }
+
+    if (opts.chain || opts.combine) {
+      phase = 'add_region';
+      const started = Date.now();
+      const ar = {};
+      const source = (name) => {
+        const file = opts.files.find((f) => basename(f) === name);
+        if (!file) throw new Error(`${name} is not among the workflow files`);
+        return { text: readFileSync(file, 'utf8'), name };
+      };
+      try {
+        Object.assign(ar, await page.evaluate(async ({ chain, combine }) => {
+          const app = window.app;
+          const frames = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+          let opened = 0;  // each open gets its own file name: 1.49.6 does not reopen a name already open
+          const open = async ({ text, name }) => {
+            // back to the root graph first, as the breadcrumb does (1.49.6 loads nothing over an open subgraph)
+            if (app.canvas.subgraph) app.canvas.setGraph(app.canvas.subgraph.rootGraph);
+            await app.handleFile(new File([text], `${++opened}_${name}`, { type: 'application/json' }));
+            const want = JSON.parse(text).nodes.length;
+            for (let i = 0; i < 100 && app.graph.nodes.length !== want; i++) await frames();
+            if (app.graph.nodes.length !== want) throw new Error(`${name}: ${app.graph.nodes.length} nodes after opening, not ${want}; active workflow ${app.extensionManager.workflow.activeWorkflow?.path}`);
+            return app.graph;
+          };
+          const linkOf = (graph, id) => (typeof graph.links?.get === 'function' ? graph.links.get(id) : graph.links?.[id]) ?? null;
+          const originOf = (graph, node, name) => {
+            const id = (node.inputs || []).find((i) => i.name === name)?.link;
+            const link = id != null ? linkOf(graph, id) : null;
+            return link ? link.origin_id : null;
+          };
+          // Every link into a node input, as "origin.output->target.input" (origin: a node id, or
+          // the subgraph input node's negative id).
+          const edges = (graph) => graph.nodes.flatMap((node) => (node.inputs || []).filter((i) => i.link != null).map((input) => {
+            const link = linkOf(graph, input.link);
+            if (!link) return `?(link ${input.link} not in graph)->${node.id}.${input.name}`;
+            const output = graph.getNodeById(link.origin_id)?.outputs?.[link.origin_slot]?.name ?? link.origin_slot;
+            return `${link.origin_id}.${output}->${node.id}.${input.name}`;
+          })).sort();
+          // "Add region" from the canvas's own node menu (what a right click shows), then the changes.
+          const addRegion = async (graph, node) => {
+            const root = app.graph;
+            const before = { nodes: graph.nodes.length, root_nodes: root.nodes.length, edges: edges(graph),
+              root_edges: edges(root), ids: new Set(graph.nodes.map((n) => n.id)),
+              inputs: (node.inputs || []).map((i) => i.name), origin: originOf(graph, node, 'regions') };
+            const menu = app.canvas.getNodeMenuOptions(node).filter(Boolean);
+            const entry = menu.find((o) => o.content === 'Add region');
+            entry?.callback?.(null, {}, null, null, node);
+            await frames();
+            const after = edges(graph);
+            const added = graph.nodes.filter((n) => !before.ids.has(n.id));
+            return {
+              node: node.id, type: node.type, origin: before.origin, in_subgraph: graph !== root, canvas_shows_graph: app.canvas.graph === graph,
+              offered: !!entry,
+              nodes: [before.nodes, graph.nodes.length], root_nodes: [before.root_nodes, root.nodes.length],
+              root_edges_unchanged: graph === root || JSON.stringify(before.root_edges) === JSON.stringify(edges(root)),
+              added: added.map((n) => ({ id: n.id, type: n.type })),
+              gained: after.filter((e) => !before.edges.includes(e)), lost: before.edges.filter((e) => !after.includes(e)),
+              inputs: [before.inputs, (node.inputs || []).map((i) => i.name)],
+            };
+          };
+          // The Region nodes feeding `node` through `regions` inputs, nearest first.
+          const chainOf = (graph, node) => {
+            const found = [];
+            for (let id = originOf(graph, node, 'regions'); id != null; ) {
+              const region = graph.getNodeById(id);
+              if (region?.type !== 'SCRegion') break;
+              found.push(region);
+              id = originOf(graph, region, 'regions');
+            }
+            return found;
+          };
+          // The selected nodes become a subgraph (the frontend's command), which is then opened.
+          const intoSubgraph = async (nodes) => {
+            app.canvas.selectItems(nodes);
+            await app.extensionManager.command.execute('Comfy.Graph.ConvertToSubgraph');
+            const host = app.graph.nodes.find((n) => n.isSubgraphNode?.());
+            if (!host) throw new Error('Comfy.Graph.ConvertToSubgraph made no subgraph node');
+            app.canvas.openSubgraph(host.subgraph, host);
+            await frames();
+            return host.subgraph;
+          };
+          const find = (graph, type) => graph.nodes.find((n) => n.type === type) ??
+            (() => { throw new Error(`no ${type} in the ${graph === app.graph ? 'root graph' : 'subgraph'} (${graph.nodes.map((n) => n.type)})`); })();
+          const result = {};
+          if (chain) {
+            let graph = await open(chain);
+            let apply = find(graph, 'SCApplyRegions');
+            result.chain_length = chainOf(graph, apply).length;
+            result.root = await addRegion(graph, apply);
+
+            graph = await open(chain);
+            apply = find(graph, 'SCApplyRegions');
+            let subgraph = await intoSubgraph([apply, ...chainOf(graph, apply)]);
+            apply = find(subgraph, 'SCApplyRegions');
+            result.subgraph_chain_length = chainOf(subgraph, apply).length;
+            result.subgraph = await addRegion(subgraph, apply);
+
+            // Only Apply Regions and its nearest Region move in: that Region's chain enters
+            // through the subgraph's input, whose origin is no node of the subgraph.
+            graph = await open(chain);
+            apply = find(graph, 'SCApplyRegions');
+            subgraph = await intoSubgraph([apply, chainOf(graph, apply)[0]]);
+            const fedFromOutside = find(subgraph, 'SCRegion');
+            result.boundary = await addRegion(subgraph, fedFromOutside);
+          }
+          if (combine) {
+            const graph = await open(combine);
+            const node = find(graph, 'SCCombineRegions');
+            result.combine = await addRegion(graph, node);
+          }
+          return result;
+        }, { chain: opts.chain && source(opts.chain), combine: opts.combine && source(opts.combine) }));
+      } catch (e) {
+        ar.error = String(e.stack || e);
+      }
+      report.add_region = closePhase(ar, started);
     }
 
     if (opts.queue) {
