@@ -15,6 +15,10 @@ The server's models folder gets an empty placeholder for every model a workflow 
 ``properties.models`` / ``models`` (the files the frontend's missing-model dialog offers), so
 a model combo is only valid when the workflow declares where to download its file; its input
 folder stays empty, as on a fresh install (the workflows read the pack's own example photos).
+A second server with no model files at all (a fresh install) opens every shipped workflow with
+the frontend's missing-model report shown: 1.32.9's Missing Models dialog (its list read from
+the page), 1.49.6's missingModel store judged by the frontend's own isModelDownloadable. Every
+entry must be downloadable there or named in the workflow's "One manual step" Note.
 Known limit: a dynamic prompt with ``{a|b}`` choices would be resolved at random on both sides.
 """
 from __future__ import annotations
@@ -75,9 +79,7 @@ def _declared_models(workflow: dict) -> list[dict]:
 def _prepare(root: Path) -> None:
     """User settings and model placeholders. The input folder stays empty: every picture a workflow
     reads ships with the pack (example_inputs/), as on a fresh install."""
-    settings = root / "user" / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(USER_SETTINGS))
+    _write_settings(root)
     for path in WORKFLOWS:
         workflow = json.loads(path.read_text(encoding="utf-8"))
         for model in _declared_models(workflow):
@@ -85,6 +87,29 @@ def _prepare(root: Path) -> None:
             assert (root / "models").resolve() in target.parents, f"{path.name}: model path {model} leaves the models folder"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
+
+
+def _write_settings(root: Path) -> None:
+    settings = root / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(USER_SETTINGS))
+
+
+def _check_workflows(server, artifacts: Path, options: list[str], workflows: list[Path]) -> dict:
+    """Run check_workflows.mjs against ``server`` and return its report (also saved as report.json)."""
+    command = ["node", str(SCRIPT), "--url", server.url, "--artifacts", str(artifacts),
+               "--timeout-ms", str(STEP_TIMEOUT_MS), "--chromium", str(CHROMIUM), *options, *map(str, workflows)]
+    started = time.monotonic()
+    try:
+        run = subprocess.run(command, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"check_workflows.mjs did not finish within {RUN_TIMEOUT:.0f} s:\n{error.stderr or ''}"[-4000:])
+    if run.returncode != 0:
+        pytest.fail(f"check_workflows.mjs exited {run.returncode}:\n{run.stderr[-4000:]}\n{server.log_text()[-3000:]}")
+    report = json.loads(run.stdout)
+    report["seconds"] = time.monotonic() - started
+    (artifacts / "report.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +120,7 @@ def browser():
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     with running_server(_prepare) as server:
-        command = ["node", str(SCRIPT), "--url", server.url, "--artifacts", str(ARTIFACTS),
-                   "--timeout-ms", str(STEP_TIMEOUT_MS), "--chromium", str(CHROMIUM),
-                   "--queue", QUEUED, "--chain", CHAIN, "--combine", COMBINE, *map(str, WORKFLOWS)]
-        started = time.monotonic()
-        try:
-            run = subprocess.run(command, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired as error:
-            pytest.fail(f"check_workflows.mjs did not finish within {RUN_TIMEOUT:.0f} s:\n{error.stderr or ''}"[-4000:])
-        if run.returncode != 0:
-            pytest.fail(f"check_workflows.mjs exited {run.returncode}:\n{run.stderr[-4000:]}\n{server.log_text()[-3000:]}")
-        report = json.loads(run.stdout)
-        report["seconds"] = time.monotonic() - started
-        (ARTIFACTS / "report.json").write_text(json.dumps(report, indent=1))
+        report = _check_workflows(server, ARTIFACTS, ["--queue", QUEUED, "--chain", CHAIN, "--combine", COMBINE], WORKFLOWS)
         yield {
             "report": report,
             "object_info": server.get("/object_info", timeout=30),
@@ -292,3 +305,60 @@ def test_add_region_on_combine_regions_fills_the_free_slot(browser):
     assert after == before + 1
     assert result["gained"] == [f"{result['added'][0]['id']}.regions->{node}.regions_3"]
     assert result["inputs"] == [["regions_1", "regions_2", "regions_3"], ["regions_1", "regions_2", "regions_3", "regions_4"]]
+
+
+@pytest.fixture(scope="module")
+def fresh_install():
+    """The shipped workflows opened on a server with no model files at all (a fresh install: empty
+    models and input folders, the pack's example photos in place), the frontend's Missing Models
+    dialog shown and read (check_workflows.mjs --model-dialogs)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    artifacts = ARTIFACTS / "fresh_install"
+    shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.mkdir(parents=True)
+    with running_server(_write_settings) as server:
+        yield _check_workflows(server, artifacts, ["--model-dialogs"], SHIPPED)
+
+
+def _manual_step_lines(workflow: dict) -> list[str]:
+    """The lines of the workflow's "One manual step" Note that name a file and where to get it."""
+    notes = [str((node.get("widgets_values") or [""])[0]) for node in workflow.get("nodes") or []
+             if node.get("type") in ("Note", "MarkdownNote")]
+    return [line for note in notes if note.startswith("One manual step") for line in note.splitlines()
+            if " from http" in line]
+
+
+DOWNLOADABLE_SUFFIXES = (".safetensors", ".sft")  # frontend 1.32.9's rule; 1.49.6 also takes .ckpt/.pth/.pt
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_fresh_install_lists_only_models_the_user_can_download(fresh_install, path):
+    """Done-when of issue 17: the frontend lists only model files it can download, or the workflow's
+    Note explains the manual step for the file; no input is invalid except a model the user is told
+    how to get."""
+    entry = _entry({"report": fresh_install}, path)
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    assert entry["missing_node_types"] == [] and entry["load_error"] is None and not entry["file_errors"], entry
+    assert not entry["console_errors"], f"{path.name}: console errors while loading:\n" + _brief(entry["console_errors"])
+    assert entry["open_dialogs"] == [], f"{path.name}: a dialog besides Missing Models is open"
+    dialog = entry["model_dialog"]
+    listed = {e["name"] for e in dialog["entries"]}
+    # the models the workflow declares for the dialog (properties.models / models) are all listed
+    declared = {m["name"] for m in _declared_models(workflow)
+                if m not in ((workflow.get("extra") or {}).get("selective_control") or {}).get("model_files", [])}
+    assert declared <= listed, f"{path.name}: {dialog['source']} does not list {sorted(declared - listed)}"
+    manual = _manual_step_lines(workflow)
+    for model in dialog["entries"]:
+        if model["downloadable"]:
+            assert model["name"].endswith(DOWNLOADABLE_SUFFIXES) and model["url"].startswith("https://huggingface.co/"), model
+        else:
+            assert any(model["name"] in line for line in manual), (
+                f"{path.name}: {dialog['source']} lists {model} which it cannot download, and no "
+                "'One manual step' Note line says where to get it")
+    assert dialog["missing_media"] == [], f"{path.name}: the frontend finds input files missing: {dialog['missing_media']}"
+    for widget in entry["invalid_widgets"]:
+        value = str(widget["value"])
+        assert value in listed or any(value in line for line in manual), (
+            f"{path.name}: invalid input on a fresh install that is no model the user is told how to get:\n" + _brief([widget]))

@@ -2,7 +2,7 @@
 // playwright-core) the way a user opens a file, and prints one JSON report on stdout.
 //
 //   node check_workflows.mjs --url http://127.0.0.1:8188 --artifacts DIR [--queue NAME]
-//        [--chain NAME] [--combine NAME]
+//        [--chain NAME] [--combine NAME] [--model-dialogs]
 //        [--timeout-ms 30000] [--chromium /usr/bin/chromium] WORKFLOW.json...
 //
 // The server must run with its own --user-directory whose default/comfy.settings.json has
@@ -21,13 +21,16 @@
 // chain with the frontend's Comfy.Graph.ConvertToSubgraph command, on a node whose chain comes
 // in through the subgraph's input (the link's origin is no node of that graph), and on Combine
 // Regions; each reports the links gained and lost (report.add_region).
+// With --model-dialogs (a server whose models folder is empty, as on a fresh install) the
+// frontend shows what it shows a user and each workflow's entry gets `model_dialog`: what the
+// frontend offers for the models the workflow lacks (readModelDialog).
 // Requests to any other origin than --url are aborted (the page runs offline).
 import { chromium } from 'playwright-core';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 
 function parseArgs(argv) {
-  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, chain: null, combine: null, timeoutMs: 30000,
+  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, chain: null, combine: null, modelDialogs: false, timeoutMs: 30000,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium', files: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -36,6 +39,7 @@ function parseArgs(argv) {
     else if (arg === '--queue') opts.queue = argv[++i];
     else if (arg === '--chain') opts.chain = argv[++i];
     else if (arg === '--combine') opts.combine = argv[++i];
+    else if (arg === '--model-dialogs') opts.modelDialogs = true;
     else if (arg === '--timeout-ms') opts.timeoutMs = Number(argv[++i]);
     else if (arg === '--chromium') opts.chromium = argv[++i];
     else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
@@ -55,6 +59,9 @@ const HARMLESS = [
     test: (e, base) => (e.url && !e.url.startsWith(base) && /^Failed to load resource/.test(e.text)) ||
       /^Connecting to '[^']+' violates the following Content Security Policy directive/.test(e.text) &&
         !e.text.includes(`'${base}`) },
+  { why: "the Missing Models dialog fetches each file's size from its download URL: blocked offline",
+    test: (e, base) => { const url = /^Fetch API cannot load (\S+?)\.? Refused to connect because it violates the document's Content Security Policy\.$/.exec(e.text)?.[1];
+      return (url && !url.startsWith(base)) || (/^Error fetching file size: TypeError: Failed to fetch\n\s+at fetchFileSize /.test(e.text)); } },
   { why: 'frontend 1.49.6 logs this at start-up with no custom node loaded at all (verified)',
     test: (e) => e.phase === 'startup' && /^ComfyApp graph accessed before initialization/.test(e.text) },
   { why: 'frontend 1.32.9 useRenderModeSetting stores an unregistered setting at startup (TypeError in onChange)',
@@ -107,6 +114,61 @@ async function waitForSettledView(page, timeoutMs) {
     visible_nodes: window.app.canvas.visible_nodes.length, graph_nodes: window.app.graph.nodes.length }));
 }
 
+// What the frontend offers a user for the models the open workflow lacks, then closes it.
+// 1.32.9 shows the Missing Models dialog: its list, where an entry it can download has a
+// Download button and any other shows why not. 1.49.6 shows no dialog but keeps its findings in
+// the missingModel store: the candidates it found missing, each judged by the frontend's own
+// isModelDownloadable (imported from the served module that exports it); its missingMedia
+// store holds input files it found missing.
+async function readModelDialog(page, timeoutMs) {
+  return page.evaluate(async (timeoutMs) => {
+    const deadline = Date.now() + timeoutMs;
+    const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+    const pinia = document.querySelector('#vue-app')?.__vue_app__?.config?.globalProperties?.$pinia;
+    const store = pinia?._s?.get('missingModel');
+    if (store) {
+      const missing = (store.missingModelCandidates ?? []).filter((c) => c.isMissing === true);
+      let isModelDownloadable = null;
+      while (missing.length && !isModelDownloadable) {
+        const modules = performance.getEntriesByType('resource').map((e) => e.name)
+          .filter((url) => /\/missingModelMetadata-[\w-]+\.js$/.test(url));
+        for (const url of modules) {
+          const alias = /\bisModelDownloadable as (\w+)/.exec(await (await fetch(url)).text())?.[1];
+          if (alias) { isModelDownloadable = (await import(url))[alias]; break; }
+        }
+        if (isModelDownloadable) break;
+        if (Date.now() > deadline) throw new Error("no served missingModelMetadata module exports the frontend's isModelDownloadable");
+        await pause(100);
+      }
+      return {
+        source: 'missingModel store',
+        entries: missing.map((c) => ({ name: c.name, directory: c.directory ?? null, url: c.url ?? null,
+          node_type: c.nodeType, widget: c.widgetName, downloadable: !!c.url && isModelDownloadable(c) })),
+        missing_media: (pinia._s.get('missingMedia')?.missingMediaCandidates ?? []).map((m) => ({ name: m.name ?? null, node_type: m.nodeType, widget: m.widgetName })),
+      };
+    }
+    const expected = window.__sc.missingModels.length;
+    let items = [];
+    while (expected) {
+      items = [...document.querySelectorAll('.comfy-missing-models li')];
+      if (items.length >= expected) break;
+      if (Date.now() > deadline) throw new Error(`the Missing Models dialog lists ${items.length} of ${expected} missing models`);
+      await pause(50);
+    }
+    const entries = items.map((li) => {
+      const label = li.querySelector('span[title]');
+      const [directory, name] = (label?.innerText ?? '').split(' / ');
+      const download = [...li.querySelectorAll('button')].find((b) => /^Download/.test(b.getAttribute('aria-label') ?? ''));
+      return { name: name ?? null, directory: directory ?? null, url: label?.title ?? null,
+        downloadable: !!download && !download.disabled, shown: li.innerText.trim().replace(/\s+/g, ' ') };
+    });
+    const dialog = document.querySelector('.comfy-missing-models')?.closest('.p-dialog');
+    dialog?.querySelector('.p-dialog-close-button')?.click();
+    for (; dialog?.isConnected && dialog.getClientRects().length && Date.now() < deadline; ) await pause(50);
+    return { source: 'Missing Models dialog', entries, missing_media: [] };
+  }, timeoutMs);
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const base = opts.url;
@@ -144,14 +206,19 @@ async function main() {
       window.app.extensionManager?.workflow?.activeWorkflow, null, { timeout: opts.timeoutMs });
     report.timings_ms.ready = Date.now() - t0;
 
-    // Record instead of showing the dialogs (they would cover the screenshots).
-    await page.evaluate(() => {
+    // Record instead of showing the dialogs (they would cover the screenshots); with
+    // --model-dialogs the Missing Models dialog is recorded and shown.
+    await page.evaluate((modelDialogs) => {
       const app = window.app;
       window.__sc = { missingNodes: [], missingModels: [], fileErrors: [] };
       app.showMissingNodesError = (types) => { window.__sc.missingNodes.push(...types.map((t) => (typeof t === 'string' ? t : t.type))); };
-      app.showMissingModelsError = (models) => { window.__sc.missingModels.push(...models.map((m) => ({ name: m.name, directory: m.directory, url: m.url, directory_invalid: !!m.directory_invalid }))); };
+      const showMissingModels = app.showMissingModelsError?.bind(app);  // 1.49.6 has none (readModelDialog)
+      app.showMissingModelsError = (models, paths) => {
+        window.__sc.missingModels.push(...models.map((m) => ({ name: m.name, directory: m.directory, url: m.url, directory_invalid: !!m.directory_invalid })));
+        if (modelDialogs) return showMissingModels?.(models, paths);
+      };
       app.showErrorOnFileLoad = (file) => { window.__sc.fileErrors.push(`unable to find workflow in ${file.name}`); };
-    });
+    }, opts.modelDialogs);
     report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
     const objectInfo = await page.evaluate(async () => (await fetch('/api/object_info')).json());
     await sleep(300); // let startup requests settle before their errors are attributed
@@ -226,6 +293,7 @@ async function main() {
             graphNodes: app.graph.nodes.length,
           };
         }, { text, name, objectInfo });
+        if (opts.modelDialogs) entry.model_dialog = await readModelDialog(page, opts.timeoutMs);
         result.dialogs = await page.evaluate(openDialogs);
         result.toasts = await page.evaluate(takeToasts);
         Object.assign(entry, {
