@@ -48,12 +48,16 @@ WORKFLOWS = SHIPPED + [comfy.REPO_ROOT / "tests" / "data" / "core_workflow.json"
 QUEUED = "core_workflow.json"  # core nodes only: runs in well under a second
 CHAIN = "sdxl_regions.json"  # Apply Regions fed by Region -> Region: "Add region" at the root and in a subgraph
 COMBINE = "multi_instance.json"  # Combine Regions with regions_1, regions_2 linked and regions_3 free
-VIEWPORT = (1600, 1000)  # check_workflows.mjs
+# The browser window; scripts/workflow_pictures.py asks for a larger one so the fitted view draws titles.
+VIEWPORT = tuple(int(n) for n in os.environ.get("SC_BROWSER_VIEWPORT", "1600x1000").split("x"))
 STEP_TIMEOUT_MS = 30_000  # each browser wait / the queued run
 RUN_TIMEOUT = 150.0  # the whole node process
 # Settings the frontend reads at start: without TutorialCompleted a fresh user folder opens
-# the Templates dialog over everything; the minimap would cover part of each screenshot.
-USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}
+# the Templates dialog over everything; the minimap would cover part of each screenshot; at a
+# fitted view's zoom nodes are drawn as untitled boxes unless the level-of-detail switch is off
+# (0); the canvas info (frame times, node counts) is no part of a workflow.
+USER_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
+                 "LiteGraph.Canvas.MinFontSizeForLOD": 0, "Comfy.Graph.CanvasInfo": False}
 
 
 def _skip_reason() -> str | None:
@@ -120,7 +124,7 @@ def browser():
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     with running_server(_prepare) as server:
-        report = _check_workflows(server, ARTIFACTS, ["--queue", QUEUED, "--chain", CHAIN, "--combine", COMBINE], WORKFLOWS)
+        report = _check_workflows(server, ARTIFACTS, ["--viewport", "x".join(map(str, VIEWPORT)), "--queue", QUEUED, "--chain", CHAIN, "--combine", COMBINE], WORKFLOWS)
         yield {
             "report": report,
             "object_info": server.get("/object_info", timeout=30),

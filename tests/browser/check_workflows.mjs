@@ -2,7 +2,7 @@
 // playwright-core) the way a user opens a file, and prints one JSON report on stdout.
 //
 //   node check_workflows.mjs --url http://127.0.0.1:8188 --artifacts DIR [--queue NAME]
-//        [--chain NAME] [--combine NAME] [--model-dialogs]
+//        [--chain NAME] [--combine NAME] [--model-dialogs] [--viewport 1600x1000]
 //        [--timeout-ms 30000] [--chromium /usr/bin/chromium] WORKFLOW.json...
 //
 // The server must run with its own --user-directory whose default/comfy.settings.json has
@@ -30,7 +30,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 
 function parseArgs(argv) {
-  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, chain: null, combine: null, modelDialogs: false, timeoutMs: 30000,
+  const opts = { url: null, artifacts: 'browser-artifacts', queue: null, chain: null, combine: null, modelDialogs: false, viewport: [1600, 1000], timeoutMs: 30000,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium', files: [] };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -40,6 +40,7 @@ function parseArgs(argv) {
     else if (arg === '--chain') opts.chain = argv[++i];
     else if (arg === '--combine') opts.combine = argv[++i];
     else if (arg === '--model-dialogs') opts.modelDialogs = true;
+    else if (arg === '--viewport') opts.viewport = argv[++i].split('x').map(Number);
     else if (arg === '--timeout-ms') opts.timeoutMs = Number(argv[++i]);
     else if (arg === '--chromium') opts.chromium = argv[++i];
     else if (arg.startsWith('--')) throw new Error(`unknown option ${arg}`);
@@ -98,8 +99,7 @@ const takeToasts = () => {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-// Comfy.Canvas.FitView animates the view over 350 ms (DragAndScale.animateToBounds, one step per
-// animation frame); under load those frames come late. The screenshot waits until the view has
+// A fitted view is drawn on a later animation frame; under load those frames come late. The screenshot waits until the view has
 // not moved for two drawn frames and the last draw saw every node, instead of a fixed delay.
 async function waitForSettledView(page, timeoutMs) {
   await page.evaluate(() => { window.__scView = null; });
@@ -183,7 +183,9 @@ async function main() {
     timeout: opts.timeoutMs,
   });
   try {
-    const context = await browser.newContext({ viewport: { width: 1600, height: 1000 } });
+    const context = await browser.newContext({ viewport: { width: opts.viewport[0], height: opts.viewport[1] } });
+    // The "Introducing Nodes 2.0" banner (its dismissal lives in localStorage) would cover the screenshots.
+    await context.addInitScript(() => localStorage.setItem('vueNodesBannerDismissed', 'true'));
     await context.route((u) => !u.href.startsWith(base + '/') && u.href !== base, (route) => route.abort());
     const page = await context.newPage();
     page.setDefaultTimeout(opts.timeoutMs);
@@ -224,6 +226,8 @@ async function main() {
     await sleep(300); // let startup requests settle before their errors are attributed
     report.startup = classify(events.splice(0), base);
     report.startup.open_dialogs = await page.evaluate(openDialogs);
+    // Screenshots show the graph alone: focus mode hides the menus, tabs and side bar.
+    await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
 
     for (const file of opts.files) {
       const name = basename(file);
@@ -282,9 +286,14 @@ async function main() {
             }
           }
           const prompt = (await app.graphToPrompt()).output;
-          // The screenshot shows the whole graph, not the view saved in the file.
+          // The screenshot shows the whole graph, not the view saved in the file, filling 95% of the
+          // window (Comfy.Canvas.FitView leaves a quarter empty, which costs readable titles).
           app.canvas.deselectAll?.();
-          await app.extensionManager.command.execute('Comfy.Canvas.FitView');
+          const rects = [...app.graph.nodes.map((n) => n.boundingRect), ...(app.graph.groups || []).map((g) => g._bounding)];
+          const [x0, y0] = [0, 1].map((k) => Math.min(...rects.map((r) => r[k])));
+          const [x1, y1] = [0, 1].map((k) => Math.max(...rects.map((r) => r[k] + r[k + 2])));
+          app.canvas.ds.fitToBounds([x0, y0, x1 - x0, y1 - y0], { zoom: 0.95 });
+          app.canvas.setDirty(true, true);
           return {
             loadError, unregistered, invalid, prompt,
             missingNodes: [...new Set(window.__sc.missingNodes)],
