@@ -29,14 +29,11 @@ Z_IMAGE_REFINER_LAYERS = 2  # what core's ZImageControlPatch counts on
 
 def unavailable_reason() -> str | None:
     """Why these cannot be built on the running ComfyUI (Z-Image Fun's classes came after 0.3.75)."""
-    reason = tiny_dit.unavailable_reason()
-    if reason is not None:
-        return reason
     import comfy_extras.nodes_model_patch as model_patch
 
     if not hasattr(model_patch, "ZImageControlPatch"):
         return "this ComfyUI has no Z-Image Fun ControlNet patch (model-patch tests need ComfyUI 0.33 or later)"
-    return None
+    return tiny_dit.unavailable_reason()
 
 
 @functools.cache
