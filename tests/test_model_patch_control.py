@@ -11,6 +11,7 @@ from harness import box_mask_nodes, node_error_message, pack_import, run_prompt,
 from harness.fixture_nodes import fixture_node
 
 ops = pack_import("nodes.ops.control")
+compat = pack_import("nodes.sampling.compat")
 
 # --------------------------------------------------------------------------- pure token maths (both legs)
 
@@ -47,6 +48,41 @@ def test_blend_by_weight_is_exact_at_zero_and_one():
     weights = torch.tensor([0.0, 1.0]).repeat(25).reshape(1, 50, 1)
     out = ops.blend_by_weight(before, after, weights)
     assert torch.equal(out[:, 0::2], before[:, 0::2]) and torch.equal(out[:, 1::2], after[:, 1::2])
+
+
+def test_core_control_patches_are_found_by_name_replaced_in_place_and_the_input_model_keeps_its_own():
+    """compat's class names against the ComfyUI running (0.3.75 has the Qwen DiffSynth patch only)."""
+    import sys
+
+    import nodes
+    from harness import tiny_models
+
+    module = sys.modules[nodes.NODE_CLASS_MAPPINGS["QwenImageDiffsynthControlnet"].__module__]
+    present = [name for name in compat.MODEL_PATCH_CONTROLS if hasattr(module, name)]
+    assert "DiffSynthCnetPatch" in present
+    model = tiny_models.unet("sd15").clone()
+    controls = [type(name, (), {})() for name in present]  # stand-ins named as core's (no model inside)
+    model.set_model_patch("foreign", "double_block")
+    for control in controls:  # as core's nodes install them (Z-Image Fun's also in the noise refiner)
+        if type(control).__name__ == "ZImageControlPatch":
+            model.set_model_patch(control, "noise_refiner")
+        model.set_model_patch(control, "double_block")
+
+    def listed(m, slot):  # 0.3.75's clone deep-copies the patches, so compare kinds, not objects
+        return [p if isinstance(p, str) else (p[0], type(p[1]).__name__) if isinstance(p, tuple) else type(p).__name__
+                for p in m.model_options["transformer_options"]["patches"].get(slot, [])]
+
+    patched = model.clone()
+    assert compat.replace_model_patch_controls(patched, lambda inner: ("wrapped", inner)) == len(controls)
+    assert listed(patched, "double_block") == ["foreign"] + [("wrapped", name) for name in present]
+    assert listed(model, "double_block") == ["foreign"] + present  # the input model keeps core's patches
+    patches = patched.model_options["transformer_options"]["patches"]
+    if "ZImageControlPatch" in present:  # one wrapper for the patch installed in two lists
+        assert patches["noise_refiner"] == [patches["double_block"][-1]]
+    assert compat.replace_model_patch_controls(patched, lambda inner: None) == 0  # wrapped ones are not core's
+    removed = model.clone()
+    assert compat.replace_model_patch_controls(removed, lambda inner: None) == len(controls)
+    assert listed(removed, "double_block") == ["foreign"] and listed(removed, "noise_refiner") == []
 
 
 # --------------------------------------------------------------------------- through the executor (0.33)

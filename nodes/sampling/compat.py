@@ -230,8 +230,8 @@ def replace_model_patch_controls(model_patcher, replace) -> int:
     (Z-Image Fun's noise-refiner and double-block patch) gets one replacement. Every other patch keeps its
     place. Returns how many core ControlNet patches were found.
 
-    ``ModelPatcher.clone`` copies these lists (``copy_nested_dicts``) in both versions, so the model the
-    user connected keeps its own."""
+    The model the user connected keeps its own lists: ``ModelPatcher.clone`` copies them in 0.33
+    (``copy_nested_dicts``) and deep-copies the whole ``model_options``, patches included, in 0.3.75."""
     patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
     replaced: dict[int, object] = {}
     for slot in MODEL_PATCH_CONTROL_SLOTS:
