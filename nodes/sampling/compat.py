@@ -100,13 +100,13 @@ def register_device_copy(control, load_device, clone, autoregister: bool):
 
 # --------------------------------------------------------------------------- DiT attention hooks
 
-# ``unet_config["image_model"]`` of the DiT families whose joint attention the pack can route,
-# mapped to the hook each needs: Flux-style blocks take an ``attn1_patch`` that may return an
-# attention mask; Qwen-Image's block ignores a returned mask (0.33 keeps the mask it built before
-# the patch), so the mask goes through ComfyUI's attention override; Lumina 2 / Z-Image has no
-# attention patch at all, only the override.
+# ``unet_config["image_model"]`` of the DiT families whose joint attention the pack can route. All
+# of them take the routing through ComfyUI's attention override; the value says where a region
+# prompt's rotary positions are set: Flux-style and Qwen-Image blocks call an ``attn1_patch`` that
+# may return new ``pe``; Lumina 2 / Z-Image has no attention patch, so its region prompts keep the
+# positions they have in the joined prompt.
 DIT_FAMILIES = {"flux": "attn1_patch", "flux2": "attn1_patch", "chroma": "attn1_patch",
-                "qwen_image": "attention_override", "lumina2": "attention_override"}
+                "qwen_image": "attn1_patch", "lumina2": "attention_override"}
 ATTENTION_OVERRIDE = "optimized_attention_override"  # transformer_options key read by ComfyUI's wrap_attn
 
 
