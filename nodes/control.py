@@ -1,4 +1,5 @@
-"""Control nodes (thin V3 wrappers): masked control images, pose from an image, masked ControlNet."""
+"""Control nodes (thin V3 wrappers): masked control images, pose from an image, masked ControlNet and
+masked model-patch ControlNet."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +13,7 @@ from .ops import control as control_ops
 from .ops.regions import mask_overlay
 from .ops.shapes import as_mask, as_rgb, broadcast_batch, resize_mask
 from .sampling.masked_control import apply_masked_control
+from .sampling.model_patch_control import mask_model_patch_controls
 from .types import PoseKeypoint
 
 CATEGORY = "selective_control/control"
@@ -181,4 +183,36 @@ class SCApplyControlNetMasked(io.ComfyNode):
         return io.NodeOutput(pos, neg)
 
 
-CONTROL_NODES: list[type[io.ComfyNode]] = [SCMaskedControlImage, SCPoseFromImage, SCApplyControlNetMasked]
+class SCMaskModelPatchControl(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SCMaskModelPatchControl",
+            display_name="Limit Model Patch ControlNet To Mask (SC)",
+            category=CATEGORY,
+            description=(
+                "Put it right after core's Apply Z-Image Fun ControlNet or Apply Qwen Image DiffSynth ControlNet: "
+                "that control then steers the picture only inside the mask, at every step. A white mask gives "
+                "exactly core's result, a black mask no control. Other patches on the model keep working. For "
+                "several controls, each with its own mask, follow each core node with one of these."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model coming out of core's Apply Z-Image Fun ControlNet or "
+                                                "Apply Qwen Image DiffSynth ControlNet."),
+                io.Mask.Input("mask", tooltip="Where the control acts, in the control image's frame (fitted to the "
+                                              "picture the way core fits the control image). A batch of 1 applies "
+                                              "to every latent. Not the same as core's own mask input, which tells "
+                                              "the control model what to inpaint."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with the control limited to the mask."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, mask) -> io.NodeOutput:
+        return io.NodeOutput(mask_model_patch_controls(model, mask))
+
+
+CONTROL_NODES: list[type[io.ComfyNode]] = [SCMaskedControlImage, SCPoseFromImage, SCApplyControlNetMasked,
+                                           SCMaskModelPatchControl]

@@ -43,6 +43,9 @@ class SCRegion(io.ComfyNode):
                               tooltip="Where this region's ControlNet acts. Default: the region mask in attention mode; "
                                       "the whole image in instances mode (the region's own path is blended in "
                                       "by its mask anyway, so its ControlNet sees the full pose)."),
+                io.Vae.Input("control_vae", optional=True,
+                             tooltip="The model's VAE, for ControlNets that read the control image through it (Flux "
+                                     "InstantX / Union, Qwen-Image ControlNets); others ignore it."),
             ],
             outputs=[Regions.Output("regions_out", display_name="regions",
                                     tooltip="The region list with this region appended.")],
@@ -50,13 +53,14 @@ class SCRegion(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, mask, weight, regions=None, control_net=None, control_image=None,
-                control_strength=1.0, control_mask=None) -> io.NodeOutput:
+                control_strength=1.0, control_mask=None, control_vae=None) -> io.NodeOutput:
         if (control_net is None) != (control_image is None):
             raise ValueError("a region's control needs both control_net and control_image; connect both or neither")
         region = regional.Region(
             conditioning=conditioning, mask=as_mask(mask, "mask"), weight=float(weight), control_net=control_net,
             control_image=control_image, control_strength=float(control_strength),
             control_mask=None if control_mask is None else as_mask(control_mask, "control_mask"),
+            control_vae=control_vae,
         )
         return io.NodeOutput((*(regions or ()), region))
 
@@ -105,7 +109,8 @@ class SCApplyRegions(io.ComfyNode):
                 "outside every region follow the base prompt."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The model to sample with (SD1.x, SD2.x or SDXL UNet)."),
+                io.Model.Input("model", tooltip="The model to sample with: SD1.x, SD2.x, SDXL, or on ComfyUI "
+                                                "0.33+ Flux, Chroma, Qwen-Image or Z-Image."),
                 io.Conditioning.Input("positive", tooltip="The base prompt: applies everywhere (attention) or "
                                                           "where no region is (instances)."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt, passed on (used for every region)."),

@@ -192,7 +192,8 @@ def test_masked_dit_controlnet_residuals_are_zero_on_tokens_outside_the_mask(kin
 # --------------------------------------------------------------------------- instances mode
 
 regional = pack_import("nodes.sampling.regions")
-INSTANCE_CONTROL = {"flux": "flux_xlabs"}  # a DiT ControlNet that needs no VAE (a Region has no VAE input)
+INSTANCE_CONTROL = {"flux": "flux_xlabs", "flux_vae": "flux_union", "qwen_vae": "qwen_instantx"}
+ARCH_OF = {"flux_vae": "flux", "qwen_vae": "qwen_image"}  # cases whose ControlNet reads its image through the VAE
 
 
 def band(index):
@@ -201,15 +202,17 @@ def band(index):
     return mask
 
 
-def dit_regions(arch, controlled):
-    kind = INSTANCE_CONTROL.get(arch) if controlled else None
-    net = None if kind is None else tiny_dit_control.controlnet(kind)
+def dit_regions(case, controlled):
+    arch = ARCH_OF.get(case, case)
+    kind = INSTANCE_CONTROL.get(case) if controlled else None
+    net = None if kind is None else dit_control(kind)
+    vae = None if kind is None else tiny_dit_control.vae(kind)
     regions = []
     for i, weight in enumerate((1.0, 2.0, 0.5)):
         image = None if net is None else torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(20 + i))
         regions.append(regional.Region(conditioning=tiny_dit.conditioning(arch, f"region {i}", guidance=3.5),
                                        mask=band(i), weight=weight, control_net=net, control_image=image,
-                                       control_strength=0.5 + 0.25 * i))
+                                       control_strength=0.5 + 0.25 * i, control_vae=vae))
     return regions
 
 
@@ -230,13 +233,18 @@ def assert_close_to_scale(actual, expected, relative=1e-5):
 
 
 @needs_dit
-@pytest.mark.parametrize("arch, controlled", [
-    ("flux", True), ("qwen_image", False), ("z_image", False), ("chroma", False), ("flux2", False)])
-def test_dit_instances_equal_core_masked_conds_in_one_model_call_per_step(arch, controlled):
+@pytest.mark.parametrize("case, controlled", [
+    ("flux", True), ("flux_vae", True), ("qwen_vae", True), ("qwen_image", False), ("z_image", False),
+    ("chroma", False), ("flux2", False)])
+def test_dit_instances_equal_core_masked_conds_in_one_model_call_per_step(case, controlled):
+    """flux_vae / qwen_vae: region ControlNets that encode their image with the Region's control_vae, as core's
+    Apply ControlNet does with its vae input."""
+    arch = ARCH_OF.get(case, case)
     model = tiny_dit.model(arch)
     pos, neg = dit_conds(arch)
-    regions = dit_regions(arch, controlled)
-    core, core_rows = model_rows(model, lambda: probe(arch, core_masked_conds(pos, regions), neg)[1])
+    regions = dit_regions(case, controlled)
+    vae = regions[0].control_vae
+    core, core_rows = model_rows(model, lambda: probe(arch, core_masked_conds(pos, regions, vae=vae), neg)[1])
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
     ours, our_rows = model_rows(model, lambda: probe(arch, p, n, model=m)[1])
     assert_close_to_scale(ours, core)
@@ -247,13 +255,15 @@ def test_dit_instances_equal_core_masked_conds_in_one_model_call_per_step(arch, 
 
 
 @needs_dit
-def test_dit_instances_refuse_a_region_controlnet_that_needs_a_vae():
+@pytest.mark.parametrize("mode", ["attention", "instances"])
+def test_dit_regions_ask_for_the_vae_a_region_controlnet_needs(mode):
     regions = dit_regions("flux", False)
     regions[1] = regional.Region(**{**regions[1].__dict__, "control_net": tiny_dit_control.controlnet("flux_union"),
                                     "control_image": torch.zeros(1, SIZE, SIZE, 3)})
     pos, neg = dit_conds("flux")
-    with pytest.raises(ValueError, match="region 2's ControlNet encodes its control image with a VAE"):
-        regional.apply_regions(tiny_dit.model("flux"), pos, neg, regions, "instances", 0)
+    with pytest.raises(ValueError, match="region 2's ControlNet encodes its control image with a VAE.*"
+                                         "connect the model's VAE to that Region Prompt's control_vae input"):
+        regional.apply_regions(tiny_dit.model("flux"), pos, neg, regions, mode, 0)
 
 
 # --------------------------------------------------------------------------- preserve region and latent blend, sampled

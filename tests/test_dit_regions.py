@@ -1,8 +1,9 @@
 """Regional prompts (attention mode) on DiTs: Flux.1, Flux.2, Chroma, Qwen-Image, Z-Image.
 
 Tiny random models of each real architecture (tests/harness/tiny_dit.py); the joint attention is
-probed at ComfyUI's own attention call (an attention override installed under the pack's hooks),
-so the probe sees the q, k and mask every block really uses. The bias maths is checked on numbers.
+probed at ComfyUI's own attention call (an attention override on top of the pack's hooks) by what
+each query's output depends on, whichever way the attention below it is computed (grouped queries
+or one masked call). The bias maths is checked on numbers.
 """
 import types
 
@@ -58,25 +59,39 @@ def assert_close_to_scale(actual, expected, relative=1e-5):
 
 
 class AttentionProbe:
-    """Attention override under the pack's hooks: records every call's attention probabilities."""
+    """Attention override on top of all others: which key tokens each query really attends to.
 
-    def __init__(self):
+    Each joint attention is run again with the values of one set of key tokens moved by 1: a
+    query whose output does not change by a single bit gives those keys exactly zero attention.
+    ``reach[name]``: ``[rows, S]``, each query's largest output change for that key set.
+    """
+
+    def __init__(self, columns: dict[str, slice]):
+        self.columns = columns
         self.calls = []
 
     def __call__(self, func, q, k, v, heads, *args, **kwargs):
-        mask = args[0] if args else kwargs.get("mask")
+        out = func(q, k, v, heads, *args, **kwargs)
         if kwargs.get("skip_reshape"):
-            logits = q.float() @ k.float().transpose(-1, -2) * q.shape[-1] ** -0.5
-            if mask is not None:
-                logits = logits + (mask if mask.ndim == 4 else mask.unsqueeze(1)).float()
+            reach = {}
+            for name, columns in self.columns.items():
+                moved = v.clone()
+                moved[:, :, columns] += 1.0
+                change = (func(q, k, moved, heads, *args, **kwargs) - out).abs()
+                reach[name] = change.amax(dim=(1, 3)) if kwargs.get("skip_output_reshape") else change.amax(-1)
             options = kwargs.get("transformer_options") or {}
-            self.calls.append((torch.softmax(logits, dim=-1), list(options.get("cond_or_uncond") or [0])))
-        return func(q, k, v, heads, *args, **kwargs)
+            self.calls.append((reach, list(options.get("cond_or_uncond") or [0])))
+        return out
+
+    def joint(self, tokens: int) -> list[tuple[dict, list]]:
+        """The calls over at least ``tokens`` tokens that have cond rows."""
+        return [(reach, flags) for reach, flags in self.calls
+                if next(iter(reach.values())).shape[-1] >= tokens and 0 in flags]
 
 
-def probed(model):
+def probed(model, columns: dict[str, slice]):
     clone = model.clone()
-    probe = AttentionProbe()
+    probe = AttentionProbe(columns)
     compat.add_attention_override(clone, probe)
     return clone, probe
 
@@ -113,6 +128,27 @@ def test_joint_bias_numbers_for_soft_masks_weights_and_locality():
     assert bias[6, 7].item() == pytest.approx(log(0.75)) and bias[6, 6].item() == 0.0
 
 
+@pytest.mark.parametrize("shared_rows", [1, 3, 64])
+def test_grouped_attention_equals_the_dense_bias(shared_rows):
+    """Soft and hard mask values, weights, left padding, image tokens after the grid, an uncond row: the
+    groups give the attention of the dense mask to float rounding, and each query's groups cover it once."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    layout = dit_ops.JointLayout(text_len=7, joined_start=1, base_len=2, region_lens=(1, 3), image_len=12, seq_len=21)
+    a = torch.tensor([[1.0, 1.0, 1.0, 0.5, 0.0, 0.0], [1.0, 1.0, 0.25, 0.0, 0.0, 0.0]]).view(1, 2, 6)
+    b = torch.tensor([[0.0, 0.0, 0.0, 0.5, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]]).view(1, 2, 6)
+    groups = dit_ops.joint_attention_groups(torch.stack([a.flatten(), b.flatten()]), [1.5, 1.0], layout, shared_rows)
+    assert sorted(torch.cat([g.queries for g in groups]).tolist()) == list(range(21))
+    assert any(g.bias is not None and g.bias.shape[0] > 1 for g in groups) == (shared_rows > 1)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 21, 4, generator=g) for _ in range(3))
+    dense = dit_ops.joint_attention_bias([a, b], [1.5, 1.0], layout, items=1)
+    expected = attention_pytorch(q, k, v, 3, mask=torch.cat([dense, torch.zeros_like(dense)]), skip_reshape=True)
+    actual = dit_hooks.grouped_attention(attention_pytorch, q, k, v, 3, torch.tensor([0]), groups, skip_reshape=True)
+    assert (actual - expected).abs().max().item() < 1e-6
+    assert (expected[0] - attention_pytorch(q, k, v, 3, skip_reshape=True)[0]).abs().max().item() > 0.1
+
+
 def test_region_prompts_take_the_positions_they_have_alone():
     layout = dit_ops.JointLayout(text_len=6, joined_start=1, base_len=2, region_lens=(1, 2), image_len=2, seq_len=8)
     assert dit_ops.standalone_text_positions(layout).tolist() == [0, 1, 2, 1, 1, 2, 6, 7]
@@ -141,36 +177,35 @@ def test_this_comfyui_says_which_families_it_can_route():
 def test_hard_masks_give_exactly_zero_attention_outside_the_region_at_every_block(arch):
     """Image tokens outside the region (grid columns 2-3) give its text exactly 0 attention, in every joint
     attention of every step; inside they attend to it; the region's text never sees the base text."""
-    model, probe = probed(tiny_dit.model(arch))
     positive, negative = conds(arch)
     regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
-    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
-    sample(patched, pos, neg, arch, steps=2)
+    patched, pos, neg, _ = regional.apply_regions(tiny_dit.model(arch), positive, negative, regions, "attention", 0)
     text = TEXT_LEN[arch]
     start, end = REGION_TEXT[arch]
+    patched, probe = probed(patched, {"region": slice(start, end), "base": slice(0, start)})
+    sample(patched, pos, neg, arch, steps=2)
     grid = torch.arange(16).view(4, 4)
     outside, inside = (text + grid[:, 2:]).flatten(), (text + grid[:, :2]).flatten()
-    joint = [(p, flags) for p, flags in probe.calls if p.shape[-1] >= text + 16 and 0 in flags]
+    joint = probe.joint(text + 16)
     assert len(joint) == 2 * JOINT_BLOCKS[arch]  # 2 steps x every joint block, cond pass
-    for p, flags in joint:
-        assert p.shape[-1] == p.shape[-2]
-        p = p[[i for i, flag in enumerate(flags) if flag == 0]]  # Flux.2 pads both prompts to 512: one call
-        assert p[:, :, outside][..., start:end].max().item() == 0.0
-        assert p[:, :, inside][..., start:end].sum(-1).min().item() > 0
-        assert p[:, :, start:end][..., :start].max().item() == 0.0  # region text -> base text
+    for reach, flags in joint:
+        cond = [i for i, flag in enumerate(flags) if flag == 0]  # Flux.2 pads both prompts to 512: one call
+        assert reach["region"][cond][:, outside].max().item() == 0.0
+        assert reach["region"][cond][:, inside].min().item() > 0
+        assert reach["base"][cond][:, start:end].max().item() == 0.0  # region text -> base text
 
 
 @needs_dit
 @pytest.mark.parametrize("arch", tiny_dit.ARCHITECTURES)
 def test_without_regions_the_probe_sees_attention_everywhere(arch):
     """The probe is able to fail: plain joint attention gives the same columns non-zero weight."""
-    model, probe = probed(tiny_dit.model(arch))
-    positive = tiny_dit.conditioning(arch, "a garden", 16, guidance=3.5)
-    sample(model, positive, conds(arch)[1], arch, steps=1)
     text = TEXT_LEN[arch]
     start, end = REGION_TEXT[arch]
-    joint = [(p, flags) for p, flags in probe.calls if p.shape[-1] >= text + 16 and 0 in flags]
-    assert joint and all(p[:, :, text:text + 16][..., start:end].min().item() > 0 for p, _ in joint)
+    model, probe = probed(tiny_dit.model(arch), {"region": slice(start, end)})
+    positive = tiny_dit.conditioning(arch, "a garden", 16, guidance=3.5)
+    sample(model, positive, conds(arch)[1], arch, steps=1)
+    joint = probe.joint(text + 16)
+    assert joint and all(reach["region"][:, text:text + 16].min().item() > 0 for reach, _ in joint)
 
 
 @needs_dit
@@ -211,19 +246,19 @@ def test_latent_batch_of_two_and_cfg_one(arch):
 def test_cond_and_uncond_in_one_call_bias_only_the_cond_rows():
     """A negative as long as the joined prompt is batched with it: its rows attend as without regions."""
     arch = "flux"
-    model, probe = probed(tiny_dit.model(arch))
     positive = tiny_dit.conditioning(arch, "a garden", TOKENS, guidance=3.5)
     negative = tiny_dit.conditioning(arch, "blurry", 2 * TOKENS, guidance=3.5)
     regions = regions_of((tiny_dit.conditioning(arch, "a red car"), left_half(), 1.0))
-    patched, pos, neg, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
+    patched, pos, neg, _ = regional.apply_regions(tiny_dit.model(arch), positive, negative, regions, "attention", 0)
+    patched, probe = probed(patched, {"region": slice(8, 16)})
     sample(patched, pos, neg, arch, steps=1)
-    both = [(p, flags) for p, flags in probe.calls if len(flags) == 2]
+    both = [(reach, flags) for reach, flags in probe.calls if len(flags) == 2]
     assert len(both) == JOINT_BLOCKS[arch]
     outside = (16 + torch.arange(16).view(4, 4)[:, 2:]).flatten()
-    for p, flags in both:
+    for reach, flags in both:
         cond, uncond = flags.index(0), flags.index(1)
-        assert p[cond][:, outside][..., 8:16].max().item() == 0.0
-        assert p[uncond][:, outside][..., 8:16].min().item() > 0.0
+        assert reach["region"][cond, outside].max().item() == 0.0
+        assert reach["region"][uncond, outside].min().item() > 0.0
 
 
 def one_left_region(arch: str, locality: int):

@@ -129,6 +129,50 @@ def mask_for_residual(mask: torch.Tensor, latent_hw: tuple[int, int], size_hw: t
     return F.interpolate(m, size=size_hw, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
 
 
+def token_grid(latent_shape: tuple[int, ...], patch: int) -> tuple[int, int, int]:
+    """(frames, rows, columns) of the image tokens a DiT cuts a latent ``[B,C,h,w]`` or
+    ``[B,C,T,h,w]`` into: ``patch x patch`` cells, padded at the bottom/right to whole patches."""
+    height, width = latent_shape[-2:]
+    frames = latent_shape[2] if len(latent_shape) == 5 else 1
+    return frames, math.ceil(height / patch), math.ceil(width / patch)
+
+
+def token_weights(mask: torch.Tensor, latent_shape: tuple[int, ...], patch: int, tokens: int) -> torch.Tensor:
+    """``[B, tokens, 1]`` weights for a DiT's image tokens: each token gets the fraction of its patch
+    the mask covers (0 where the mask does not touch it), rows then columns, frames outermost.
+
+    ``tokens`` may exceed the grid (Z-Image pads its image tokens to a multiple, Qwen-Image edit
+    appends reference-image tokens): those extra tokens are not the picture and get 0.
+    """
+    frames, rows, cols = token_grid(latent_shape, patch)
+    grid = frames * rows * cols
+    if tokens < grid:
+        raise ValueError(f"{tokens} image tokens cannot hold the {frames}x{rows}x{cols} token grid of the latent "
+                         f"{tuple(latent_shape)} at patch size {patch}")
+    m = mask_for_residual(mask, tuple(latent_shape[-2:]), (rows, cols)).flatten(1).repeat(1, frames)
+    return F.pad(m, (0, tokens - grid)).unsqueeze(-1)
+
+
+def weights_per_row(weights: torch.Tensor, rows: int, conds: int, what: str) -> torch.Tensor:
+    """``weights`` (batch 1, or one per latent) for a model batch of ``rows`` = ``conds`` copies of the
+    latent batch (cond, uncond, ... stacked). ``what`` names the residual in the error."""
+    per_cond = max(1, rows // max(1, conds))
+    if weights.shape[0] == per_cond and rows != per_cond:
+        return weights.repeat(rows // per_cond, *(1,) * (weights.ndim - 1))
+    if weights.shape[0] not in (1, rows):
+        raise ValueError(
+            f"the mask has batch {weights.shape[0]} but the latent batch is {per_cond} ({what}); use a mask "
+            "batch of 1 or one mask per latent"
+        )
+    return weights
+
+
+def blend_by_weight(before: torch.Tensor, after: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``before + weights * (after - before)``, exact at both ends: ``after`` bit for bit where the
+    weight is 1, ``before`` where it is 0 (``torch.lerp`` computes weights >= 0.5 from ``after``)."""
+    return torch.lerp(before, after, weights.to(after.dtype))
+
+
 # --------------------------------------------------------------------------- OpenPose COCO-18
 
 COCO18_NAMES: tuple[str, ...] = (

@@ -14,6 +14,12 @@ this bias routes them:
 
 Image tokens after the token grid (padding, reference images) belong to no region. Text tokens
 outside the joined prompt (a model's own padding) count as base tokens.
+
+A ``-inf`` bias means "not a key at all", and most queries share their bias row, so the attention
+runs as a few groups (:func:`joint_attention_groups`), each over only the keys it may see and
+with at most a one-row bias: no ``S x S`` mask in memory, and the fast unmasked or row-masked
+kernels. :func:`joint_attention_bias` spells the same groups out as the dense mask, for the
+cases groups cannot express (another mask already in place, self-attention locality).
 """
 from __future__ import annotations
 
@@ -46,40 +52,115 @@ class JointLayout:
         return start, start + self.region_lens[index]
 
 
+@dataclass(frozen=True)
+class AttentionGroup:
+    """Query tokens that attend to the same keys: ``softmax(q k^T / sqrt(d) + bias)`` over ``keys`` only.
+
+    Every key left out has bias ``-inf`` in the full picture, so attending to ``keys`` alone is the
+    same attention without the ``S x S`` mask. ``bias``: ``[1, K]`` (one row for every query),
+    ``[Q, K]`` (a row each: tokens at a soft mask's edge) or None (no bias).
+    """
+
+    queries: torch.Tensor
+    keys: torch.Tensor
+    bias: torch.Tensor | None
+
+
+# Image tokens sharing their mask values with at least this many others get a group with one bias
+# row; the rest (a feathered edge, cells a mask's border cuts) share a group with a row each.
+SHARED_ROWS = 64
+
+
+def joint_attention_groups(membership: torch.Tensor, weights: Sequence[float], layout: JointLayout,
+                           shared_rows: int = SHARED_ROWS) -> list[AttentionGroup]:
+    """The attention of one latent item as groups of queries (see module doc); they cover every token once.
+
+    ``membership``: ``[regions, image_len]`` mask values of the image's tokens. Most image tokens
+    are inside one region or none, so a handful of groups with a one-row bias replace the dense
+    ``S x S`` mask, and each group attends only to the keys it may see: the region text other
+    regions own costs nothing.
+    """
+    text, seq = layout.text_len, layout.seq_len
+    device = membership.device
+    spans = [torch.arange(*layout.region_span(r), device=device) for r in range(len(layout.region_lens))]
+    in_region = torch.zeros(text, dtype=torch.bool, device=device)
+    for span in spans:
+        in_region[span] = True
+    base_text = torch.arange(text, device=device)[~in_region]  # the model's own text padding included
+    image = torch.arange(text, seq, device=device)
+    values = torch.zeros(len(spans), seq - text, device=device)
+    values[:, :layout.image_len] = membership.float()
+    weighted = values * torch.tensor([float(w) for w in weights], device=device).view(-1, 1)
+    share = 1.0 + weighted.sum(0)
+
+    groups = [AttentionGroup(base_text, torch.cat([base_text, image]), None)]
+    for span, row in zip(spans, values):
+        seen = row > 0
+        bias = torch.cat([torch.zeros(len(span), device=device), torch.log(row[seen])]).unsqueeze(0)
+        groups.append(AttentionGroup(span, torch.cat([span, image[seen]]), _unless_zero(bias)))
+
+    support = weighted > 0
+    patterns, pattern_of = torch.unique(support.T, dim=0, return_inverse=True)
+    for index, pattern in enumerate(patterns):
+        tokens = (pattern_of == index).nonzero().flatten()
+        seen = pattern.nonzero().flatten().tolist()
+        keys = torch.cat([base_text, *(spans[r] for r in seen), image])
+        # per token: one value for the base text, one per seen region text, 0 for the image
+        text_bias = torch.cat([-torch.log(share[tokens]).unsqueeze(1),
+                               torch.log(weighted[seen][:, tokens] / share[tokens]).T], dim=1)
+        lengths = torch.tensor([len(base_text)] + [len(spans[r]) for r in seen], device=device)
+        rows, row_of, counts = torch.unique(text_bias, dim=0, return_inverse=True, return_counts=True)
+        varied = torch.zeros(len(tokens), dtype=torch.bool, device=device)
+        for row_index in range(len(rows)):
+            members = row_of == row_index
+            if counts[row_index] < shared_rows and len(rows) > 1:
+                varied |= members
+                continue
+            bias = torch.cat([rows[row_index].repeat_interleave(lengths), torch.zeros(len(image), device=device)])
+            groups.append(AttentionGroup(text + tokens[members], keys, _unless_zero(bias.unsqueeze(0))))
+        if varied.any():
+            bias = torch.cat([text_bias[varied].repeat_interleave(lengths, dim=1),
+                              torch.zeros(int(varied.sum()), len(image), device=device)], dim=1)
+            groups.append(AttentionGroup(text + tokens[varied], keys, bias))
+    return groups
+
+
+def _unless_zero(bias: torch.Tensor) -> torch.Tensor | None:
+    return None if bool((bias == 0).all()) else bias
+
+
+def item_memberships(grid: Sequence[torch.Tensor], layout: JointLayout, items: int) -> torch.Tensor:
+    """``[items, regions, image_len]`` mask values of the image tokens, from one ``[Bm, h, w]`` grid mask per region."""
+    if len(grid) != len(layout.region_lens):
+        raise ValueError(f"{len(grid)} region masks and {len(layout.region_lens)} region prompts must match")
+    columns = []
+    for index, m in enumerate(grid):
+        flat = match_batch(m, items, f"region {index + 1}'s mask").reshape(items, -1).float()
+        if flat.shape[1] != layout.image_len:
+            raise ValueError(f"region {index + 1}'s mask has {flat.shape[1]} grid cells but the image has "
+                             f"{layout.image_len} tokens")
+        columns.append(flat)
+    return torch.stack(columns, dim=1)
+
+
 def joint_attention_bias(grid: Sequence[torch.Tensor], weights: Sequence[float], layout: JointLayout, items: int,
                          locality: float = 0.0) -> torch.Tensor:
-    """``[items, 1, S, S]`` float32 additive logit bias (see module doc).
+    """``[items, 1, S, S]`` float32 additive logit bias: the groups of :func:`joint_attention_groups` as one mask.
 
     ``grid``: one ``[Bm, h, w]`` mask per region on the image's token grid (``h * w == image_len``);
     ``locality`` > 0 also scales image-to-image attention between different regions by ``1 - locality``.
     """
-    if len(grid) != len(layout.region_lens) or len(weights) != len(grid):
-        raise ValueError(f"{len(grid)} region masks, {len(weights)} weights and {len(layout.region_lens)} region "
-                         "prompts must match")
-    seq, text, image = layout.seq_len, layout.text_len, layout.image_len
-    device = grid[0].device
-    membership = torch.zeros(len(grid), items, seq - text, device=device)
-    for index, m in enumerate(grid):
-        flat = match_batch(m, items, f"region {index + 1}'s mask").reshape(items, -1).float()
-        if flat.shape[1] != image:
-            raise ValueError(f"region {index + 1}'s mask has {flat.shape[1]} grid cells but the image has {image} tokens")
-        membership[index, :, :image] = flat
-    weighted = membership * torch.tensor([float(w) for w in weights], device=device).view(-1, 1, 1)
-    share = 1.0 + weighted.sum(0)  # [items, S - T]
-
-    bias = torch.zeros(items, seq, seq, device=device)
-    image_rows = bias[:, text:, :]
-    image_rows[:, :, :text] = (-torch.log(share)).unsqueeze(-1)  # base text (and the model's text padding)
-    for index in range(len(grid)):
-        start, end = layout.region_span(index)
-        image_rows[:, :, start:end] = torch.log(weighted[index] / share).unsqueeze(-1)
-        bias[:, :start, start:end] = float("-inf")            # text before the region (base, earlier regions)
-        bias[:, end:text, start:end] = float("-inf")          # text after it (later regions, padding)
-        own_rows = bias[:, start:end, :]
-        own_rows[:, :, :start] = float("-inf")
-        own_rows[:, :, end:text] = float("-inf")
-        own_rows[:, :, text:] = torch.log(membership[index]).unsqueeze(1)
+    if len(weights) != len(grid):
+        raise ValueError(f"{len(grid)} region masks and {len(weights)} weights must match")
+    memberships = item_memberships(grid, layout, items)
+    bias = torch.full((items, layout.seq_len, layout.seq_len), float("-inf"), device=memberships.device)
+    for item, membership in enumerate(memberships):
+        for group in joint_attention_groups(membership, weights, layout):
+            rows = bias.new_full((len(group.queries), layout.seq_len), float("-inf"))
+            rows[:, group.keys] = 0.0 if group.bias is None else group.bias
+            bias[item, group.queries] = rows
     if locality > 0:
+        text, image = layout.text_len, layout.image_len
         bias[:, text:text + image, text:text + image] = locality_bias(grid, locality, items)
     return bias.unsqueeze(1)
 

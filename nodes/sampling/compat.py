@@ -100,13 +100,13 @@ def register_device_copy(control, load_device, clone, autoregister: bool):
 
 # --------------------------------------------------------------------------- DiT attention hooks
 
-# ``unet_config["image_model"]`` of the DiT families whose joint attention the pack can route,
-# mapped to the hook each needs: Flux-style blocks take an ``attn1_patch`` that may return an
-# attention mask; Qwen-Image's block ignores a returned mask (0.33 keeps the mask it built before
-# the patch), so the mask goes through ComfyUI's attention override; Lumina 2 / Z-Image has no
-# attention patch at all, only the override.
+# ``unet_config["image_model"]`` of the DiT families whose joint attention the pack can route. All
+# of them take the routing through ComfyUI's attention override; the value says where a region
+# prompt's rotary positions are set: Flux-style and Qwen-Image blocks call an ``attn1_patch`` that
+# may return new ``pe``; Lumina 2 / Z-Image has no attention patch, so its region prompts keep the
+# positions they have in the joined prompt.
 DIT_FAMILIES = {"flux": "attn1_patch", "flux2": "attn1_patch", "chroma": "attn1_patch",
-                "qwen_image": "attention_override", "lumina2": "attention_override"}
+                "qwen_image": "attn1_patch", "lumina2": "attention_override"}
 ATTENTION_OVERRIDE = "optimized_attention_override"  # transformer_options key read by ComfyUI's wrap_attn
 
 
@@ -209,3 +209,41 @@ def sampling_model_options(outer_sample_executor) -> dict:
     """
     guider = outer_sample_executor.class_obj
     return guider.model_options
+
+
+# --------------------------------------------------------------------------- model-patch ControlNets
+
+# The transformer-patch lists core's model-patch ControlNets install into (ModelPatcher
+# ``set_model_noise_refiner_patch`` / ``set_model_double_block_patch``), in the order the model calls them.
+MODEL_PATCH_CONTROL_SLOTS = ("noise_refiner", "double_block")
+# Core's model-patch ControlNets (``comfy_extras/nodes_model_patch.py``): ``DiffSynthCnetPatch`` (Apply Qwen
+# Image DiffSynth ControlNet, 0.3.75 and 0.33) and ``ZImageControlPatch`` (Apply Z-Image Fun ControlNet, 0.33).
+# Each adds its control residual to the first image tokens, in place, from a block patch. Known by class
+# name: ComfyUI loads that file as the module ``nodes_model_patch``, so importing ``comfy_extras.`` gives
+# other class objects.
+MODEL_PATCH_CONTROLS = ("DiffSynthCnetPatch", "ZImageControlPatch")
+
+
+def replace_model_patch_controls(model_patcher, replace) -> int:
+    """In ``model_patcher`` (a clone you own), put ``replace(patch)`` in place of every core model-patch
+    ControlNet in its transformer patches (None removes it). One patch object installed in several lists
+    (Z-Image Fun's noise-refiner and double-block patch) gets one replacement. Every other patch keeps its
+    place. Returns how many core ControlNet patches were found.
+
+    The model the user connected keeps its own lists: ``ModelPatcher.clone`` copies them in 0.33
+    (``copy_nested_dicts``) and deep-copies the whole ``model_options``, patches included, in 0.3.75."""
+    patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
+    replaced: dict[int, object] = {}
+    for slot in MODEL_PATCH_CONTROL_SLOTS:
+        if slot not in patches:
+            continue
+        kept = []
+        for patch in patches[slot]:
+            if type(patch).__name__ in MODEL_PATCH_CONTROLS:
+                if id(patch) not in replaced:
+                    replaced[id(patch)] = replace(patch)
+                patch = replaced[id(patch)]
+            if patch is not None:
+                kept.append(patch)
+        patches[slot] = kept
+    return len(replaced)

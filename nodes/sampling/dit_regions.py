@@ -1,17 +1,18 @@
 """Regional conditioning in attention mode on DiTs (Flux.1, Flux.2, Chroma, Qwen-Image, Lumina 2 / Z-Image).
 
 The positive conditioning's tokens are the base prompt followed by every region's prompt (as on
-UNets); :class:`DiTRegionAttention` adds the bias of :func:`..ops.dit_regions.joint_attention_bias`
-to the model's joint attention, through ComfyUI's own hooks only (no copied forwards):
+UNets); :class:`DiTRegionAttention` routes the model's joint attention as
+:mod:`..ops.dit_regions` describes, through ComfyUI's own hooks only (no copied forwards):
 
 - an APPLY_MODEL wrapper records each model call's latent size and context length in
   ``transformer_options`` (the block hooks see neither);
-- Flux-family blocks: an ``attn1_patch`` returns the bias as ``attn_mask`` (added to any mask
-  already there) and gives each region prompt the rotary positions it has as the only prompt;
-- Qwen-Image: the same ``attn1_patch`` for positions, the bias through ComfyUI's attention
-  override (0.33's Qwen block ignores a mask returned by the patch);
-- Lumina 2 / Z-Image: the attention override, on the joint layers only (the caption and image
-  refiners' sequences have other lengths).
+- Flux-family and Qwen-Image blocks: an ``attn1_patch`` gives each region prompt the rotary
+  positions it has as the only prompt;
+- every family: ComfyUI's attention override runs each joint attention as groups of queries over
+  the keys they may see (:func:`grouped_attention`), through the attention function ComfyUI
+  chose; where groups cannot express it (a mask already in place, self-attention locality,
+  different masks per latent item) it passes the dense bias as the mask instead. Lumina 2 /
+  Z-Image: joint layers only (the caption and image refiners' sequences have other lengths).
 
 Uncond rows and conds that are not the joined prompt are computed unchanged. A family without a
 hook gets a clear error (see ``compat.dit_hook_missing``).
@@ -91,6 +92,10 @@ class DiTRegionAttention:
         start = text - joined if compat.dit_pads_text_left(self.family) else 0
         return dit_ops.JointLayout(text, start, base_len, region_lens, image, seq_len)
 
+    def _grid(self, call: tuple, device) -> list[torch.Tensor]:
+        grid_hw = (-(-call[0] // self.patch_size), -(-call[1] // self.patch_size))
+        return [m.to(device) for m in region_ops.grid_masks(self.masks, call[:2], grid_hw)]
+
     def bias(self, options: dict, rows: int, seq_len: int, device, dtype) -> torch.Tensor | None:
         """``[rows or 1, 1, S, S]`` bias for this call (cond rows only), None when no row is ours."""
         layout = self.layout(options, seq_len)
@@ -103,9 +108,7 @@ class DiTRegionAttention:
         key = ("bias", layout, call[:2], tuple(cond_or_uncond), items, device, dtype)
         cached = self.cache.get(key)
         if cached is None:
-            grid_hw = (-(-call[0] // self.patch_size), -(-call[1] // self.patch_size))
-            grid = [m.to(device) for m in region_ops.grid_masks(self.masks, call[:2], grid_hw)]
-            region = dit_ops.joint_attention_bias(grid, self.weights, layout, items, self.locality)
+            region = dit_ops.joint_attention_bias(self._grid(call, device), self.weights, layout, items, self.locality)
             if all(flag == 0 for flag in cond_or_uncond) and region.shape[0] == 1:
                 cached = region  # broadcast over rows: no copy per row
             else:
@@ -116,6 +119,26 @@ class DiTRegionAttention:
             cached = cached.to(dtype)
             self.cache[key] = cached
         return cached
+
+    def groups(self, options: dict, rows: int, seq_len: int, device, dtype) -> tuple[torch.Tensor, list] | None:
+        """``(cond rows, groups)`` when this call's cond rows can run as :func:`grouped_attention`, else None."""
+        layout = self.layout(options, seq_len)
+        if layout is None or self.locality > 0:
+            return None
+        cond_or_uncond, items = batch_layout(options, rows)
+        call = options[CALL_KEY]
+        key = ("groups", layout, call[:2], tuple(cond_or_uncond), items, device, dtype)
+        if key not in self.cache:
+            memberships = dit_ops.item_memberships(self._grid(call, device), layout, items)
+            plan = None
+            if 0 in cond_or_uncond and bool((memberships == memberships[:1]).all()):
+                cond_rows = torch.tensor([chunk * items + item for chunk, flag in enumerate(cond_or_uncond)
+                                          if flag == 0 for item in range(items)], device=device)
+                groups = [dit_ops.AttentionGroup(g.queries, g.keys, None if g.bias is None else g.bias.to(dtype))
+                          for g in dit_ops.joint_attention_groups(memberships[0], self.weights, layout)]
+                plan = (cond_rows, groups)
+            self.cache[key] = plan
+        return self.cache[key]
 
     def positions(self, options: dict, pe: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
         """``pe`` with each region prompt at the rotary positions it has as the only prompt."""
@@ -131,25 +154,52 @@ class DiTRegionAttention:
     # ---------------------------------------------------------------- hooks
 
     def attn1_patch(self, q, k, v, pe=None, attn_mask=None, extra_options=None, **kwargs):
-        """Flux / Qwen-Image block hook (``transformer_options["patches"]["attn1_patch"]``)."""
-        options = extra_options or {}
-        out = {"pe": self.positions(options, pe, q.shape[2])}
-        if self.family != "qwen_image":  # Qwen-Image ignores a returned mask: its bias goes through the override
-            bias = self.bias(options, q.shape[0], q.shape[2], q.device, q.dtype)
-            if bias is not None:
-                out["attn_mask"] = _combined(attn_mask, bias)
-        return out
+        """Flux / Qwen-Image block hook (``transformer_options["patches"]["attn1_patch"]``): rotary positions."""
+        return {"pe": self.positions(extra_options or {}, pe, q.shape[2])}
 
     def attention_override(self, func, *args, **kwargs):
-        """ComfyUI attention override (Qwen-Image, Lumina 2 / Z-Image): the bias on joint attention calls."""
+        """ComfyUI attention override: joint attention calls run grouped, or with the dense bias added."""
         q, k, v, heads = args[:4]
         mask = args[4] if len(args) > 4 else kwargs.pop("mask", None)
         options = kwargs.get("transformer_options") or {}
         seq_len = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
+        plan = None if mask is not None else self.groups(options, q.shape[0], seq_len, q.device, q.dtype)
+        if plan is not None:
+            return grouped_attention(func, q, k, v, heads, *plan, *args[5:], **kwargs)
         bias = self.bias(options, q.shape[0], seq_len, q.device, q.dtype)
         if bias is not None:
             mask = _combined(mask, bias)
         return func(q, k, v, heads, *args[5:], mask=mask, **kwargs)
+
+
+def grouped_attention(func, q, k, v, heads, rows: torch.Tensor, groups: list, *args, **kwargs) -> torch.Tensor:
+    """``func`` (ComfyUI's attention) once per group, on the batch ``rows`` the groups are for; other rows plain.
+
+    Exactly the attention with the dense bias (every key a group leaves out has ``-inf``), but
+    each call sees only its queries and keys, with no mask or a ``[1, 1, 1 or Q, K]`` one.
+    """
+    seq_dim = 2 if kwargs.get("skip_reshape") else 1
+    out_dim = 2 if kwargs.get("skip_output_reshape") else 1
+    every_row = len(rows) == q.shape[0]
+    q_rows, k_rows, v_rows = (t if every_row else t.index_select(0, rows) for t in (q, k, v))
+    out = None
+    for group in groups:
+        mask = None if group.bias is None else group.bias.view(1, 1, *group.bias.shape)
+        part = func(q_rows.index_select(seq_dim, group.queries), k_rows.index_select(seq_dim, group.keys),
+                    v_rows.index_select(seq_dim, group.keys), heads, *args, mask=mask, **kwargs)
+        if out is None:
+            shape = list(part.shape)
+            shape[out_dim] = q.shape[seq_dim]
+            out = part.new_empty(shape)
+        out.index_copy_(out_dim, group.queries, part)
+    if every_row:
+        return out
+    others = torch.ones(q.shape[0], dtype=torch.bool, device=rows.device)
+    others[rows] = False
+    others = others.nonzero().flatten()
+    plain = func(q.index_select(0, others), k.index_select(0, others), v.index_select(0, others), heads, *args,
+                 mask=None, **kwargs)  # the uncond rows: attention as without regions
+    return plain.new_empty((q.shape[0], *plain.shape[1:])).index_copy_(0, rows, out).index_copy_(0, others, plain)
 
 
 def check_dit_supported(model_patcher) -> None:
@@ -166,9 +216,8 @@ def install_dit_region_attention(model_patcher, masks: list[torch.Tensor], weigh
     check_dit_supported(model_patcher)
     hooks = DiTRegionAttention(model_patcher, masks, weights, layouts, locality)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _record_call)
-    if compat.DIT_FAMILIES[hooks.family] == "attn1_patch" or hooks.family == "qwen_image":
+    if compat.DIT_FAMILIES[hooks.family] == "attn1_patch":
         model_patcher.set_model_attn1_patch(hooks.attn1_patch)
-    if compat.DIT_FAMILIES[hooks.family] == "attention_override":
-        compat.add_attention_override(model_patcher, hooks.attention_override)
+    compat.add_attention_override(model_patcher, hooks.attention_override)
     model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, WRAPPER_KEY, hooks.clear_caches)
     return hooks

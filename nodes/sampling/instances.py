@@ -55,12 +55,13 @@ MEMORY_MARGIN = 1.5  # the same safety factor ComfyUI's cond batching uses
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """One region as instances mode needs it: its control (optional), hint, strength and control mask."""
+    """One region as instances mode needs it: its control (optional), hint, strength, control mask and VAE."""
 
     control_net: comfy.controlnet.ControlBase | None
     hint: torch.Tensor | None  # [B,3,H,W]
     strength: float
     control_mask: torch.Tensor | None
+    vae: object | None = None  # ControlNets with a latent_format encode the hint with it
 
 
 class InstanceGroup(SharedByCopies):
@@ -359,10 +360,11 @@ class InstanceControl(comfy.controlnet.ControlBase):
 
     def _instance_residuals(self, plan: Expansion, x, t, cond: dict, options: dict) -> dict[str, list]:
         """Residuals of every region's control on its own rows, zeros on all other rows."""
-        by_net: dict[int, list[tuple[int, int]]] = {}  # ControlNet -> (expanded chunk, region index)
+        by_net: dict[tuple, list[tuple[int, int]]] = {}  # (ControlNet, VAE) -> (expanded chunk, region index)
         for index, path in enumerate(plan.paths):
             if path is not None and path.role != "carrier" and self.group.specs[path.role].control_net is not None:
-                by_net.setdefault(id(self.group.specs[path.role].control_net), []).append((index, path.role))
+                spec = self.group.specs[path.role]
+                by_net.setdefault((id(spec.control_net), id(spec.vae)), []).append((index, path.role))
         out: dict[str, list] = {}
         for members in by_net.values():
             rows = torch.cat([torch.arange(i * plan.items, (i + 1) * plan.items) for i, _ in members]).to(x.device)
@@ -391,7 +393,7 @@ class InstanceControl(comfy.controlnet.ControlBase):
             size = specs[0].hint.shape[-2:]
             hints = [region_ops.match_batch(_hint_at(s.hint, size), items, f"region {r + 1}'s control image", "image")
                      for s, r in zip(specs, regions)]
-            copy = specs[0].control_net.copy().set_cond_hint(torch.cat(hints), 1.0, (0.0, 1.0))
+            copy = specs[0].control_net.copy().set_cond_hint(torch.cat(hints), 1.0, (0.0, 1.0), vae=specs[0].vae)
             copy.set_previous_controlnet(None)
             if self._model is not None:
                 copy.pre_run(self._model, self._percent_to_timestep)
@@ -476,14 +478,9 @@ def _with_mask(options: dict, mask: torch.Tensor) -> dict:
 
 def apply_instance_regions(model, positive: list, negative: list, regions: list, masks: list[torch.Tensor]):
     """``(model, positive, negative)`` for any core sampler: instances mode (see the module docstring)."""
-    for index, region in enumerate(regions):
-        if region.control_net is not None and region.control_net.latent_format is not None:
-            raise ValueError(
-                f"region {index + 1}'s ControlNet encodes its control image with a VAE (Flux InstantX/Union, "
-                "Qwen-Image ControlNets) and a Region has no VAE input: leave the Region's control_net empty and put "
-                "Apply ControlNet (Masked) with the VAE on the sampler's conditioning, with this region's mask")
     specs = [InstanceSpec(r.control_net, None if r.control_image is None else r.control_image.movedim(-1, 1),
-                          r.control_strength, None if r.control_mask is None else as_mask(r.control_mask))
+                          r.control_strength, None if r.control_mask is None else as_mask(r.control_mask),
+                          r.control_vae)
              for r in regions]
     group = InstanceGroup(specs)
     background = region_ops.background(masks)
@@ -504,7 +501,7 @@ def apply_instance_regions(model, positive: list, negative: list, regions: list,
         if region.control_net is not None:  # the same control unbatched: what ComfyUI runs without the wrappers
             control_mask = torch.ones(1, 1, 1) if region.control_mask is None else region.control_mask
             entry, _ = apply_masked_control(entry, [], region.control_net, region.control_image, control_mask,
-                                            region.control_strength, 0.0, 1.0)
+                                            region.control_strength, 0.0, 1.0, vae=region.control_vae)
         tensor, options = entry[0]
         options = _with_mask(options, mask)
         options.update({"strength": region.weight, GROUP_KEY: group, ROLE_KEY: index})

@@ -32,7 +32,7 @@ import torch
 
 import comfy.controlnet
 
-from ..ops.control import mask_for_residual
+from ..ops.control import mask_for_residual, token_grid, token_weights, weights_per_row
 from ..ops.shapes import as_mask
 from . import compat
 
@@ -86,16 +86,9 @@ class MaskedControl(comfy.controlnet.ControlBase):
         weights = self._resized.get(key)
         if weights is None:
             m = residual_weights(self.mask, latent_shape, tuple(x.shape))  # [Bm,1,h,w] or [Bm,L,1]
-            n = x.shape[0]
-            per_cond = max(1, n // max(1, batched_number))
-            if m.shape[0] == per_cond and n != per_cond:
-                m = m.repeat(n // per_cond, *(1,) * (m.ndim - 1))
-            elif m.shape[0] not in (1, n):
-                raise ValueError(
-                    f"masked ControlNet: the mask has batch {m.shape[0]} (shape {tuple(self.mask.shape)}) but the "
-                    f"latent batch is {per_cond} (control residual shape {tuple(x.shape)}); use a mask batch of 1 "
-                    "or one mask per latent"
-                )
+            m = weights_per_row(m, x.shape[0], batched_number,
+                                f"masked ControlNet, mask shape {tuple(self.mask.shape)}, control residual shape "
+                                f"{tuple(x.shape)}")
             if x.ndim == 5:  # video models: [N,C,T,h,w]
                 m = m.unsqueeze(2)
             weights = m.to(device=x.device, dtype=x.dtype)
@@ -142,14 +135,10 @@ def residual_weights(mask: torch.Tensor, latent_shape: tuple[int, ...], residual
     """
     if len(residual_shape) != 3:
         return mask_for_residual(mask, tuple(latent_shape[-2:]), tuple(residual_shape[-2:]))
-    height, width = latent_shape[-2:]
-    frames = latent_shape[2] if len(latent_shape) == 5 else 1
     tokens = residual_shape[1]
     for patch in TOKEN_PATCH_SIZES:
-        grid = (math.ceil(height / patch), math.ceil(width / patch))
-        if frames * grid[0] * grid[1] == tokens:
-            m = mask_for_residual(mask, (height, width), grid).flatten(1)  # [B, gh*gw]
-            return m.repeat(1, frames).unsqueeze(-1)
+        if math.prod(token_grid(latent_shape, patch)) == tokens:
+            return token_weights(mask, latent_shape, patch, tokens)
     raise ValueError(
         f"masked ControlNet: a control residual of shape {tuple(residual_shape)} does not fit the latent "
         f"{tuple(latent_shape)} as image tokens (patch size 1 or 2); this model's ControlNet is not supported "

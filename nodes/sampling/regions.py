@@ -52,6 +52,7 @@ class Region:
     control_image: torch.Tensor | None = None
     control_strength: float = 1.0
     control_mask: torch.Tensor | None = None
+    control_vae: object | None = None  # for ControlNets that encode their image (Flux InstantX / Union, Qwen-Image)
 
     @property
     def empty(self) -> bool:
@@ -270,6 +271,16 @@ def install_cross_attention(model_patcher, patch: RegionalCrossAttention) -> Non
     keep_on_top(model_patcher, KeepOnTop("attn2", keys, holds, compose))
 
 
+def check_control_vaes(regions: list[Region]) -> None:
+    """A ControlNet that reads its image as a latent needs the VAE; say where to connect it before sampling."""
+    for index, region in enumerate(regions):
+        net = region.control_net
+        if net is not None and getattr(net, "latent_format", None) is not None and region.control_vae is None:
+            raise ValueError(
+                f"region {index + 1}'s ControlNet encodes its control image with a VAE (Flux InstantX / Union, "
+                "Qwen-Image ControlNets): connect the model's VAE to that Region Prompt's control_vae input")
+
+
 def apply_region_controls(positive: list, negative: list, regions: list[Region], masks: list[torch.Tensor]):
     """Each region's ControlNet, limited to its control mask (default: the region mask), as masked controls."""
     for region, mask in zip(regions, masks):
@@ -277,7 +288,8 @@ def apply_region_controls(positive: list, negative: list, regions: list[Region],
             continue
         control_mask = mask if region.control_mask is None else region.control_mask
         positive, negative = apply_masked_control(positive, negative, region.control_net, region.control_image,
-                                                  control_mask, region.control_strength, 0.0, 1.0)
+                                                  control_mask, region.control_strength, 0.0, 1.0,
+                                                  vae=region.control_vae)
     return positive, negative
 
 
@@ -333,6 +345,7 @@ def apply_regions(model, positive: list, negative: list, regions: list[Region], 
     if not regions:
         return model, positive, negative, []
     check_context_dims(model, positive, regions)
+    check_control_vaes(regions)
     masks = region_ops.feather_masks([r.mask for r in regions], feather)
     if mode == "attention":
         return (*apply_attention_regions(model, positive, negative, regions, masks, locality), masks)
