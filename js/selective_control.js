@@ -9,8 +9,9 @@
 //   disconnecting the last ones removes the trailing free slots again;
 // - "Add region": on nodes with a `regions` input (Region Prompt, Apply Regions) a new Region
 //   node is inserted into the chain feeding that input; on Combine Regions the new Region goes
-//   into the free slot. Regions grow one by one without rewiring by hand. If the existing link
-//   cannot be read, nothing is changed (a chain is never dropped).
+//   into the free slot. Regions grow one by one without rewiring by hand. Inside a subgraph the
+//   chain may come from another node of the subgraph or enter through the subgraph's input. If the
+//   existing link cannot be read, nothing is changed (a chain is never dropped).
 // Nodes are added to the node's own graph (node.graph), so all of this works inside subgraphs.
 // Everything goes through app.registerExtension and per-node-type prototype hooks that call the
 // previous hook; nothing global is replaced.
@@ -50,6 +51,17 @@ function createNode(graph, type, pos) {
 function getLink(graph, linkId) {
   const links = graph.links;
   return (typeof links?.get === "function" ? links.get(linkId) : links?.[linkId]) ?? null;
+}
+
+// Where the chain feeding a link comes from, as a function that connects it to `region`'s input
+// `slot`: a node of the graph, or (inside a subgraph) the subgraph input it enters through; null
+// when neither can be found.
+function chainSource(graph, link) {
+  const node = graph.getNodeById(link.origin_id);
+  if (node) return (region, slot) => node.connect(link.origin_slot, region, slot);
+  const input = graph.inputNode && link.origin_id === graph.inputNode.id ? graph.inputs?.[link.origin_slot] : null;
+  if (typeof input?.connect === "function") return (region, slot) => input.connect(region.inputs[slot], region);
+  return null;
 }
 
 function previewOutput(node, slot, throughMaskToImage) {
@@ -101,17 +113,16 @@ function addRegion(node) {
   if (input < 0) return;
   const linkId = node.inputs[input].link;
   const link = linkId != null ? getLink(graph, linkId) : null;
-  const origin = link ? graph.getNodeById(link.origin_id) : null;
-  if (linkId != null && !origin) {
+  const source = link ? chainSource(graph, link) : null;
+  if (linkId != null && !source) {
     console.warn(`selective_control: link ${linkId} into ${node.title} not found; Add region left the graph unchanged`);
     return;
   }
   const region = createNode(graph, REGION_NODE, [node.pos[0] - 360, node.pos[1] + node.size[1] + GAP]);
   if (!region) return;
-  if (origin) {
+  if (source) {
     // the old chain now feeds the new region, which feeds this node
-    const regionInput = (region.inputs || []).findIndex((i) => i.name === "regions");
-    origin.connect(link.origin_slot, region, regionInput);
+    source(region, (region.inputs || []).findIndex((i) => i.name === "regions"));
   }
   const output = (region.outputs || []).findIndex((o) => o.type === REGION_TYPE);
   region.connect(output, node, input);

@@ -261,13 +261,13 @@ def _add_region(browser: dict, case: str) -> dict:
     return result
 
 
-def _inserted_into_chain(result: dict) -> None:
-    """One new Region between the node and the Region that fed it; every other link kept."""
-    node, origin = str(result["node"]), str(result["origin"])
+def _inserted_into_chain(result: dict, origin_output: str = "regions") -> None:
+    """One new Region between the node and what fed its chain; every other link kept."""
+    node, origin = str(result["node"]), f"{result['origin']}.{origin_output}"
     assert [a["type"] for a in result["added"]] == ["SCRegion"], result["added"]
     new = str(result["added"][0]["id"])
-    assert result["lost"] == [f"{origin}.regions->{node}.regions"]
-    assert sorted(result["gained"]) == sorted([f"{origin}.regions->{new}.regions", f"{new}.regions->{node}.regions"])
+    assert result["lost"] == [f"{origin}->{node}.regions"]
+    assert sorted(result["gained"]) == sorted([f"{origin}->{new}.regions", f"{new}.regions->{node}.regions"])
 
 
 def test_add_region_at_the_root_graph_extends_the_chain(browser):
@@ -290,15 +290,27 @@ def test_add_region_inside_a_subgraph_adds_the_node_to_that_subgraph(browser):
     root_before, root_after = result["root_nodes"]
     assert root_after == root_before
     _inserted_into_chain(result)
+    assert result["prompt_chain"] == ["SCRegion"] * 3  # what Run sends: Apply Regions <- 3 Regions
+
+
+def test_add_region_inside_a_subgraph_on_a_chain_entering_through_its_input(browser):
+    """A Region whose chain comes in through the subgraph's input (its link's origin is the subgraph
+    input node, no node of the subgraph): the new Region is fed from that input and feeds the Region."""
+    result = _add_region(browser, "boundary")
+    assert result["in_subgraph"] and int(result["origin"]) < 0  # the subgraph input node
+    assert result["nodes"] == [2, 3] and result["root_nodes"][0] == result["root_nodes"][1]
+    entering = result["lost"][0].split("->")[0]  # the subgraph input node's slot: "-10.<input index>"
+    assert len(result["lost"]) == 1 and entering.startswith(f"{result['origin']}."), result["lost"]
+    _inserted_into_chain(result, origin_output=entering.split(".", 1)[1])
+    assert result["prompt_chain"] == ["SCRegion"] * 3  # the Region outside still heads the chain
 
 
 def test_add_region_leaves_a_chain_it_cannot_read_alone(browser):
-    """A Region whose chain comes in through the subgraph's input: the link's origin is no node of the
-    subgraph, so nothing is added and no link is dropped or rewired."""
-    result = _add_region(browser, "boundary")
-    assert result["in_subgraph"] and int(result["origin"]) < 0  # the subgraph input node
-    assert result["nodes"][0] == result["nodes"][1] == 2 and result["root_nodes"][0] == result["root_nodes"][1]
-    assert result["added"] == [] and result["gained"] == [] and result["lost"] == []
+    """The regions input holds a link id its graph does not have: nothing is added and the input
+    keeps its link (the chain is not dropped)."""
+    result = _add_region(browser, "unreadable")
+    assert result["nodes"][0] == result["nodes"][1] and result["added"] == []
+    assert result["gained"] == [] and result["lost"] == [] and result["link_kept"]
 
 
 def test_add_region_on_combine_regions_fills_the_free_slot(browser):

@@ -19,8 +19,8 @@
 // --combine NAME (one with a Combine Regions node) the pack's "Add region" menu entry is taken
 // from the canvas's own node menu and run: at the root graph, inside a subgraph made from the
 // chain with the frontend's Comfy.Graph.ConvertToSubgraph command, on a node whose chain comes
-// in through the subgraph's input (the link's origin is no node of that graph), and on Combine
-// Regions; each reports the links gained and lost (report.add_region).
+// in through the subgraph's input, on a link the graph does not hold, and on Combine Regions;
+// each reports the links gained and lost (report.add_region).
 // With --model-dialogs (a server whose models folder is empty, as on a fresh install) the
 // frontend shows what it shows a user and each workflow's entry gets `model_dialog`: what the
 // frontend offers for the models the workflow lacks (readModelDialog).
@@ -476,6 +476,17 @@ async function main() {
           };
           const find = (graph, type) => graph.nodes.find((n) => n.type === type) ??
             (() => { throw new Error(`no ${type} in the ${graph === app.graph ? 'root graph' : 'subgraph'} (${graph.nodes.map((n) => n.type)})`); })();
+          // The Region chain feeding Apply Regions in the prompt the Run button would send
+          // (subgraphs flattened): the class types, nearest first.
+          const promptChain = async () => {
+            const prompt = (await app.graphToPrompt()).output;
+            const found = [];
+            let id = Object.keys(prompt).find((k) => prompt[k].class_type === 'SCApplyRegions');
+            for (let next = prompt[id]?.inputs?.regions; Array.isArray(next) && found.length < 20; next = prompt[next[0]]?.inputs?.regions) {
+              found.push(prompt[next[0]]?.class_type ?? `missing ${next[0]}`);
+            }
+            return found;
+          };
           const result = {};
           if (chain) {
             let graph = await open(chain);
@@ -488,15 +499,23 @@ async function main() {
             let subgraph = await intoSubgraph([apply, ...chainOf(graph, apply)]);
             apply = find(subgraph, 'SCApplyRegions');
             result.subgraph_chain_length = chainOf(subgraph, apply).length;
-            result.subgraph = await addRegion(subgraph, apply);
+            result.subgraph = { ...(await addRegion(subgraph, apply)), prompt_chain: await promptChain() };
 
             // Only Apply Regions and its nearest Region move in: that Region's chain enters
-            // through the subgraph's input, whose origin is no node of the subgraph.
+            // through the subgraph's input (the link's origin is the subgraph input node).
             graph = await open(chain);
             apply = find(graph, 'SCApplyRegions');
             subgraph = await intoSubgraph([apply, chainOf(graph, apply)[0]]);
             const fedFromOutside = find(subgraph, 'SCRegion');
-            result.boundary = await addRegion(subgraph, fedFromOutside);
+            result.boundary = { ...(await addRegion(subgraph, fedFromOutside)), prompt_chain: await promptChain() };
+
+            // A link id the graph does not hold (as in a damaged file): the chain cannot be read.
+            graph = await open(chain);
+            apply = find(graph, 'SCApplyRegions');
+            const unreadable = apply.inputs.find((i) => i.name === 'regions').link;
+            if (typeof graph.links.delete === 'function') graph.links.delete(unreadable); else delete graph.links[unreadable];
+            result.unreadable = { ...(await addRegion(graph, apply)),
+              link_kept: apply.inputs.find((i) => i.name === 'regions').link === unreadable };
           }
           if (combine) {
             const graph = await open(combine);
