@@ -8,20 +8,24 @@ latent, 64 x 64 = 4096 image tokens); every prompt 256 tokens, T5's minimum leng
 Flux tokenizer.
 
 Each run is one euler step at cfg 1 (Flux.1 dev's usual setting: one model call per step), timed
-with the process's CPU time on one thread:
+with the process's CPU time on one thread, through ComfyUI's pytorch attention (what NVIDIA users
+run; ComfyUI's CPU default, sub-quadratic attention, sizes its chunks from free memory). One
+warm-up step first; then ``--repeats`` rounds of the runs in turn, and each run's median:
 - ``single``: the base prompt alone (4096 + 256 tokens);
-- ``regions_n4``: Apply Regions, attention mode, 4 regions (4096 + 5 x 256 tokens, joint attention
-  biased by a dense ``[1, 1, S, S]`` mask);
-- ``core_n4``: core ConditioningSetMask, the base prompt plus 4 masked region prompts (N + 1
-  model passes per step);
-- ``single_short`` / ``regions_n4_short``: the same with unpadded prompts (base 64, regions 32
-  tokens each), as the Qwen3 / Mistral / Qwen2.5-VL encoders of Z-Image, Flux.2 dev and Qwen-Image
-  give them (no minimum length). T5's 256-token minimum alone makes Flux.1's N=4 sequence 1.235x
-  the single prompt's, and joint attention grows with its square.
+- ``regions_n4``: Apply Regions, attention mode, 4 quadrant regions with the node's default
+  feather (16 px), 4096 + 5 x 256 tokens;
+- ``regions_n4_hard``: the same without feather (every token inside one region or none);
+- ``core_n4`` (one round): core ConditioningSetMask, the base prompt plus 4 masked region
+  prompts (N + 1 model passes per step);
+- ``single_short`` / ``regions_n4_short``: unpadded prompts (base 64, regions 32 tokens each), as
+  the Qwen3 / Mistral / Qwen2.5-VL encoders of Z-Image, Flux.2 dev and Qwen-Image give them (no
+  minimum length). T5's 256-token minimum alone makes Flux.1's N=4 sequence 1.235x the single
+  prompt's, and every linear layer's cost grows with it.
 
-It also says which attention kernel runs with the mask (ComfyUI's attention function and
-torch's SDPA backend choice for these shapes) and what the mask costs in memory at 1024 px and
-2048 px. Goal: ``regions_n4`` <= 1.25x ``single``. Run with the latest leg's environment:
+It also says which attention kernel runs for the region groups, and what the routing costs in
+memory at 1024 px and 2048 px: the groups' index and bias tensors against the dense ``S x S``
+mask (the fallback for self-attention locality or another mask already in place). Goal:
+``regions_n4`` <= 1.25x ``single``. Run with the latest leg's environment:
 ``COMFYUI_PATH=.comfyui-latest .venv-latest/bin/python benchmarks/dit_regions.py``.
 Last stdout line: JSON with ``flux_n4_ratio``, ``core_n4_ratio`` and ``short_prompts_n4_ratio``.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,6 +49,7 @@ TEXT_TOKENS = 256  # T5's minimum length in ComfyUI's Flux.1 tokenizer
 SHORT_BASE_TOKENS, SHORT_REGION_TOKENS = 64, 32  # unpadded encoders (Z-Image, Flux.2 dev, Qwen-Image)
 T5_WIDTH, POOLED_WIDTH = 4096, 768
 REGIONS = 4
+DEFAULT_FEATHER = 16  # Apply Regions' default, in pixels
 
 
 def build_flux(double: int, single: int):
@@ -93,24 +99,38 @@ def seconds_per_step(model, positive: list, latent_hw: tuple[int, int]) -> float
     return clock() - start
 
 
-def attention_kernel(seq: int) -> str:
-    """ComfyUI's active attention function and torch's SDPA backend for these shapes with a float mask."""
+def attention_kernel(queries: int, keys: int, masked: bool) -> str:
+    """ComfyUI's active attention function and torch's SDPA backend for one group's shapes."""
     import comfy.ldm.modules.attention as attention
 
-    q = torch.zeros(1, HEADS, seq, HEAD_DIM)
-    mask = torch.zeros(1, 1, seq, seq)
+    q = torch.zeros(1, HEADS, queries, HEAD_DIM)
+    k = torch.zeros(1, HEADS, keys, HEAD_DIM)
+    mask = torch.zeros(1, 1, 1, keys) if masked else None
     try:
         from torch.nn.attention import SDPBackend
 
-        backend = SDPBackend(torch._fused_sdp_choice(q, q, q, mask)).name
+        backend = SDPBackend(torch._fused_sdp_choice(q, k, k, mask)).name
     except (AttributeError, RuntimeError, ValueError):
         backend = "unknown"
     return f"{attention.optimized_attention.__name__} -> torch SDPA {backend} backend on {q.device.type}"
 
 
-def mask_bytes(pixels: int, regions: int, bytes_per_value: int) -> int:
-    seq = (pixels // 16) ** 2 + (regions + 1) * TEXT_TOKENS
-    return seq * seq * bytes_per_value
+def routing_memory_mb(pixels: int, feather: int) -> dict[str, float]:
+    """MB the regions add per model call at ``pixels``: the groups (float32 bias, int64 indices) vs the dense mask."""
+    dit_ops = pack_import("nodes.ops.dit_regions")
+    region_ops = pack_import("nodes.ops.regions")
+    side = pixels // 16
+    text = (REGIONS + 1) * TEXT_TOKENS
+    layout = dit_ops.JointLayout(text_len=text, joined_start=0, base_len=TEXT_TOKENS,
+                                 region_lens=(TEXT_TOKENS,) * REGIONS, image_len=side * side,
+                                 seq_len=text + side * side)
+    masks = region_ops.feather_masks(quadrant_masks(pixels), feather)
+    grid = region_ops.grid_masks(masks, (pixels // 8, pixels // 8), (side, side))
+    groups = dit_ops.joint_attention_groups(dit_ops.item_memberships(grid, layout, 1)[0], [1.0] * REGIONS, layout)
+    grouped = sum(g.queries.numel() * 8 + g.keys.numel() * 8 + (0 if g.bias is None else g.bias.numel() * 4)
+                  for g in groups)
+    return {"groups": len(groups), "grouped_mb": round(grouped / 2 ** 20, 2),
+            "dense_mask_mb": round(layout.seq_len ** 2 * 4 / 2 ** 20, 1)}
 
 
 def main() -> None:
@@ -118,10 +138,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels (latent = size / 8)")
     parser.add_argument("--double", type=int, default=1, help="Flux double-stream blocks")
     parser.add_argument("--single", type=int, default=1, help="Flux single-stream blocks")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the runs; each run's median counts")
     add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    boot()
+    boot(pytorch_attention=True)
     compat = pack_import("nodes.sampling.compat")
     reason = compat.dit_hook_missing("flux")
     if reason is not None:
@@ -135,42 +156,51 @@ def main() -> None:
     region_prompts = [prompt(1 + i) for i in range(REGIONS)]
     masks = quadrant_masks(args.size)
     regions = [regional.Region(conditioning=c, mask=m, weight=1.0) for c, m in zip(region_prompts, masks)]
-    patched, joined, _, _ = regional.apply_regions(model, base, [], regions, "attention", 0)
+    feathered, joined, _, _ = regional.apply_regions(model, base, [], regions, "attention", DEFAULT_FEATHER)
+    hard, hard_joined, _, _ = regional.apply_regions(model, base, [], regions, "attention", 0)
     core = list(base)
     for c, m in zip(region_prompts, masks):
         core += node_helpers.conditioning_set_values(c, {"mask": m, "set_area_to_bounds": False, "mask_strength": 1.0})
-
     short_base = prompt(10, SHORT_BASE_TOKENS)
     short_regions = [regional.Region(conditioning=prompt(11 + i, SHORT_REGION_TOKENS), mask=m, weight=1.0)
                      for i, m in enumerate(masks)]
-    short_patched, short_joined, _, _ = regional.apply_regions(model, short_base, [], short_regions, "attention", 0)
+    short, short_joined, _, _ = regional.apply_regions(model, short_base, [], short_regions, "attention",
+                                                       DEFAULT_FEATHER)
 
-    seconds = {"single": seconds_per_step(model, base, latent_hw),
-               "regions_n4": seconds_per_step(patched, joined, latent_hw),
-               "core_n4": seconds_per_step(model, core, latent_hw),
-               "single_short": seconds_per_step(model, short_base, latent_hw),
-               "regions_n4_short": seconds_per_step(short_patched, short_joined, latent_hw)}
+    runs = {"single": (model, base), "regions_n4": (feathered, joined), "regions_n4_hard": (hard, hard_joined),
+            "single_short": (model, short_base), "regions_n4_short": (short, short_joined)}
+    seconds_per_step(model, base, latent_hw)  # warm-up: first-call allocations and kernel choices
+    rounds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, (patched, positive) in runs.items():
+            rounds[name].append(seconds_per_step(patched, positive, latent_hw))
+    seconds = {name: statistics.median(values) for name, values in rounds.items()}
+    seconds["core_n4"] = seconds_per_step(model, core, latent_hw)
     ratios = {"flux_n4_ratio": seconds["regions_n4"] / seconds["single"],
+              "flux_n4_hard_ratio": seconds["regions_n4_hard"] / seconds["single"],
               "core_n4_ratio": seconds["core_n4"] / seconds["single"],
               "short_prompts_n4_ratio": seconds["regions_n4_short"] / seconds["single_short"]}
-    seq = latent_hw[0] * latent_hw[1] // 4 + (REGIONS + 1) * TEXT_TOKENS
-    kernel = attention_kernel(seq)
-    memory = {f"{px}px_{name}_mb": round(mask_bytes(px, REGIONS, size) / 2 ** 20, 1)
-              for px in (1024, 2048) for name, size in (("fp32", 4), ("bf16", 2))}
+    side = args.size // 16
+    kernels = {"unmasked": attention_kernel(side * side // REGIONS, side * side + 2 * TEXT_TOKENS, False),
+               "row-masked": attention_kernel(side * side // REGIONS, side * side + 2 * TEXT_TOKENS, True)}
+    memory = {f"{px}px": routing_memory_mb(px, DEFAULT_FEATHER) for px in (1024, 2048)}
 
     print(f"Flux-shaped model: {HEADS} heads x {HEAD_DIM}, {args.double} double + {args.single} single blocks, "
-          f"{args.size} px ({latent_hw[0] * latent_hw[1] // 4} image tokens), {TEXT_TOKENS} tokens per prompt, "
-          f"{args.threads} thread(s), {clock_name()}")
-    print(f"{'run':16s} {'s/step':>8s} {'ratio':>7s}  (each against its single prompt)")
+          f"{args.size} px ({side * side} image tokens), {TEXT_TOKENS} tokens per prompt, "
+          f"{args.threads} thread(s), {clock_name()}, median of {args.repeats} after one warm-up step")
+    print(f"{'run':18s} {'s/step':>8s} {'ratio':>7s}  rounds (each against its single prompt)")
     for name, value in seconds.items():
         reference = seconds["single_short" if name.endswith("_short") else "single"]
-        print(f"{name:16s} {value:8.2f} {value / reference:7.3f}")
-    print(f"attention kernel with the region mask: {kernel}")
-    print("region mask [1, 1, S, S] (broadcast over heads and blocks, one per model call): "
-          + ", ".join(f"{k} {v}" for k, v in memory.items()))
-    print(json.dumps({**{k: round(v, 4) for k, v in ratios.items()}, "seconds": seconds, "kernel": kernel,
-                      "mask_memory_mb": memory, "size": args.size, "blocks": [args.double, args.single],
-                      "clock": clock_name(), "goal_flux_n4_ratio": 1.25}))
+        spread = " ".join(f"{v:.2f}" for v in rounds.get(name, [value]))
+        print(f"{name:18s} {value:8.2f} {value / reference:7.3f}  {spread}")
+    for name, kernel in kernels.items():
+        print(f"attention kernel, {name} region groups: {kernel}")
+    for px, cost in memory.items():
+        print(f"routing memory per model call at {px} (feather {DEFAULT_FEATHER}): {cost['groups']} groups "
+              f"{cost['grouped_mb']} MB vs dense S x S float32 mask {cost['dense_mask_mb']} MB")
+    print(json.dumps({**{k: round(v, 4) for k, v in ratios.items()}, "seconds": seconds, "rounds": rounds,
+                      "kernels": kernels, "routing_memory": memory, "size": args.size,
+                      "blocks": [args.double, args.single], "clock": clock_name(), "goal_flux_n4_ratio": 1.25}))
 
 
 if __name__ == "__main__":

@@ -144,7 +144,11 @@ def test_grouped_attention_equals_the_dense_bias(shared_rows):
     q, k, v = (torch.randn(2, 3, 21, 4, generator=g) for _ in range(3))
     dense = dit_ops.joint_attention_bias([a, b], [1.5, 1.0], layout, items=1)
     expected = attention_pytorch(q, k, v, 3, mask=torch.cat([dense, torch.zeros_like(dense)]), skip_reshape=True)
-    actual = dit_hooks.grouped_attention(attention_pytorch, q, k, v, 3, torch.tensor([0]), groups, skip_reshape=True)
+    order = dit_ops.key_order(layout)
+    windows = dit_ops.key_windows(groups, order)
+    assert any(w.gather is None for w in windows) and any(w.gather is not None for w in windows)
+    actual = dit_hooks.grouped_attention(attention_pytorch, q, k, v, 3, torch.tensor([0]), order, windows,
+                                         skip_reshape=True)
     assert (actual - expected).abs().max().item() < 1e-6
     assert (expected[0] - attention_pytorch(q, k, v, 3, skip_reshape=True)[0]).abs().max().item() > 0.1
 

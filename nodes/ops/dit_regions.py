@@ -125,6 +125,56 @@ def joint_attention_groups(membership: torch.Tensor, weights: Sequence[float], l
     return groups
 
 
+@dataclass(frozen=True)
+class KeyWindow:
+    """One group's attention over the keys in :func:`key_order`: a window of them (``start``..``stop``,
+    a view, no copy) or, when the window would be much wider than the keys, the positions to gather."""
+
+    queries: torch.Tensor
+    start: int
+    stop: int
+    gather: torch.Tensor | None   # positions in the ordered keys; None = the window
+    bias: torch.Tensor | None     # [1 or Q, keys of the window or gather]
+
+
+# A group attends over a window of the ordered keys when it is at most this much wider than its keys
+# (the extra keys get -inf); otherwise its keys are gathered (a copy of them per call).
+WINDOW_SLACK = 1.25
+
+
+def key_order(layout: JointLayout) -> torch.Tensor:
+    """``[S]`` token order of the keys: half the region prompts, the base text, the image, the other half.
+
+    Every image token's keys (base text, its regions' text, the whole image) are then one window
+    of this order, at most a few region prompts wider, so one reordered copy of the keys per call
+    replaces a copy per group."""
+    spans = [torch.arange(*layout.region_span(r)) for r in range(len(layout.region_lens))]
+    in_region = torch.zeros(layout.text_len, dtype=torch.bool)
+    for span in spans:
+        in_region[span] = True
+    base_text = torch.arange(layout.text_len)[~in_region]
+    half = (len(spans) + 1) // 2
+    return torch.cat([*spans[:half], base_text, torch.arange(layout.text_len, layout.seq_len), *spans[half:]])
+
+
+def key_windows(groups: Sequence[AttentionGroup], order: torch.Tensor) -> list[KeyWindow]:
+    """Each group's keys as a window (or gather) of the keys in ``order``, with the bias to match."""
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order), device=order.device)
+    windows = []
+    for group in groups:
+        keys = position[group.keys]
+        start, stop = int(keys.min()), int(keys.max()) + 1
+        bias = group.bias if group.bias is not None else torch.zeros(1, len(keys), device=keys.device)
+        if stop - start > WINDOW_SLACK * len(keys):
+            windows.append(KeyWindow(group.queries, start, stop, keys, group.bias))
+            continue
+        spread = bias.new_full((bias.shape[0], stop - start), float("-inf"))
+        spread[:, keys - start] = bias
+        windows.append(KeyWindow(group.queries, start, stop, None, _unless_zero(spread)))
+    return windows
+
+
 def _unless_zero(bias: torch.Tensor) -> torch.Tensor | None:
     return None if bool((bias == 0).all()) else bias
 

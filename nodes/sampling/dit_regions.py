@@ -120,8 +120,9 @@ class DiTRegionAttention:
             self.cache[key] = cached
         return cached
 
-    def groups(self, options: dict, rows: int, seq_len: int, device, dtype) -> tuple[torch.Tensor, list] | None:
-        """``(cond rows, groups)`` when this call's cond rows can run as :func:`grouped_attention`, else None."""
+    def groups(self, options: dict, rows: int, seq_len: int, device, dtype) -> tuple | None:
+        """``(cond rows, key order, key windows)`` when this call's cond rows can run as
+        :func:`grouped_attention`, else None."""
         layout = self.layout(options, seq_len)
         if layout is None or self.locality > 0:
             return None
@@ -134,9 +135,13 @@ class DiTRegionAttention:
             if 0 in cond_or_uncond and bool((memberships == memberships[:1]).all()):
                 cond_rows = torch.tensor([chunk * items + item for chunk, flag in enumerate(cond_or_uncond)
                                           if flag == 0 for item in range(items)], device=device)
-                groups = [dit_ops.AttentionGroup(g.queries, g.keys, None if g.bias is None else g.bias.to(dtype))
-                          for g in dit_ops.joint_attention_groups(memberships[0], self.weights, layout)]
-                plan = (cond_rows, groups)
+                order = dit_ops.key_order(layout)
+                groups = dit_ops.joint_attention_groups(memberships[0].cpu(), self.weights, layout)
+                windows = [dit_ops.KeyWindow(w.queries.to(device), w.start, w.stop,
+                                             None if w.gather is None else w.gather.to(device),
+                                             None if w.bias is None else w.bias.to(device, dtype))
+                           for w in dit_ops.key_windows(groups, order)]
+                plan = (cond_rows, order.to(device), windows)
             self.cache[key] = plan
         return self.cache[key]
 
@@ -172,26 +177,32 @@ class DiTRegionAttention:
         return func(q, k, v, heads, *args[5:], mask=mask, **kwargs)
 
 
-def grouped_attention(func, q, k, v, heads, rows: torch.Tensor, groups: list, *args, **kwargs) -> torch.Tensor:
-    """``func`` (ComfyUI's attention) once per group, on the batch ``rows`` the groups are for; other rows plain.
+def grouped_attention(func, q, k, v, heads, rows: torch.Tensor, order: torch.Tensor, windows: list,
+                      *args, **kwargs) -> torch.Tensor:
+    """``func`` (ComfyUI's attention) once per group of queries, on the batch ``rows`` the groups are for.
 
     Exactly the attention with the dense bias (every key a group leaves out has ``-inf``), but
-    each call sees only its queries and keys, with no mask or a ``[1, 1, 1 or Q, K]`` one.
+    each call sees only its queries and a window of the keys reordered once (``order``), with no
+    mask or a ``[1, 1, 1 or Q, K]`` one. Other rows (uncond) attend as without regions.
     """
     seq_dim = 2 if kwargs.get("skip_reshape") else 1
     out_dim = 2 if kwargs.get("skip_output_reshape") else 1
     every_row = len(rows) == q.shape[0]
     q_rows, k_rows, v_rows = (t if every_row else t.index_select(0, rows) for t in (q, k, v))
+    k_rows, v_rows = (t.index_select(seq_dim, order) for t in (k_rows, v_rows))
     out = None
-    for group in groups:
-        mask = None if group.bias is None else group.bias.view(1, 1, *group.bias.shape)
-        part = func(q_rows.index_select(seq_dim, group.queries), k_rows.index_select(seq_dim, group.keys),
-                    v_rows.index_select(seq_dim, group.keys), heads, *args, mask=mask, **kwargs)
+    for window in windows:
+        if window.gather is None:
+            keys, values = (t.narrow(seq_dim, window.start, window.stop - window.start) for t in (k_rows, v_rows))
+        else:
+            keys, values = (t.index_select(seq_dim, window.gather) for t in (k_rows, v_rows))
+        mask = None if window.bias is None else window.bias.view(1, 1, *window.bias.shape)
+        part = func(q_rows.index_select(seq_dim, window.queries), keys, values, heads, *args, mask=mask, **kwargs)
         if out is None:
             shape = list(part.shape)
             shape[out_dim] = q.shape[seq_dim]
             out = part.new_empty(shape)
-        out.index_copy_(out_dim, group.queries, part)
+        out.index_copy_(out_dim, window.queries, part)
     if every_row:
         return out
     others = torch.ones(q.shape[0], dtype=torch.bool, device=rows.device)

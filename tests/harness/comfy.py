@@ -42,8 +42,12 @@ class Workspace:
 _state: dict[str, Any] = {}
 
 
-def boot() -> ModuleType:
-    """Start ComfyUI (once per process) and return the pack module it loaded."""
+def boot(pytorch_attention: bool = False) -> ModuleType:
+    """Start ComfyUI (once per process) and return the pack module it loaded.
+
+    ``pytorch_attention``: ComfyUI's ``--use-pytorch-cross-attention``, the attention NVIDIA users
+    get by default (on a CPU ComfyUI picks sub-quadratic attention, which sizes its chunks from
+    free memory, so timings would move with the machine's load)."""
     if "pack" in _state:
         return _state["pack"]
     if not (COMFYUI_DIR / "main.py").is_file():
@@ -59,6 +63,8 @@ def boot() -> ModuleType:
 
     if not torch.cuda.is_available():
         args.cpu = True
+    if pytorch_attention:
+        args.use_pytorch_cross_attention = True
     import folder_paths
 
     workspace = _make_workspace(folder_paths)
