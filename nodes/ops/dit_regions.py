@@ -52,6 +52,15 @@ class JointLayout:
         return start, start + self.region_lens[index]
 
 
+def _text_tokens(layout: JointLayout, device=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``(each region prompt's token indices, the base text's)``; the model's own text padding counts as base."""
+    spans = [torch.arange(*layout.region_span(r), device=device) for r in range(len(layout.region_lens))]
+    in_region = torch.zeros(layout.text_len, dtype=torch.bool, device=device)
+    for span in spans:
+        in_region[span] = True
+    return spans, torch.arange(layout.text_len, device=device)[~in_region]
+
+
 @dataclass(frozen=True)
 class AttentionGroup:
     """Query tokens that attend to the same keys: ``softmax(q k^T / sqrt(d) + bias)`` over ``keys`` only.
@@ -82,11 +91,7 @@ def joint_attention_groups(membership: torch.Tensor, weights: Sequence[float], l
     """
     text, seq = layout.text_len, layout.seq_len
     device = membership.device
-    spans = [torch.arange(*layout.region_span(r), device=device) for r in range(len(layout.region_lens))]
-    in_region = torch.zeros(text, dtype=torch.bool, device=device)
-    for span in spans:
-        in_region[span] = True
-    base_text = torch.arange(text, device=device)[~in_region]  # the model's own text padding included
+    spans, base_text = _text_tokens(layout, device)
     image = torch.arange(text, seq, device=device)
     values = torch.zeros(len(spans), seq - text, device=device)
     values[:, :layout.image_len] = membership.float()
@@ -148,11 +153,7 @@ def key_order(layout: JointLayout) -> torch.Tensor:
     Every image token's keys (base text, its regions' text, the whole image) are then one window
     of this order, at most a few region prompts wider, so one reordered copy of the keys per call
     replaces a copy per group."""
-    spans = [torch.arange(*layout.region_span(r)) for r in range(len(layout.region_lens))]
-    in_region = torch.zeros(layout.text_len, dtype=torch.bool)
-    for span in spans:
-        in_region[span] = True
-    base_text = torch.arange(layout.text_len)[~in_region]
+    spans, base_text = _text_tokens(layout)
     half = (len(spans) + 1) // 2
     return torch.cat([*spans[:half], base_text, torch.arange(layout.text_len, layout.seq_len), *spans[half:]])
 
@@ -165,10 +166,10 @@ def key_windows(groups: Sequence[AttentionGroup], order: torch.Tensor) -> list[K
     for group in groups:
         keys = position[group.keys]
         start, stop = int(keys.min()), int(keys.max()) + 1
-        bias = group.bias if group.bias is not None else torch.zeros(1, len(keys), device=keys.device)
         if stop - start > WINDOW_SLACK * len(keys):
             windows.append(KeyWindow(group.queries, start, stop, keys, group.bias))
             continue
+        bias = group.bias if group.bias is not None else torch.zeros(1, len(keys), device=keys.device)
         spread = bias.new_full((bias.shape[0], stop - start), float("-inf"))
         spread[:, keys - start] = bias
         windows.append(KeyWindow(group.queries, start, stop, None, _unless_zero(spread)))
