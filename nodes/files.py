@@ -25,9 +25,11 @@ def _folder_choices() -> list[str]:
 
 
 def _folder_path(folder: str) -> Path:
+    """The folder a Load Image Folder value names, inside the input folder or the pack's examples."""
     if folder.startswith(EXAMPLE_FOLDER_PREFIX):
-        return EXAMPLES / folder.removeprefix(EXAMPLE_FOLDER_PREFIX)
-    return Path(folder_paths.get_input_directory()) / folder
+        return ops.inside_folder(folder.removeprefix(EXAMPLE_FOLDER_PREFIX), [EXAMPLES], "folder",
+                                 "the pack's example_inputs folder")
+    return ops.inside_folder(folder, [folder_paths.get_input_directory()], "folder", "ComfyUI's input folder")
 
 
 class SCLoadImageFolder(io.ComfyNode):
@@ -64,10 +66,10 @@ class SCLoadImageFolder(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder: str) -> str:
         """Re-run when the folder's files change (added, removed or rewritten)."""
-        root = _folder_path(folder)
         try:
-            return json.dumps([(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in ops.list_images(root)])
-        except (OSError, ValueError) as error:
+            files = ops.list_images(_folder_path(folder))
+            return json.dumps([(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files])
+        except (OSError, ValueError) as error:  # execute reports it; outside the folders nothing was looked at
             return repr(error)
 
 
@@ -100,21 +102,28 @@ class SCSaveImagesNamed(io.ComfyNode):
             node_id="SCSaveImagesNamed",
             display_name="Save Images Named (SC)",
             category=CATEGORY,
-            description="Saves each image as <output>/<subfolder>/<its name>.png (an existing file of that name is "
-                        "replaced), so results keep their source photo's name. The workflow is embedded as in core "
-                        "Save Image (unless ComfyUI runs with --disable-metadata).",
+            description="Saves each image as <output>/<subfolder>/<its name>.png, so results keep their source photo's "
+                        "name. An existing file of that name is kept by default (the new one gets a counter, as core "
+                        "Save Image counts); if_exists can skip or replace instead. The workflow is embedded as in "
+                        "core Save Image (unless ComfyUI runs with --disable-metadata).",
             is_output_node=True,
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             inputs=[
                 io.Image.Input("images", tooltip="The images to save."),
                 io.String.Input("names", force_input=True, tooltip=NAMES_TOOLTIP + " Must match the image batch."),
                 io.String.Input("subfolder", default="named", tooltip="Folder inside ComfyUI's output folder."),
+                # Last, so UI workflows saved before it keep their widget order; optional, so API prompts saved
+                # before it still validate (and get the default, which never destroys a file).
+                io.Combo.Input("if_exists", options=list(ops.IF_EXISTS), default=ops.ADD_COUNTER, optional=True,
+                               tooltip="When <name>.png is there already: 'add counter' keeps it and writes "
+                                       "<name>_00001_.png (never destroys a file); 'skip' keeps it and writes "
+                                       "nothing; 'replace' overwrites it (a re-run updates its own results)."),
             ],
             outputs=[],
         )
 
     @classmethod
-    def execute(cls, images, names: str, subfolder: str) -> io.NodeOutput:
+    def execute(cls, images, names: str, subfolder: str, if_exists: str = ops.ADD_COUNTER) -> io.NodeOutput:
         images = as_image(images, "images")
         names = ops.names_from_json(names)
         if len(names) != images.shape[0]:
@@ -123,10 +132,10 @@ class SCSaveImagesNamed(io.ComfyNode):
         root = Path(folder_paths.get_output_directory())
         paths = ops.named_paths(root, subfolder, names)
         metadata = compat.png_metadata(cls)  # core's prompt/workflow PNG text chunks
-        for image, path in zip(images, paths):
-            ops.save_png(image, path, metadata)
+        written = [ops.save_png(image, path, metadata, if_exists) for image, path in zip(images, paths)]
         folder = paths[0].parent.relative_to(root.resolve()).as_posix() if paths else ""
-        saved = [{"filename": p.name, "subfolder": "" if folder == "." else folder, "type": "output"} for p in paths]
+        saved = [{"filename": p.name, "subfolder": "" if folder == "." else folder, "type": "output"}
+                 for p in written if p is not None]
         return io.NodeOutput(ui={"images": saved})
 
 
@@ -147,7 +156,11 @@ class SCLoadExampleImage(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: str) -> io.NodeOutput:
-        images, _ = ops.load_batch([EXAMPLES / image])
+        path = ops.inside_folder(image, [EXAMPLES], "image", "the pack's example_inputs folder")
+        if not ops.is_image_file(path):
+            raise ValueError(f"image {image!r} is not one of the pack's example photos: pick one from the list "
+                             f"({', '.join(ops.example_images(EXAMPLES))})")
+        images, _ = ops.load_batch([path])
         return io.NodeOutput(images)
 
 

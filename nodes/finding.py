@@ -123,14 +123,17 @@ class SCFindObjects(io.ComfyNode):
                 max_prompts=16, pred_iou_thresh=0.88, stability_thresh=0.95, dedupe_iou=0.85,
                 amg_points_per_side=32) -> io.NodeOutput:
         names = finding_ops.require_class_names(class_names)
-        negatives = [n for n in finding_ops.names_from_lines(negative_names) if n not in names] or list(finding_ops.DEFAULT_NEGATIVES)
+        known = set(names)
+        negatives = [n for n in finding_ops.names_from_lines(negative_names, "negative_names") if n not in known] \
+            or list(finding_ops.DEFAULT_NEGATIVES)
+        texts = finding_ops.prompt_texts(names + negatives, prompt_template)
         images = as_rgb(image)
         settings = finding_ops.FinderSettings(max_points=max_prompts, pred_iou_thresh=pred_iou_thresh,
                                       stability_thresh=stability_thresh, dedupe_iou=dedupe_iou)
         comfy.model_management.load_models_gpu([sam, clip_matcher])
         segmenter = sam_models.SAMSegmenter(sam.model, amg_points_per_side, pred_iou_thresh, stability_thresh)
         matcher = clip_matcher.model
-        text_embeds = matcher.encode_text(finding_ops.prompt_texts(names + negatives, prompt_template))
+        text_embeds = matcher.encode_text(texts)
         progress = comfy.utils.ProgressBar(images.shape[0])
         results, masks, previews = [], [], []
         for item in images:

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 from tqdm.auto import tqdm
 
 from .ops.charts import loss_plot
-from .ops.files import read_dataset_folder
+from .ops.files import MAX_NAME_BYTES, check_text, inside_folder, read_dataset_folder
 from .sampling import adapters, compat
 from .sampling import training as loop
 from .sampling.control_lora import control_lora_state_dict
@@ -63,15 +63,12 @@ class _Progress:
 
 def dataset_root(folder: str) -> str:
     """``folder`` inside ComfyUI's input directory (relative, or absolute but inside it)."""
-    base = os.path.realpath(folder_paths.get_input_directory())
-    path = os.path.realpath(os.path.join(base, folder.strip()))
-    if os.path.commonpath([base, path]) != base:
-        raise ValueError(f"dataset_folder {folder!r} is outside ComfyUI's input directory {base}; put the dataset "
-                         "there and give its path relative to it")
-    if not os.path.isdir(path):
-        raise ValueError(f"dataset_folder {folder!r}: no folder {path} (it must be inside ComfyUI's input directory "
-                         f"{base}, with images/, controls/ and masks/ in it)")
-    return path
+    path = inside_folder(folder.strip(), [folder_paths.get_input_directory()], "dataset_folder",
+                         "ComfyUI's input folder")
+    if not path.is_dir():
+        raise ValueError(f"dataset_folder {folder!r}: there is no such folder in ComfyUI's input folder; put the "
+                         "dataset there (with images/, controls/ and masks/ in it) and give its name")
+    return str(path)
 
 
 def encode_captions(clip, captions: list[str]) -> list:
@@ -250,9 +247,9 @@ class SCTrainLocalControl(io.ComfyNode):
             latents = {"samples": joined_batch([latent["samples"] for latent in latents], "latents")}
         if positive is not None and len(positive) == 1:
             positive = positive[0]  # one prompt for every image; a longer list is one prompt per image
-        adapter = starting_adapter(model, init, control_net, seed)
         samples, control_images, masks, positive = training_dataset(
             dataset_folder, vae, clip, positive, latents, images, control_images, masks)
+        adapter = starting_adapter(model, init, control_net, seed)
         config = loop.TrainConfig(steps, learning_rate, batch_size, sobel_weight, start_percent, end_percent, seed,
                                   gradient_checkpointing, lora_rank=lora_rank, lora_algorithm=lora_algorithm)
         progress = _Progress(steps)
@@ -313,6 +310,9 @@ class SCSaveAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, control_net, filename_prefix, dtype="float32", save_as=FULL_WEIGHTS, model=None,
                 control_lora_rank=16) -> io.NodeOutput:
+        root = folder_paths.get_folder_paths("controlnet")[0]
+        inside_folder(filename_prefix, [root], "filename_prefix", "models/controlnet")  # before any work
+        check_text(os.path.basename(filename_prefix), "filename_prefix", MAX_NAME_BYTES - len("_00000_.safetensors"))
         error = 0.0
         if save_as == CONTROL_LORA:
             if model is None:
@@ -326,11 +326,11 @@ class SCSaveAdapter(io.ComfyNode):
         else:
             weights = adapters.adapter_state_dict(control_net)
         state = {k: v.to(SAVE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
-        root = folder_paths.get_folder_paths("controlnet")[0]
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, root)
         os.makedirs(folder, exist_ok=True)
         file = f"{name}_{counter:05}_.safetensors"
-        comfy.utils.save_torch_file(state, os.path.join(folder, file), metadata={"format": "pt"})
+        path = inside_folder(os.path.join(subfolder, file), [root], "filename_prefix", "models/controlnet")
+        comfy.utils.save_torch_file(state, str(path), metadata={"format": "pt"})
         return io.NodeOutput(os.path.join(subfolder, file).replace(os.sep, "/"), error)
 
 

@@ -74,7 +74,7 @@ def test_names_follow_the_indices_and_paths_stay_inside(tmp_path):
     with pytest.raises(ValueError, match="JSON list of non-empty file names"):
         ops.names_from_json('["a", ""]')
     assert ops.named_paths(tmp_path, "shots", ["a", "c"]) == [(tmp_path / "shots" / f"{n}.png").resolve() for n in "ac"]
-    with pytest.raises(ValueError, match="leaves the output folder"):
+    with pytest.raises(ValueError, match="must be inside ComfyUI.s output folder"):
         ops.named_paths(tmp_path, "../elsewhere", ["a"])
     for bad in ("../a", "x/a"):
         with pytest.raises(ValueError, match="not a plain file name"):

@@ -19,6 +19,8 @@ import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
+from ..ops.files import inside_folder
+
 # folder name under models/ -> file extensions its loaders accept
 MODEL_FOLDERS: dict[str, set[str]] = {
     "sams": {".pth", ".pt", ".safetensors"},
@@ -47,8 +49,12 @@ def list_models(folder: str) -> list[str]:
 
 
 def model_path(folder: str, filename: str, where_to_get: str) -> str:
-    """Full path of ``filename`` in ``folder``, or an error that says where to put which file."""
-    path = folder_paths.get_full_path(folder, filename) if filename else None
+    """Full path of ``filename`` in ``folder``, or an error that says where to put which file.
+
+    The file must stay inside the folders ComfyUI lists for ``folder`` (models/<folder> and the ones
+    extra_model_paths.yaml adds), links resolved (``ops.files.inside_folder``), whatever ComfyUI version."""
+    path = str(inside_folder(filename, folder_paths.get_folder_paths(folder), "model file",
+                             f"models/{folder} (or a {folder} folder of extra_model_paths.yaml)")) if filename else None
     searched = ", ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
     if not filename:  # an empty folder leaves the loader's list empty
         raise ModelFileError(

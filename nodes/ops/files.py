@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,67 @@ from .shapes import to_uint8
 # The image files every folder reader takes (photo folders, example folders, training datasets),
 # compared case-insensitively: PHOTO.JPG counts.
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+# --------------------------------------------------------------------------- containment
+
+MAX_PATH_CHARS = 1024  # longer path inputs are refused before the file system sees them
+MAX_NAME_BYTES = 255  # one file or folder name, as most file systems allow
+
+
+class OutsideFolder(ValueError):
+    """A path-like input that does not stay inside the folder it belongs to."""
+
+
+def _shown(value: str) -> str:
+    """The input as an error message shows it: quoted, control characters escaped, long ones cut."""
+    return repr(value[:80] + ("..." if len(value) > 80 else ""))
+
+
+def check_text(value: str, what: str, max_bytes: int = MAX_PATH_CHARS) -> str:
+    """``value`` when it can name a file: a string without control characters (NUL, newline, ...) that is not
+    longer than ``max_bytes`` in UTF-8; otherwise a clear error."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text, got {type(value).__name__}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} {_shown(value)} contains a control character (NUL, newline, tab, ...): "
+                         "file and folder names cannot hold them")
+    if len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ValueError(f"{what} {_shown(value)} is {len(value)} characters long: at most {max_bytes} bytes")
+    return value
+
+
+def inside_folder(value: str, roots: list[str | os.PathLike], what: str, where: str) -> Path:
+    """The path ``value`` names inside one of ``roots`` (the folders that input belongs to), the first that
+    holds it, else the first reading of it; every other value is refused with one message that names ``where``.
+
+    The one containment rule of the pack, for every path-like input (folder, file, subfolder, name, prefix,
+    dataset, example), on every ComfyUI version. ``value`` is relative to a root, or absolute inside one.
+    It must stay inside that root written as it is (``..`` that climbs out, absolute paths elsewhere) and
+    resolved (``realpath``: links that lead out). Roots are resolved too, so a root that is itself a link
+    works. Nothing outside the roots is looked at before the refusal, and its message is the same whether
+    the outside path exists or not."""
+    check_text(value, what)
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in value.replace("\\", "/").split("/")):
+        raise ValueError(f"{what} {_shown(value)} has a name longer than {MAX_NAME_BYTES} bytes")
+    bases = [os.path.realpath(root) for root in roots]
+    readings = []
+    for base in bases:
+        written = os.path.normpath(os.path.join(base, value))
+        if not _within(written, bases):
+            continue
+        resolved = os.path.realpath(written)
+        if _within(resolved, bases):
+            readings.append(Path(resolved))
+    if not readings:
+        raise OutsideFolder(f"{what} {_shown(value)} must be inside {where}: give a name relative to it (absolute "
+                            "paths are taken only inside the folders ComfyUI is configured with, e.g. "
+                            "extra_model_paths.yaml; '..' and links that lead out of the folder are refused)")
+    return next((path for path in readings if path.exists()), readings[0])
+
+
+def _within(path: str, bases: list[str]) -> bool:
+    return any(path == base or path.startswith(base.rstrip(os.sep) + os.sep) for base in bases)
 
 
 def is_image_file(path: Path) -> bool:
@@ -98,28 +161,57 @@ def select_names(names: list[str], indices_text: str) -> list[str]:
 
 def named_paths(root: Path, subfolder: str, names: list[str], suffix: str = ".png") -> list[Path]:
     """``root/subfolder/<name><suffix>`` for every name, refusing paths that leave ``root`` or repeat."""
-    root = root.resolve()
-    folder = (root / subfolder).resolve()
-    if folder != root and root not in folder.parents:
-        raise ValueError(f"subfolder {subfolder!r} leaves the output folder; use a relative folder name")
+    folder = inside_folder(subfolder, [root], "subfolder", "ComfyUI's output folder")
     paths = []
     for name in names:
-        path = (folder / f"{name}{suffix}").resolve()
-        if path.parent != folder:
-            raise ValueError(f"file name {name!r} is not a plain file name (no folders or '..')")
-        paths.append(path)
-    repeated = sorted({p.name for p in paths if paths.count(p) > 1})
+        plain = check_text(name, "file name", MAX_NAME_BYTES - len(suffix))
+        if plain in (".", "..") or "/" in plain or "\\" in plain:
+            raise ValueError(f"file name {_shown(name)} is not a plain file name (no folders or '..')")
+        paths.append(inside_folder(f"{subfolder}/{plain}{suffix}", [root], "file name", "ComfyUI's output folder"))
+    repeated = sorted(p.name for p, n in Counter(paths).items() if n > 1)
     if repeated:
         raise ValueError(f"file names repeat ({', '.join(repeated)}): each image needs its own name")
     return paths
 
 
-def save_png(image: torch.Tensor, path: Path, pnginfo: PngInfo | None = None) -> None:
+# What Save Images Named does when a file of the name is there already: the first choice never destroys one.
+ADD_COUNTER, SKIP, REPLACE = IF_EXISTS = ("add counter", "skip", "replace")
+
+
+def save_png(image: torch.Tensor, path: Path, pnginfo: PngInfo | None = None, if_exists: str = ADD_COUNTER
+             ) -> Path | None:
     """One ``[H,W,C]`` float image as an 8-bit PNG, rounded to the nearest level (so loading it back is exact),
-    with ``pnginfo`` text chunks (the workflow) when given."""
-    pixels = to_uint8(image[..., :3])
+    with ``pnginfo`` text chunks (the workflow) when given. Returns the file written, or None when skipped.
+
+    When ``path`` exists: ``add counter`` writes ``<stem>_00001_.png`` (the next free number, as core Save
+    Image counts; the existing file is never opened for writing, even when another save races this one),
+    ``skip`` writes nothing, ``replace`` overwrites it."""
+    if if_exists not in IF_EXISTS:
+        raise ValueError(f"if_exists {if_exists!r} is not one of {', '.join(IF_EXISTS)}")
+    pixels = Image.fromarray(to_uint8(image[..., :3]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, pnginfo=pnginfo)
+    if if_exists == REPLACE:
+        pixels.save(path, format="PNG", pnginfo=pnginfo)
+        return path
+    for candidate in _free_names(path) if if_exists == ADD_COUNTER else [path]:
+        try:
+            with open(candidate, "xb") as file:  # exclusive create: never truncates an existing file
+                pixels.save(file, format="PNG", pnginfo=pnginfo)
+            return candidate
+        except FileExistsError:
+            continue
+    return None
+
+
+def _free_names(path: Path):
+    """``path``, then ``<stem>_<n:05>_<suffix>`` from one past the highest number already in the folder."""
+    yield path
+    pattern = re.compile(re.escape(path.stem) + r"_(\d{5,})_" + re.escape(path.suffix) + "$")
+    taken = [int(m.group(1)) for p in path.parent.iterdir() if (m := pattern.match(p.name))]
+    counter = max(taken, default=0) + 1
+    while True:
+        yield path.with_name(f"{path.stem}_{counter:05}_{path.suffix}")
+        counter += 1
 
 
 # --------------------------------------------------------------------------- training dataset folders

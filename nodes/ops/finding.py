@@ -102,13 +102,23 @@ class FindResult:
 # --------------------------------------------------------------------------- inputs
 
 
-def names_from_lines(text: str, what: str = "class names") -> list[str]:
-    """Names from a text box: one per line or comma-separated; blanks and duplicates dropped."""
-    names: list[str] = []
-    for line in (text or "").replace(",", "\n").splitlines():
-        name = line.strip()
-        if name and name not in names:
-            names.append(name)
+MAX_NAMES_CHARS = 100_000  # a name list longer than this is refused before it is split
+MAX_NAMES = 1000  # each name is one CLIP text prompt
+MAX_TEMPLATE_CHARS = 2000  # CLIP reads 77 tokens of it anyway
+
+
+def names_from_lines(text: str, what: str = "class_names") -> list[str]:
+    """Names from a text box: one per line or comma-separated; blanks and duplicates dropped (first kept).
+
+    Linear in the text's length and bounded: a list longer than MAX_NAMES_CHARS characters or with more
+    than MAX_NAMES names is a clear error, not hours of work."""
+    text = text or ""
+    if len(text) > MAX_NAMES_CHARS:
+        raise ValueError(f"{what} is {len(text)} characters long; at most {MAX_NAMES_CHARS} (a list of names, one "
+                         "per line or comma-separated)")
+    names = list(dict.fromkeys(name for line in text.replace(",", "\n").splitlines() if (name := line.strip())))
+    if len(names) > MAX_NAMES:
+        raise ValueError(f"{what} has {len(names)} different names; at most {MAX_NAMES} (each one is a CLIP prompt)")
     return names
 
 
@@ -124,6 +134,9 @@ def require_class_names(text: str) -> list[str]:
 
 def prompt_texts(names: list[str], template: str) -> list[str]:
     """Apply a template such as ``"a photo of a {}"`` (a template without ``{}`` is used as a prefix)."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise ValueError(f"prompt_template is {len(template)} characters long; at most {MAX_TEMPLATE_CHARS} (CLIP "
+                         "reads only its first 77 tokens)")
     template = template.strip() or "{}"
     if "{}" not in template:
         template = template + " {}"

@@ -110,9 +110,11 @@ def _edge_sqdist_apply(
     Masks are processed in groups (~16 Mpx) so big batches need bounded memory and few ops.
     """
     batch, height, width = lab.shape
-    k = max(0, int(reach))
+    # No two pixels are farther apart than height + width, so a larger reach changes nothing but the integer
+    # sizes: capping it keeps any radius (a linked 10^6) exact instead of overflowing into NaN.
+    k = min(max(0, int(reach)), height + width)
     kh = min(k, width - 1)  # horizontal offsets beyond the image only meet padding
-    dtype = torch.int16 if (k + 1) ** 2 + kh**2 <= torch.iinfo(torch.int16).max else torch.int32
+    dtype = next(t for t in (torch.int16, torch.int32, torch.int64) if (k + 1) ** 2 + kh**2 <= torch.iinfo(t).max)
     seg = 64 if k <= 64 else 256
     n_seg = -(-width // seg)
     wp, win = n_seg * seg, seg + 2 * kh

@@ -16,8 +16,14 @@ from . import attention
 from .sharing import SharedByCopies
 
 
+MAX_ANCHORS = 64  # every anchor adds its keys and values to every frame's self-attention
+
+
 def parse_anchors(text: str) -> tuple[int, ...]:
-    """``"0"``, ``"0, 4"`` or ``"-1"`` → frame indices (negative counts from the end)."""
+    """``"0"``, ``"0, 4"`` or ``"-1"`` → frame indices (negative counts from the end), at most MAX_ANCHORS."""
+    if len(str(text)) > 10 * MAX_ANCHORS:
+        raise ValueError(f"anchor_frames is {len(str(text))} characters long; give at most {MAX_ANCHORS} frame "
+                         "indices, like '0' or '0, 8'")
     parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
     try:
         anchors = tuple(int(p) for p in parts)
@@ -25,6 +31,8 @@ def parse_anchors(text: str) -> tuple[int, ...]:
         raise ValueError(f"anchor_frames must be frame indices separated by commas, like '0' or '0, 8'; got {text!r}") from None
     if not anchors:
         raise ValueError("anchor_frames is empty; give at least one frame index, like '0'")
+    if len(anchors) > MAX_ANCHORS:
+        raise ValueError(f"anchor_frames names {len(anchors)} frames; at most {MAX_ANCHORS}")
     return anchors
 
 
