@@ -432,3 +432,31 @@ def test_long_name_lists_are_linear_and_bounded(canary):
     assert "class_names is 10485760 characters long; at most 100000" in node_error_message(prompt, outputs=["t"])
     prompt["t"]["inputs"].update(class_names="shoe", prompt_template="{} " * 5000)
     assert "prompt_template is 15000 characters long; at most 2000" in node_error_message(prompt, outputs=["t"])
+
+
+# --------------------------------------------------------------------------- network
+
+NETWORK_MODULES = {"socket", "ssl", "http", "urllib", "urllib3", "requests", "httpx", "aiohttp", "websocket",
+                   "websockets", "ftplib", "huggingface_hub"}
+
+
+def test_the_pack_adds_no_routes_and_opens_no_connections():
+    """SECURITY.md's promise, read from the source: no networking module is imported by any pack module
+    ComfyUI loads, nothing registers a route on ComfyUI's server, and the frontend script fetches nothing."""
+    import ast
+
+    sources = [REPO_ROOT / "__init__.py", *sorted((REPO_ROOT / "nodes").rglob("*.py"))]
+    for path in sources:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            assert not {n.split(".")[0] for n in names} & NETWORK_MODULES, (path.name, names)
+        assert not re.search(r"\.routes\b|add_route|hf_hub_download|snapshot_download|torch\.hub", path.read_text()), \
+            path.name
+    for script in (REPO_ROOT / "js").rglob("*.js"):
+        assert not re.search(r"\bfetch\(|fetchApi|XMLHttpRequest|WebSocket\(|https?://", script.read_text()), script.name
