@@ -563,8 +563,8 @@ def test_per_item_conditioning_reaches_the_unet_per_item():
 
 
 @pytest.mark.parametrize("case, message", [
-    ("outside", r"is outside ComfyUI's input directory"),
-    ("missing", r"dataset_folder 'no_such_set': no folder"),
+    ("outside", r"dataset_folder '../models' must be inside ComfyUI's input folder"),
+    ("missing", r"dataset_folder 'no_such_set': there is no such folder in ComfyUI's input folder"),
     ("no vae", r"holds images: connect the VAE"),
     ("both", r"dataset_folder is set and masks connected too"),
     ("no prompt", r"connect a positive prompt or a clip to encode the dataset folder's captions"),
