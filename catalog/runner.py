@@ -312,7 +312,7 @@ class _Dispatcher:
         for name in names:
             owner = self.manifest.owner_of(name)
             if owner not in (None, key) or (owner is None and (self.job.output / name).exists()):
-                self.fail_saving(key, f"output {self.job.output / name} already exists and is not this item's: move "
+                self.fail_saving(key, f"output {self.job.output / name} already exists or is another item's: move "
                                  "it away or use another output folder")
                 return
         if files:

@@ -39,7 +39,7 @@ from catalog.client import ComfyClient
 from catalog.items import discover, image_problem
 from catalog.local import local_servers
 from catalog.manifest import FILE_NAME, LOCK_NAME, Manifest, OutputInUse
-from catalog.runner import Job, ServerWorker, output_names, resolve_target, run, upload_name
+from catalog.runner import Job, ServerWorker, _Dispatcher, output_names, resolve_target, run, upload_name
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,8 @@ def _make_images(folder: Path, count: int = COUNT, shade: int = 0) -> list[Path]
 
 
 def _job(tmp_path: Path, urls: list[str], sources, **options) -> Job:
-    return Job(options.pop("workflow", WORKFLOW), sources, tmp_path / "out", urls, **options)
+    """A run with no time limit per prompt: on a loaded machine a tiny prompt may take minutes."""
+    return Job(options.pop("workflow", WORKFLOW), sources, tmp_path / "out", urls, **{"timeout": math.inf, **options})
 
 
 def _urls(servers) -> list[str]:
@@ -157,14 +158,12 @@ sys.exit(cli.main(sys.argv[1:]))
 def _faulty_proxy(target: str, fault: str, route: str):
     """An HTTP proxy on 127.0.0.1 in front of ``target`` that answers requests for ``route``
     wrongly: ``cut`` forwards the answer's headers and half its body, then closes the connection;
-    ``html`` answers 200 with an HTML page (a login or error page of a proxy). Each connection
-    has a socket timeout, and the proxy stops with the block."""
+    ``html`` answers 200 with an HTML page (a login or error page of a proxy). It listens on
+    loopback only, one thread per connection, and stops with the block."""
     upstream = urllib.parse.urlsplit(target)
     page = b"<!DOCTYPE html><html><body><h1>Sign in to continue</h1></body></html>"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = 120  # seconds a silent connection may hold one of the proxy's threads
-
         def log_message(self, *args) -> None:
             pass
 
@@ -180,7 +179,7 @@ def _faulty_proxy(target: str, fault: str, route: str):
             if faulty and fault == "html":
                 self.answer(200, "text/html; charset=utf-8", page)
                 return
-            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=self.timeout)
+            connection = http.client.HTTPConnection(upstream.hostname, upstream.port)
             try:
                 headers = {"Content-Type": self.headers["Content-Type"]} if self.headers["Content-Type"] else {}
                 connection.request(self.command, self.path, body or None, headers)
@@ -270,7 +269,7 @@ def test_killing_the_driver_then_re_running_finishes_the_rest_and_redoes_none(fi
     workflow_file.write_text(json.dumps(WORKFLOW))
     command = [sys.executable, "-c", _KILLED_DRIVER.format(tests=str(Path(__file__).parent)), str(workflow_file),
                str(tmp_path / "in"), "--out", str(out), "--server", *_urls(servers),
-               "--address", ray.get_runtime_context().gcs_address, "--quiet"]
+               "--address", ray.get_runtime_context().gcs_address, "--timeout", "inf", "--quiet"]
     driver = subprocess.run(command, cwd=comfy.REPO_ROOT, env={**os.environ, "KILL_AFTER": "8"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert driver.returncode == -signal.SIGKILL, driver.stdout.decode(errors="replace")[-3000:]
@@ -392,6 +391,25 @@ def test_output_names_come_from_the_source_name():
     assert output_names("shoe", [("ComfyUI_00001_.png", b"")]) == ["shoe.png"]
     assert output_names("shoe", [("a.png", b""), ("b.webp", b"")]) == ["shoe_1.png", "shoe_2.webp"]
     assert output_names("a/shoe", [("x.png", b"")]) == ["a/shoe.png"]
+
+
+def test_an_output_that_cannot_be_written_fails_its_item_only(tmp_path):
+    """A source folder named like another source's output (`a.png/` beside `a.png`), and a file
+    in --out that no item wrote: those items fail with the reason, the others are saved."""
+    sources = [Path("/in/a.png"), Path("/in/a.png/x.png"), Path("/in/b.png"), Path("/in/c.png")]
+    job = _job(tmp_path, [], sources)
+    manifest = Manifest(job.output)
+    manifest.add(sources)
+    (job.output / "c.png").write_bytes(b"someone else's")
+    dispatcher = _Dispatcher(job, manifest, manifest.todo([str(p) for p in sources]), ray=None)
+    for source in sources:
+        dispatcher.save(str(source), "http://s", {"files": [("o.png", source.name.encode())], "seconds": 1.0})
+    rows = {row["key"]: (row["status"], row["error"]) for row in manifest.rows()}
+    manifest.close()
+    assert rows["/in/a.png"] == rows["/in/b.png"] == ("done", None)
+    assert rows["/in/a.png/x.png"][0] == "failed" and "could not be written" in rows["/in/a.png/x.png"][1]
+    assert rows["/in/c.png"][0] == "failed" and "already exists or is another item's" in rows["/in/c.png"][1]
+    assert (job.output / "a.png").read_bytes() == b"a.png" and (job.output / "c.png").read_bytes() == b"someone else's"
 
 
 def test_upload_names_are_made_by_the_runner_and_the_client_sends_no_other():
