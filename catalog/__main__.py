@@ -11,7 +11,7 @@ from pathlib import Path
 from .convert import WorkflowError
 from .items import DEFAULT_MAX_PIXELS, BadInput, discover
 from .local import LocalServerError, local_servers
-from .manifest import ManifestMismatch
+from .manifest import ManifestMismatch, OutputInUse, check_free
 from .runner import Job, RunError, run
 
 log = logging.getLogger("catalog")
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         workflow = json.loads(args.workflow.read_text(encoding="utf-8"))
         sources = discover(args.inputs)
+        check_free(args.out)
         with contextlib.ExitStack() as stack:
             servers = args.server
             if args.local:
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                       new_workflow=args.new_workflow, progress=None if args.quiet else sys.stderr,
                       address=args.address)
             report = run(job)
-    except (OSError, ValueError, BadInput, WorkflowError, RunError, ManifestMismatch, LocalServerError) as error:
+    except (OSError, ValueError, BadInput, WorkflowError, RunError, ManifestMismatch, OutputInUse,
+            LocalServerError) as error:
         log.error("catalog: %s", error)
         return 2
     sys.stdout.write(report.text() + "\n")

@@ -1,18 +1,24 @@
 """A ComfyUI server spoken to over HTTP (standard library only): upload, queue, wait, fetch.
 
 Two kinds of failure are kept apart because the runner treats them differently:
-``ServerDown`` (no answer: the server is dropped, its items go to other servers) and
+``ServerDown`` (no usable answer: the server is dropped, its items go to other servers) and
 ``PromptFailed`` (the server answered that this prompt is invalid or failed: the item is
-retried elsewhere a bounded number of times).
+retried elsewhere a bounded number of times). Whatever goes wrong on the way — refused,
+reset, timed out, an answer cut off midway, a gateway error, bad JSON, an HTML page with
+status 200, a file that is not the image it names — is ``ServerDown``: nothing of it says
+the item is at fault.
 """
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from pathlib import PurePosixPath
 from typing import Any
 
 REQUEST_TIMEOUT = 30.0
@@ -20,10 +26,22 @@ REQUEST_TIMEOUT = 30.0
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1
 # Outputs of these kinds are files the prompt saved; "temp" ones are previews.
 _FILE_OUTPUT_KEYS = ("images", "gifs", "video", "videos", "audio", "files")
+# A proxy's answers when the ComfyUI behind it is gone.
+_GATEWAY_ERRORS = frozenset({502, 503, 504})
+# How a whole file of these kinds starts and ends: a body without both is an error page or cut off.
+_FILE_MARKS = {
+    ".png": (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),
+    ".jpg": (b"\xff\xd8\xff", b"\xff\xd9"),
+    ".jpeg": (b"\xff\xd8\xff", b"\xff\xd9"),
+    ".gif": (b"GIF8", b";"),
+    ".webp": (b"RIFF", b""),
+}
+# Upload names the runner makes; anything else could carry multipart header syntax or a path.
+_SAFE_UPLOAD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class ServerDown(ConnectionError):
-    """The server did not answer (refused, reset, timed out)."""
+    """The server gave no usable answer (refused, reset, timed out, cut off, not ComfyUI's)."""
 
 
 class PromptFailed(RuntimeError):
@@ -37,20 +55,40 @@ class ComfyClient:
         self.client_id = f"catalog-{uuid.uuid4().hex[:12]}"
 
     # -- transport ------------------------------------------------------------------------
-    def _open(self, request: urllib.request.Request | str) -> bytes:
+    def _request(self, path: str, body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes, str]:
+        """(HTTP status, whole body, content type) of a GET, or a POST when there is a body."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = urllib.request.Request(self.url + path, data=body, headers=headers,
+                                         method="GET" if body is None else "POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError:
-            raise
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
-            raise ServerDown(f"{self.url} did not answer: {error}") from error
+            try:
+                response = urllib.request.urlopen(request, timeout=self.timeout)
+            except urllib.error.HTTPError as error:  # an answer too: its status and body are read below
+                response = error
+            with response:
+                status, answer = response.getcode(), response.read()
+                kind = response.headers.get_content_type()
+        except (http.client.HTTPException, OSError) as error:  # IncompleteRead, reset, refused, timeout, ...
+            raise ServerDown(f"{self.url}{path}: {type(error).__name__}: {error}") from error
+        if status in _GATEWAY_ERRORS:
+            raise ServerDown(f"{self.url}{path} -> HTTP {status} (a proxy whose server is gone)")
+        return status, answer, kind
 
-    def get_json(self, path: str) -> Any:
+    def _json(self, path: str, status: int, answer: bytes) -> dict:
+        """The JSON object a ComfyUI route answers with; anything else means the server is not usable."""
         try:
-            return json.loads(self._open(self.url + path))
-        except urllib.error.HTTPError as error:
-            raise ServerDown(f"GET {self.url}{path} -> HTTP {error.code}") from error
+            value = json.loads(answer)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ServerDown(f"{self.url}{path} -> HTTP {status} answered no JSON object: {answer[:200]!r}")
+        return value
+
+    def get_json(self, path: str) -> dict:
+        status, answer, _ = self._request(path)
+        if status != 200:
+            raise ServerDown(f"GET {self.url}{path} -> HTTP {status}")
+        return self._json(path, status, answer)
 
     # -- API ------------------------------------------------------------------------------
     def object_info(self) -> dict:
@@ -60,39 +98,44 @@ class ComfyClient:
         return (self.get_json("/system_stats").get("system") or {}).get("required_frontend_version")
 
     def upload_image(self, name: str, data: bytes) -> str:
-        """Upload into the server's input folder (overwriting a file of the same name); returns
-        the value a LoadImage widget takes."""
+        """Upload into the server's input folder; returns the value a LoadImage widget takes.
+        ``name`` must be a plain file name (letters, digits, ``_.-``). Without ``overwrite`` ComfyUI
+        never replaces a different file: it keeps an identical one, or picks ``name (1).ext``."""
+        if not _SAFE_UPLOAD_NAME.fullmatch(name):
+            raise ValueError(f"upload name {name!r} is not a plain file name (letters, digits, _ . -)")
         boundary = uuid.uuid4().hex
-        parts = [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
+        body = b"".join([
             (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
              "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n",
             f"--{boundary}--\r\n".encode(),
-        ]
-        request = urllib.request.Request(self.url + "/upload/image", data=b"".join(parts), method="POST",
-                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        try:
-            answer = json.loads(self._open(request))
-        except urllib.error.HTTPError as error:
-            raise PromptFailed(f"upload of {name} refused: HTTP {error.code} {error.read()[:500]!r}") from error
-        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+        ])
+        status, answer, _ = self._request("/upload/image", body, f"multipart/form-data; boundary={boundary}")
+        if status != 200:
+            raise PromptFailed(f"upload of {name} refused: HTTP {status} {answer[:500]!r}")
+        stored = self._json("/upload/image", status, answer)
+        if not isinstance(stored.get("name"), str):
+            raise ServerDown(f"{self.url}/upload/image answered no file name: {answer[:200]!r}")
+        return f"{stored['subfolder']}/{stored['name']}" if stored.get("subfolder") else stored["name"]
 
     def queue(self, prompt: dict, extra_data: dict | None = None) -> str:
         body = json.dumps({"prompt": prompt, "client_id": self.client_id, "extra_data": extra_data or {}}).encode()
-        request = urllib.request.Request(self.url + "/prompt", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            return json.loads(self._open(request))["prompt_id"]
-        except urllib.error.HTTPError as error:
-            raise PromptFailed(validation_message(error.read())) from error
+        status, answer, _ = self._request("/prompt", body, "application/json")
+        if status != 200:
+            raise PromptFailed(validation_message(answer))
+        prompt_id = self._json("/prompt", status, answer).get("prompt_id")
+        if not isinstance(prompt_id, str):
+            raise ServerDown(f"{self.url}/prompt answered no prompt id: {answer[:200]!r}")
+        return prompt_id
 
     def wait(self, prompt_id: str, timeout: float) -> dict:
         """The /history entry of a finished prompt; PromptFailed if its execution failed."""
         deadline = time.monotonic() + timeout
         delay = _POLL_FIRST
         while True:
-            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
-            status = (entry or {}).get("status") or {}
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id) or {}
+            status = (entry.get("status") or {}) if isinstance(entry, dict) else None
+            if not isinstance(status, dict):
+                raise ServerDown(f"{self.url}/history/{prompt_id} answered a malformed entry: {entry!r:.200}")
             if status.get("status_str") == "error":
                 raise PromptFailed(execution_message(status))
             if status.get("completed"):
@@ -103,11 +146,18 @@ class ComfyClient:
             delay = min(delay * 2, _POLL_MAX)
 
     def download(self, file: dict) -> bytes:
+        """A saved file's bytes; ServerDown when what came back is not that whole file (an HTML
+        page, a body cut off), which says nothing about the item."""
+        name = str(file.get("filename"))
         query = urllib.parse.urlencode({k: file.get(k, "") for k in ("filename", "subfolder", "type")})
-        try:
-            return self._open(f"{self.url}/view?{query}")
-        except urllib.error.HTTPError as error:
-            raise PromptFailed(f"output {file.get('filename')} could not be fetched: HTTP {error.code}") from error
+        status, answer, kind = self._request(f"/view?{query}")
+        if status != 200:
+            raise PromptFailed(f"output {name} could not be fetched: HTTP {status}")
+        start, end = _FILE_MARKS.get(PurePosixPath(name).suffix.lower(), (b"", b""))
+        if kind == "text/html" or not (answer.startswith(start) and answer.endswith(end)):
+            raise ServerDown(f"{self.url}/view of {name} answered something else ({kind}, {len(answer)} bytes: "
+                             f"{answer[:80]!r})")
+        return answer
 
 
 def saved_files(history_entry: dict) -> list[dict]:
@@ -133,6 +183,8 @@ def validation_message(body: bytes) -> str:
     try:
         answer = json.loads(body)
     except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
         return body.decode(errors="replace")[:1000]
     error = answer.get("error") or {}
     lines = [f"{error.get('message', 'invalid prompt')}: {error.get('details', '')}".rstrip(": ")]

@@ -97,7 +97,7 @@ def _wait_ready(server: LocalServer, deadline: float) -> None:
             return
         except ServerDown:
             if time.monotonic() > deadline:
-                raise LocalServerError(f"ComfyUI at {server.url} did not answer within {START_TIMEOUT:.0f} s:\n"
+                raise LocalServerError(f"ComfyUI at {server.url} did not answer in time:\n"
                                        f"{server.log_tail()}") from None
             time.sleep(0.25)
 
@@ -115,15 +115,17 @@ def stop(server: LocalServer) -> None:
 
 @contextlib.contextmanager
 def local_servers(count: int, comfyui: Path | None = None, python: Path | None = None,
-                  extra_nodes: list[Path] = (), cpu: bool = False) -> Iterator[list[LocalServer]]:
-    """Start ``count`` servers at once, wait until all answer, stop them all on exit. With
-    ``cpu`` they run on the CPU and split its cores between them (torch threads)."""
+                  extra_nodes: list[Path] = (), cpu: bool = False,
+                  start_timeout: float = START_TIMEOUT) -> Iterator[list[LocalServer]]:
+    """Start ``count`` servers at once, wait until all answer (each start gives up after
+    ``start_timeout`` seconds; ``math.inf``: only when the server exits), stop them all on exit.
+    With ``cpu`` they run on the CPU and split its cores between them (torch threads)."""
     folder, interpreter = find_comfyui(comfyui, python)
     threads = max(1, (os.cpu_count() or 1) // count) if cpu else None
     servers: list[LocalServer] = []
     try:
         servers = [_launch(folder, interpreter, list(extra_nodes), threads) for _ in range(count)]
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + start_timeout
         for server in servers:
             _wait_ready(server, deadline)
         yield servers

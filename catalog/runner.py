@@ -20,7 +20,7 @@ from .client import (
     saved_files,
 )
 from .convert import WorkflowError, to_api_prompt
-from .items import DEFAULT_MAX_PIXELS, image_problem
+from .items import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_problem
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _WAIT_STEP = 0.5  # seconds the driver waits for a result before it refreshes the progress line
@@ -138,18 +138,25 @@ class ServerWorker:
         return {"status": "ok", "files": files, "seconds": time.monotonic() - started if seconds is None else seconds}
 
 
-def _upload_name(key: str) -> str:
-    return f"catalog_{hashlib.sha1(key.encode()).hexdigest()[:10]}_{Path(key).name}"
+def upload_name(key: str, data: bytes) -> str:
+    """The name an item is uploaded under: a hash of its source path and bytes, plus an image
+    suffix. Never the source's own name, which could carry header syntax or a path and so choose
+    (and overwrite) another file on the server; the same item gets the same name on every try."""
+    suffix = Path(key).suffix.lower()
+    digest = hashlib.sha256(os.fsencode(key) + b"\0" + data).hexdigest()[:32]
+    return f"catalog_{digest}{suffix if suffix in IMAGE_SUFFIXES else '.png'}"
 
 
 def output_names(stem: str, files: list[tuple[str, bytes]]) -> list[str]:
-    """Output file names from the source's stem: `stem.ext` for one file, `stem_1.ext`, ... else."""
+    """Output file names from the item's stem (see manifest.py): `stem.ext` for one file,
+    `stem_1.ext`, ... else."""
     if len(files) == 1:
         return [stem + Path(files[0][0]).suffix]
     return [f"{stem}_{i}{Path(name).suffix}" for i, (name, _) in enumerate(files, 1)]
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_bytes(data)
     os.replace(partial, path)
@@ -272,7 +279,7 @@ class _Dispatcher:
                 key, data = item
                 self.tried.setdefault(key, set()).add(url)
                 self.manifest.running(key, url)
-                self.in_flight[handle.process.remote(key, _upload_name(key), data)] = (key, url)
+                self.in_flight[handle.process.remote(key, upload_name(key, data), data)] = (key, url)
                 busy += 1
 
     def finish(self, key: str, url: str, result: dict) -> None:
@@ -304,19 +311,25 @@ class _Dispatcher:
         names = output_names(self.stems[key], files)
         for name in names:
             owner = self.manifest.owner_of(name)
-            if (self.job.output / name).exists() and owner != key:
-                self.manifest.attempt_failed(
-                    key, f"output {self.job.output / name} already exists and is not this item's: move it away "
-                    "or use another output folder", final=True)
-                self.counts["failed"] += 1
+            if owner not in (None, key) or (owner is None and (self.job.output / name).exists()):
+                self.fail_saving(key, f"output {self.job.output / name} already exists or is another item's: move "
+                                 "it away or use another output folder")
                 return
         if files:
             self.manifest.saving(key, names)
-            for name, (_, data) in zip(names, files):
-                write_atomically(self.job.output / name, data)
+            try:
+                for name, (_, data) in zip(names, files):
+                    write_atomically(self.job.output / name, data)
+            except OSError as error:
+                self.fail_saving(key, f"output could not be written: {error}")
+                return
         status = "done" if files else "skipped"
         self.manifest.finished(key, status, url, result["seconds"])
         self.counts[status] += 1
+
+    def fail_saving(self, key: str, error: str) -> None:
+        self.manifest.attempt_failed(key, error, final=True)
+        self.counts["failed"] += 1
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> Report:
