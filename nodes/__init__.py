@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .blending import BLENDING_NODES
 from .control import CONTROL_NODES
+from .editing import EDITING_NODES
 from .evaluation import EVALUATION_NODES
 from .files import FILE_NODES
 from .finding import FINDING_NODES
@@ -17,7 +18,7 @@ class SelectiveControlExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [*MASK_NODES, *FINDING_NODES, *CONTROL_NODES, *REGION_NODES, *BLENDING_NODES, *EVALUATION_NODES,
-                *TRAINING_NODES, *FILE_NODES]
+                *TRAINING_NODES, *FILE_NODES, *EDITING_NODES]
 
 
 async def comfy_entrypoint() -> SelectiveControlExtension:

@@ -1,0 +1,79 @@
+"""Test-only pieces for the editing nodes: a tiny real Qwen-Image VAE and a known drift.
+
+- ``qwen_vae()``: ComfyUI's own Wan 2.1 VAE class (the one Qwen-Image uses) at width 8, built through
+  ``comfy.sd.VAE`` from a random state dict, so VAEEncode gives Qwen-Image's 5-D latents [B,16,1,h,w]
+  and ReferenceLatent hands the real model the layout it expects.
+- ``drift(image, dx, dy, zoom, degrees)``: what an edit model's drift does to a picture, with the
+  transform known: ``out(p) = image(W^-1 p)`` for the similarity W about the picture's centre (pixel
+  units; the edge pixel repeats past the border). Stitch Edit Back must find W again.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .fixture_nodes import fixture_node
+from .tiny_models import _randomize
+
+
+def drift_matrix(dx: float, dy: float, zoom: float, degrees: float) -> torch.Tensor:
+    """2x3 similarity on centred pixels: zoom and turn about the centre, then shift by (dx, dy)."""
+    angle = math.radians(degrees)
+    c, s = zoom * math.cos(angle), zoom * math.sin(angle)
+    return torch.tensor([[c, -s, dx], [s, c, dy]], dtype=torch.float64)
+
+
+def drift(image: torch.Tensor, dx: float, dy: float, zoom: float, degrees: float) -> torch.Tensor:
+    """[B,H,W,C] pictures moved by the drift (see the module docstring)."""
+    height, width = image.shape[1:3]
+    inverse = torch.linalg.inv(torch.cat((drift_matrix(dx, dy, zoom, degrees), torch.tensor([[0.0, 0.0, 1.0]],
+                                                                                           dtype=torch.float64))))
+    xs = torch.arange(width, dtype=torch.float64) + 0.5 - width / 2
+    ys = torch.arange(height, dtype=torch.float64) + 0.5 - height / 2
+    x, y = xs.expand(height, width), ys.unsqueeze(1).expand(height, width)
+    sx = inverse[0, 0] * x + inverse[0, 1] * y + inverse[0, 2]
+    sy = inverse[1, 0] * x + inverse[1, 1] * y + inverse[1, 2]
+    grid = torch.stack((2 * sx / width, 2 * sy / height), dim=-1).float().unsqueeze(0).expand(image.shape[0], -1, -1, -1)
+    out = F.grid_sample(image.movedim(-1, 1).float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.movedim(1, -1).to(image.dtype)
+
+
+@functools.cache
+def qwen_vae(seed: int = 5):
+    """A comfy.sd.VAE of the Wan 2.1 architecture (Qwen-Image's VAE) with width 8: 5-D latents, 16 channels, / 8."""
+    import comfy.ldm.wan.vae
+    import comfy.sd
+
+    # The layout comfy.sd.VAE rebuilds from these weights (it reads the width from decoder.head.0.gamma).
+    model = comfy.ldm.wan.vae.WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                     temperal_downsample=[False, True, True], dropout=0.0)
+    _randomize(model, seed)
+    state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    result = comfy.sd.VAE(sd=state)
+    result.first_stage_model.to(torch.float32)
+    result.vae_dtype = torch.float32
+    return result
+
+
+TinyQwenVAELoader = fixture_node(
+    "TinyQwenVAELoader", "Test-only node: a tiny Wan 2.1 VAE (Qwen-Image's VAE architecture), 5-D latents.",
+    ("VAE",), lambda: qwen_vae())
+TestDrift = fixture_node(
+    "TestDrift", "Test-only node: pictures moved by a known shift / zoom / rotation, as an edit model drifts.",
+    ("IMAGE",), drift,
+    {"image": ("IMAGE",), "dx": ("FLOAT", {"default": 0.0, "min": -4096, "max": 4096}),
+     "dy": ("FLOAT", {"default": 0.0, "min": -4096, "max": 4096}),
+     "zoom": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 2.0}),
+     "degrees": ("FLOAT", {"default": 0.0, "min": -10.0, "max": 10.0})})
+
+TEST_NODES = {"TinyQwenVAELoader": TinyQwenVAELoader, "TestDrift": TestDrift}
+
+
+def register_test_nodes() -> None:
+    """Make the editing test nodes available to prompts run through the executor."""
+    import nodes
+
+    nodes.NODE_CLASS_MAPPINGS.update(TEST_NODES)
