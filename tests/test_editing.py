@@ -44,39 +44,6 @@ def box_mask(height: int, width: int, box: tuple[int, int, int, int]) -> torch.T
     return mask
 
 
-def edit_with_drift(picture: torch.Tensor, stitch, index: int, matrix: torch.Tensor, noise: float = 0.02,
-                    seed: int = 0) -> torch.Tensor:
-    """What an edit model returns for crop ``index``: the masked part repainted, the rest the same picture but
-    drifted by ``matrix`` (edit(W q) = source(q)), sampled from the whole photo (real content comes into
-    view at the crop's edge), plus noise."""
-    region, (crop_h, crop_w) = stitch.regions[index], stitch.crops.shape[1:3]
-    inverse = torch.linalg.inv(torch.cat((matrix, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))))[:2]
-    xs = torch.arange(crop_w, dtype=torch.float64) + 0.5 - crop_w / 2
-    ys = torch.arange(crop_h, dtype=torch.float64) + 0.5 - crop_h / 2
-    x, y = xs.expand(crop_h, crop_w), ys.unsqueeze(1).expand(crop_h, crop_w)
-    qx = inverse[0, 0] * x + inverse[0, 1] * y + inverse[0, 2]
-    qy = inverse[1, 0] * x + inverse[1, 1] * y + inverse[1, 2]
-    x0, y0, x1, y1 = region.window
-    height, width = picture.shape[1:3]
-    px = (qx + crop_w / 2) * ((x1 - x0) / crop_w) + x0
-    py = (qy + crop_h / 2) * ((y1 - y0) / crop_h) + y0
-    grid = torch.stack((2 * px / width - 1, 2 * py / height - 1), -1).unsqueeze(0).float()
-    sample = lambda t: torch.nn.functional.grid_sample(t, grid, align_corners=False, padding_mode="border")[0]  # noqa: E731
-    edit = sample(picture.movedim(-1, 1)).movedim(0, -1)
-    masked = sample(region.mask[None, None])[0] > 0.3
-    generator = torch.Generator().manual_seed(seed)
-    paint = torch.tensor([0.85, 0.25, 0.1]) * (0.6 + 0.4 * torch.rand(crop_h, crop_w, 1, generator=generator))
-    edit = torch.where(masked.unsqueeze(-1), paint, edit)
-    return (edit + noise * torch.randn(edit.shape, generator=generator)).clamp(0, 1)
-
-
-def corner_error(found: torch.Tensor, true: torch.Tensor, crop_h: int, crop_w: int) -> float:
-    """Largest distance between where two transforms put a crop pixel: at a corner, for affine maps."""
-    corners = torch.tensor([[-crop_w / 2, -crop_h / 2, 1], [crop_w / 2, -crop_h / 2, 1],
-                            [-crop_w / 2, crop_h / 2, 1], [crop_w / 2, crop_h / 2, 1]], dtype=torch.float64).T
-    return float(((found.double() @ corners) - (true @ corners)).norm(dim=0).max())
-
-
 # --------------------------------------------------------------------------- sizes and windows
 
 
@@ -141,10 +108,10 @@ def test_registration_recovers_known_drifts_within_half_a_pixel(name):
     usable = ops.usable_area(stitch.crop_masks[0], stitch.regions[0].window, height, width, (crop_h // 4, crop_w // 4))
     for seed, drift in enumerate(DRIFTS):
         true = tiny_edit.drift_matrix(*drift)
-        found = ops.register(stitch.crops[0], edit_with_drift(picture, stitch, 0, true, seed=seed), usable)
+        found = ops.register(stitch.crops[0], tiny_edit.edit_with_drift(picture, stitch, 0, true, seed=seed), usable)
         assert found.applied and found.confidence > 0.8, (name, drift, found.describe())
-        assert corner_error(found.matrix, true, crop_h, crop_w) <= 0.5, (name, drift, found.describe())
-        plain = corner_error(ops.IDENTITY, true, crop_h, crop_w)
+        assert tiny_edit.corner_error(found.matrix, true, crop_h, crop_w) <= 0.5, (name, drift, found.describe())
+        plain = tiny_edit.corner_error(ops.IDENTITY, true, crop_h, crop_w)
         assert plain >= math.hypot(drift[0], drift[1]) - 1e-6  # what a stitch without registration is off by
 
 
@@ -188,7 +155,7 @@ def test_pixels_outside_the_grown_mask_are_the_source_bit_for_bit(size, box):
     mask = box_mask(height, width, box)
     stitch = ops.crop_for_edit(picture, mask, "qwen_image_edit", margin=40, megapixels=0.1)
     true = tiny_edit.drift_matrix(6, -4, 1.02, 0.3)
-    edited = edit_with_drift(picture, stitch, 0, true).unsqueeze(0)
+    edited = tiny_edit.edit_with_drift(picture, stitch, 0, true).unsqueeze(0)
     # A change outside the mask, near it: the stitch may grow over it, no further than the limit.
     edited[:, :, : edited.shape[2] // 8] = torch.tensor([0.0, 1.0, 0.0])
     feather, limit = 6, 12
@@ -205,7 +172,7 @@ def test_change_map_reports_changes_outside_the_mask_and_growth_stays_within_the
     picture = photo("coffee_cup.jpg")
     mask = box_mask(400, 600, MASKS["coffee_cup.jpg"])
     stitch = ops.crop_for_edit(picture, mask, "qwen_image_edit", margin=96)
-    edited = edit_with_drift(picture, stitch, 0, tiny_edit.drift_matrix(10, 5, 1.0, 0.0), noise=0.0)
+    edited = tiny_edit.edit_with_drift(picture, stitch, 0, tiny_edit.drift_matrix(10, 5, 1.0, 0.0), noise=0.0)
     crop_h, crop_w = stitch.crops.shape[1:3]
     clean = ops.stitch_edit(stitch, edited.unsqueeze(0))
     assert clean.registrations[0].applied and clean.change_scores[0] < 0.01
@@ -228,8 +195,8 @@ def test_registration_makes_the_stitch_line_up_where_a_plain_stitch_is_off():
     masks = torch.cat((box_mask(512, 512, (60, 300, 160, 420)), box_mask(512, 512, (330, 60, 450, 170))))
     stitch = ops.crop_for_edit(picture, masks, "flux2", margin=80)
     drifts = [tiny_edit.drift_matrix(-20, 14, 1.04, -0.8), tiny_edit.drift_matrix(25, -9, 0.96, 0.6)]
-    edited = torch.stack([edit_with_drift(picture, stitch, i, m, noise=0.0) for i, m in enumerate(drifts)])
-    truth = torch.stack([edit_with_drift(picture, stitch, i, ops.IDENTITY, noise=0.0) for i in range(2)])
+    edited = torch.stack([tiny_edit.edit_with_drift(picture, stitch, i, m, noise=0.0) for i, m in enumerate(drifts)])
+    truth = torch.stack([tiny_edit.edit_with_drift(picture, stitch, i, ops.IDENTITY, noise=0.0) for i in range(2)])
     target = ops.stitch_edit(stitch, truth, register_drift=False, feather_px=12)
     ours = ops.stitch_edit(stitch, edited, feather_px=12)
     plain = ops.stitch_edit(stitch, edited, register_drift=False, feather_px=12)
@@ -239,7 +206,7 @@ def test_registration_makes_the_stitch_line_up_where_a_plain_stitch_is_off():
     plain_error = (plain.image[0] - target.image[0]).abs()[band].mean()
     assert ours_error < 0.01 < plain_error and plain_error > 5 * ours_error
     for found, true in zip(ours.registrations, drifts):
-        assert corner_error(found.matrix, true, *stitch.crops.shape[1:3]) <= 0.5
+        assert tiny_edit.corner_error(found.matrix, true, *stitch.crops.shape[1:3]) <= 0.5
 
 
 # --------------------------------------------------------------------------- the nodes in ComfyUI

@@ -245,7 +245,7 @@ class Registration:
 
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-FINEST_LEVEL = 384     # longest side of the finest registration level (px)
+FINEST_LEVEL = 320     # longest side of the finest registration level (px)
 COARSEST_LEVEL = 96    # longest side of the level the shift / zoom search runs on
 BAND_SIGMA = 2.0       # local mean removed over this Gaussian sigma (level px): tone changes do not count
 
@@ -352,7 +352,7 @@ def _coarse_search(source: torch.Tensor, edited: torch.Tensor, weight: torch.Ten
     fixed = prepared(source)
     x, y = _centred_grid(height, width, crop_h, crop_w, source.device)
     per_px = crop_w / width
-    steps = max(1, math.ceil(max_zoom / 0.01))
+    steps = max(1, math.ceil(max_zoom / 0.02))
     best = (-math.inf, IDENTITY)
     for zoom in torch.linspace(1 - max_zoom, 1 + max_zoom, 2 * steps + 1).tolist() if max_zoom > 0 else [1.0]:
         moving = prepared(_sample(edited, zoom * x, zoom * y, crop_h, crop_w))
@@ -377,7 +377,7 @@ def _refine(source: torch.Tensor, edited: torch.Tensor, weight: torch.Tensor, ma
     columns = [gx * x + gy * y, gx, gy]
     if rotation:
         columns.insert(1, gy * x - gx * y)
-    steepest = torch.stack(columns, dim=-1).reshape(-1, len(columns))
+    steepest = torch.stack(columns).reshape(len(columns), -1)  # [K, N]: rows stay contiguous for the products
     matrix = matrix.clone()
     scale = float(source.std()) + 1e-6
     for _ in range(iterations):
@@ -385,10 +385,9 @@ def _refine(source: torch.Tensor, edited: torch.Tensor, weight: torch.Tensor, ma
         inside = (wx.abs() <= crop_w / 2 - 0.5) & (wy.abs() <= crop_h / 2 - 0.5)
         residual = _sample(edited, wx, wy, crop_h, crop_w) - source
         robust = 1.0 / (1.0 + (residual / (0.5 * scale)) ** 2) ** 2
-        weights = weight * inside * robust
-        flat = weights.reshape(-1, 1)
-        hessian = steepest.T @ (steepest * flat)
-        gradient = steepest.T @ (residual.reshape(-1, 1) * flat)
+        weighted = steepest * (weight * inside * robust).reshape(1, -1)
+        hessian = weighted @ steepest.T
+        gradient = weighted @ residual.reshape(-1, 1)
         try:
             delta = torch.linalg.solve(hessian.double() + 1e-9 * torch.eye(len(columns), dtype=torch.float64),
                                        gradient.double())[:, 0]
@@ -447,7 +446,7 @@ def register(
     source_l, edited_l, weight_l = levels[-1]
     matrix = _coarse_search(source_l, edited_l, weight_l, crop_h, crop_w, max_shift * max(crop_h, crop_w), max_zoom)
     for level, (source_l, edited_l, weight_l) in reversed(list(enumerate(levels))):
-        matrix = _refine(source_l, edited_l, weight_l, matrix, crop_h, crop_w, rotation, 12 if level else 8,
+        matrix = _refine(source_l, edited_l, weight_l, matrix, crop_h, crop_w, rotation, 12 if level else 4,
                          0.05 if level else 0.01)
     source_l, edited_l, weight_l = levels[0]
     wx, wy = _warp_coords(matrix, *_centred_grid(*source_l.shape, crop_h, crop_w, source_l.device))
@@ -574,6 +573,7 @@ def stitch_edit(
     changes = torch.zeros_like(weights)
     result = StitchResult(out, weights, changes)
     level = _level_sizes(crop_h, crop_w)[0]
+    change_level = (max(8, level[0] // 2), max(8, level[1] // 2))  # changes are mapped at half that: they get feathered
     for index, region in enumerate(stitch.regions):
         edit = resize_image(edited[index if edited.shape[0] > 1 else 0].unsqueeze(0), crop_h, crop_w)[0]
         edit = edit.to(device=source.device, dtype=torch.float32)
@@ -584,8 +584,9 @@ def stitch_edit(
         else:
             found = Registration(IDENTITY.clone(), 0.0, False, "registration switched off")
         result.registrations.append(found)
-        crop_changes = change_map(crop, edit, found.matrix, usable, change_threshold)
-        outside = float(usable.sum())
+        compared = (_area(usable, *change_level) >= 0.999).float()
+        crop_changes = change_map(crop, edit, found.matrix, compared, change_threshold)
+        outside = float(compared.sum())
         result.change_scores.append(float(crop_changes.sum()) / outside if outside else 0.0)
 
         rows, cols, win_rows, win_cols = window_in_image(region.window, height, width)

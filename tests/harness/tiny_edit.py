@@ -3,6 +3,9 @@
 - ``qwen_vae()``: ComfyUI's own Wan 2.1 VAE class (the one Qwen-Image uses) at width 8, built through
   ``comfy.sd.VAE`` from a random state dict, so VAEEncode gives Qwen-Image's 5-D latents [B,16,1,h,w]
   and ReferenceLatent hands the real model the layout it expects.
+- ``edit_with_drift(picture, stitch, index, W)``: what an edit model returns for a crop of Crop For Edit:
+  the masked part repainted, the rest drifted by W and sampled from the whole photo, plus noise;
+  ``corner_error`` says how far two transforms put a crop pixel apart.
 - ``drift(image, dx, dy, zoom, degrees)``: what an edit model's drift does to a picture, with the
   transform known: ``out(p) = image(W^-1 p)`` for the similarity W about the picture's centre (pixel
   units; the edge pixel repeats past the border). Stitch Edit Back must find W again.
@@ -39,6 +42,39 @@ def drift(image: torch.Tensor, dx: float, dy: float, zoom: float, degrees: float
     grid = torch.stack((2 * sx / width, 2 * sy / height), dim=-1).float().unsqueeze(0).expand(image.shape[0], -1, -1, -1)
     out = F.grid_sample(image.movedim(-1, 1).float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.movedim(1, -1).to(image.dtype)
+
+
+def edit_with_drift(picture: torch.Tensor, stitch, index: int, matrix: torch.Tensor, noise: float = 0.02,
+                    seed: int = 0) -> torch.Tensor:
+    """What an edit model returns for crop ``index``: the masked part repainted, the rest the same picture but
+    drifted by ``matrix`` (edit(W q) = source(q)), sampled from the whole photo (real content comes into
+    view at the crop's edge), plus noise."""
+    region, (crop_h, crop_w) = stitch.regions[index], stitch.crops.shape[1:3]
+    inverse = torch.linalg.inv(torch.cat((matrix, torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))))[:2]
+    xs = torch.arange(crop_w, dtype=torch.float64) + 0.5 - crop_w / 2
+    ys = torch.arange(crop_h, dtype=torch.float64) + 0.5 - crop_h / 2
+    x, y = xs.expand(crop_h, crop_w), ys.unsqueeze(1).expand(crop_h, crop_w)
+    qx = inverse[0, 0] * x + inverse[0, 1] * y + inverse[0, 2]
+    qy = inverse[1, 0] * x + inverse[1, 1] * y + inverse[1, 2]
+    x0, y0, x1, y1 = region.window
+    height, width = picture.shape[1:3]
+    px = (qx + crop_w / 2) * ((x1 - x0) / crop_w) + x0
+    py = (qy + crop_h / 2) * ((y1 - y0) / crop_h) + y0
+    grid = torch.stack((2 * px / width - 1, 2 * py / height - 1), -1).unsqueeze(0).float()
+    sample = lambda t: F.grid_sample(t, grid, align_corners=False, padding_mode="border")[0]  # noqa: E731
+    edit = sample(picture.movedim(-1, 1)).movedim(0, -1)
+    masked = sample(region.mask[None, None])[0] > 0.3
+    generator = torch.Generator().manual_seed(seed)
+    paint = torch.tensor([0.85, 0.25, 0.1]) * (0.6 + 0.4 * torch.rand(crop_h, crop_w, 1, generator=generator))
+    edit = torch.where(masked.unsqueeze(-1), paint, edit)
+    return (edit + noise * torch.randn(edit.shape, generator=generator)).clamp(0, 1)
+
+
+def corner_error(found: torch.Tensor, true: torch.Tensor, crop_h: int, crop_w: int) -> float:
+    """Largest distance between where two transforms put a crop pixel: at a corner, for affine maps."""
+    corners = torch.tensor([[-crop_w / 2, -crop_h / 2, 1], [crop_w / 2, -crop_h / 2, 1],
+                            [-crop_w / 2, crop_h / 2, 1], [crop_w / 2, crop_h / 2, 1]], dtype=torch.float64).T
+    return float(((found.double() @ corners) - (true @ corners)).norm(dim=0).max())
 
 
 @functools.cache
