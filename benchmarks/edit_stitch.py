@@ -31,30 +31,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_threads_argument, clock_name  # noqa: E402
-from harness import REPO_ROOT, boot, pack_import, tiny_edit  # noqa: E402
+from harness import boot, pack_import, tiny_edit  # noqa: E402
+from harness.tiny_edit import box_mask, example_photo as photo  # noqa: E402
 
 DRIFTS = [(32, -32, 1.0, 0.0), (-32, 20, 1.05, 1.0), (18, 32, 0.95, -1.0), (-7, -11, 1.03, 0.5), (25, 5, 0.97, -0.6)]
 BOXES = {"astronaut.jpg": (180, 60, 300, 200), "coffee_cup.jpg": (200, 100, 400, 250), "chelsea_cat.jpg": (120, 80, 260, 220)}
 FEATHER = 16
-
-
-def photo(name: str) -> torch.Tensor:
-    pixels = np.asarray(Image.open(REPO_ROOT / "example_inputs" / name).convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(pixels / 255.0).unsqueeze(0)
-
-
-def box_mask(height: int, width: int, box: tuple[int, int, int, int]) -> torch.Tensor:
-    mask = torch.zeros(1, height, width)
-    x0, y0, x1, y1 = box
-    mask[:, y0:y1, x0:x1] = 1.0
-    return mask
 
 
 def drift_set(ops) -> dict:

@@ -25,8 +25,7 @@ def main() -> None:
     torch.set_num_threads(1)
     boot()
     ops = pack_import("nodes.ops.editing")
-    pixels = np.asarray(Image.open(ROOT / "example_inputs" / "coffee_cup.jpg").convert("RGB"), dtype=np.float32)
-    picture = torch.from_numpy(pixels / 255.0).unsqueeze(0)
+    picture = tiny_edit.example_photo("coffee_cup.jpg")
     height, width = picture.shape[1:3]
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     mask = ((((xs - 288) / 82.0) ** 2 + ((ys - 145) / 48.0) ** 2) <= 1).float().unsqueeze(0)  # the coffee's surface

@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from harness import REPO_ROOT, run_prompt, tiny_dit, tiny_edit, workspace
-
-from harness import pack_import
+from harness import box_mask_nodes, pack_import, run_prompt, tiny_dit, tiny_edit, workspace
+from harness.tiny_edit import box_mask, example_photo as photo
 
 ops = pack_import("nodes.ops.editing")
 MISSING = tiny_dit.unavailable_reason()
@@ -30,18 +29,6 @@ def edit_test_nodes():
     yield
     for name in tiny_edit.TEST_NODES:
         nodes.NODE_CLASS_MAPPINGS.pop(name, None)
-
-
-def photo(name: str) -> torch.Tensor:
-    pixels = np.asarray(Image.open(REPO_ROOT / "example_inputs" / name).convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(pixels / 255.0).unsqueeze(0)
-
-
-def box_mask(height: int, width: int, box: tuple[int, int, int, int]) -> torch.Tensor:
-    mask = torch.zeros(1, height, width)
-    x0, y0, x1, y1 = box
-    mask[:, y0:y1, x0:x1] = 1.0
-    return mask
 
 
 # --------------------------------------------------------------------------- sizes and windows
@@ -223,10 +210,7 @@ def test_nodes_undo_a_known_drift_in_comfyui_and_report_it():
     _save_input("edit_astronaut.png", picture)
     prompt = {
         "load": {"class_type": "LoadImage", "inputs": {"image": "edit_astronaut.png"}},
-        "mask_canvas": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 257, "height": 255}},
-        "mask_box": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 60, "height": 70}},
-        "mask": {"class_type": "MaskComposite", "inputs": {"destination": ["mask_canvas", 0], "source": ["mask_box", 0],
-                                                           "x": 90, "y": 30, "operation": "add"}},
+        **box_mask_nodes("mask", 257, 255, (90, 30, 60, 70)),
         "crop": {"class_type": "SCCropForEdit", "inputs": {"image": ["load", 0], "mask": ["mask", 0],
                                                            "model_family": "any", "margin": 60, "multiple_of": 8,
                                                            "megapixels": 0.05}},
@@ -268,10 +252,7 @@ def _edit_prompt(family: str, architecture: str) -> dict:
     """Load -> mask -> Crop For Edit -> core's edit conditioning -> KSampler (2 steps) -> VAE Decode -> Stitch."""
     prompt = {
         "load": {"class_type": "LoadImage", "inputs": {"image": "edit_cat.png"}},
-        "mask_canvas": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 150, "height": 100}},
-        "mask_box": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 30, "height": 24}},
-        "mask": {"class_type": "MaskComposite", "inputs": {"destination": ["mask_canvas", 0], "source": ["mask_box", 0],
-                                                           "x": 50, "y": 30, "operation": "add"}},
+        **box_mask_nodes("mask", 150, 100, (50, 30, 30, 24)),
         "crop": {"class_type": "SCCropForEdit", "inputs": {"image": ["load", 0], "mask": ["mask", 0],
                                                            "model_family": family, "margin": 16, "multiple_of": 16,
                                                            "megapixels": 64 * 64 / 1024 / 1024}},

@@ -263,7 +263,7 @@ def _area(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def _gaussian_blur(plane: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
+    radius = max(1, math.ceil(3 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=plane.dtype, device=plane.device)
     kernel = torch.exp(-(x * x) / (2 * sigma * sigma))
     kernel = kernel / kernel.sum()
@@ -332,7 +332,7 @@ def _phase_shift(moving: torch.Tensor, fixed: torch.Tensor, max_shift: float) ->
         denominator = left - 2 * centre + right
         return 0.0 if denominator >= 0 else 0.5 * (left - right) / denominator
 
-    at = lambda y, x: float(surface[y % height, x % width])  # noqa: E731
+    at = lambda y, x: float(surface[y % height, x % width])
     dx = px - width // 2 + refine((at(py, px - 1), at(py, px), at(py, px + 1)))
     dy = py - height // 2 + refine((at(py - 1, px), at(py, px), at(py + 1, px)))
     return dx, dy, float(surface[py, px])
@@ -496,7 +496,6 @@ def usable_area(crop_mask: torch.Tensor, window: tuple[int, int, int, int], heig
                 size: tuple[int, int]) -> torch.Tensor:
     """[size] 1 where the crop may be compared with its edit: inside the picture, and clear of the mask by
     2 % of the crop's longest side (the edit spills a little past its mask)."""
-    crop_h, crop_w = crop_mask.shape
     level_h, level_w = size
     covered = _area(crop_mask.float(), level_h, level_w) > 0
     excluded = grow(covered.float().unsqueeze(0), max(1, round(0.02 * max(level_h, level_w))))[0]
@@ -534,10 +533,10 @@ def _sample_back(edit: torch.Tensor, x: torch.Tensor, y: torch.Tensor, shrink: f
     (``shrink`` < 1), only the part those positions need is first resized with antialiasing."""
     crop_h, crop_w = edit.shape[:2]
     pad = 2.0 / min(shrink, 1.0)
-    u0 = max(0, int(math.floor(float(x.min()) + crop_w / 2 - pad)))
-    u1 = min(crop_w, int(math.ceil(float(x.max()) + crop_w / 2 + pad)))
-    v0 = max(0, int(math.floor(float(y.min()) + crop_h / 2 - pad)))
-    v1 = min(crop_h, int(math.ceil(float(y.max()) + crop_h / 2 + pad)))
+    u0 = max(0, math.floor(float(x.min()) + crop_w / 2 - pad))
+    u1 = min(crop_w, math.ceil(float(x.max()) + crop_w / 2 + pad))
+    v0 = max(0, math.floor(float(y.min()) + crop_h / 2 - pad))
+    v1 = min(crop_h, math.ceil(float(y.max()) + crop_h / 2 + pad))
     if u1 <= u0 or v1 <= v0:  # every position lies past the edit's edge: the border pixel repeats
         u0, u1, v0, v1 = 0, crop_w, 0, crop_h
     part = edit[v0:v1, u0:u1]

@@ -15,11 +15,30 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .fixture_nodes import fixture_node
 from .tiny_models import _randomize
+
+
+def example_photo(name: str) -> torch.Tensor:
+    """One of the pack's example photos (example_inputs/) as a [1,H,W,3] IMAGE."""
+    from PIL import Image
+
+    from .comfy import REPO_ROOT
+
+    pixels = np.asarray(Image.open(REPO_ROOT / "example_inputs" / name).convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(pixels / 255.0).unsqueeze(0)
+
+
+def box_mask(height: int, width: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """[1,H,W] mask, 1 inside box = (left, top, right, bottom)."""
+    mask = torch.zeros(1, height, width)
+    x0, y0, x1, y1 = box
+    mask[:, y0:y1, x0:x1] = 1.0
+    return mask
 
 
 def drift_matrix(dx: float, dy: float, zoom: float, degrees: float) -> torch.Tensor:
@@ -61,7 +80,7 @@ def edit_with_drift(picture: torch.Tensor, stitch, index: int, matrix: torch.Ten
     px = (qx + crop_w / 2) * ((x1 - x0) / crop_w) + x0
     py = (qy + crop_h / 2) * ((y1 - y0) / crop_h) + y0
     grid = torch.stack((2 * px / width - 1, 2 * py / height - 1), -1).unsqueeze(0).float()
-    sample = lambda t: F.grid_sample(t, grid, align_corners=False, padding_mode="border")[0]  # noqa: E731
+    sample = lambda t: F.grid_sample(t, grid, align_corners=False, padding_mode="border")[0]
     edit = sample(picture.movedim(-1, 1)).movedim(0, -1)
     masked = sample(region.mask[None, None])[0] > 0.3
     generator = torch.Generator().manual_seed(seed)
