@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .blending import BLENDING_NODES
 from .control import CONTROL_NODES
+from .editing import EDITING_NODES
 from .evaluation import EVALUATION_NODES
 from .files import FILE_NODES
 from .finding import FINDING_NODES
@@ -15,7 +16,8 @@ from .regions import REGION_NODES
 from .training import TRAINING_NODES
 
 NODES: list[type[io.ComfyNode]] = [*MASK_NODES, *FINDING_NODES, *CONTROL_NODES, *REGION_NODES, *BLENDING_NODES,
-                                   *EVALUATION_NODES, *TRAINING_NODES, *FILE_NODES]
+                                   *EVALUATION_NODES, *TRAINING_NODES, *FILE_NODES,
+                                   *EDITING_NODES]
 
 
 def input_ranges(node: type[io.ComfyNode]) -> dict[str, tuple[float | None, float | None]]:

@@ -13,3 +13,4 @@ ClipMatcher = io.Custom("SC_CLIP_MATCHER")
 Found = io.Custom("SC_FOUND")  # list[bool], one per image of the batch
 CropInfoType = io.Custom("SC_CROP")
 Regions = io.Custom("SC_REGIONS")
+EditStitch = io.Custom("SC_STITCH")  # ops.editing.EditStitch: where Crop For Edit's crops came from

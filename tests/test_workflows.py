@@ -33,13 +33,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from harness import REPO_ROOT, pack_import, run_prompt, workspace, write_model_file
+from harness import REPO_ROOT, pack_import, run_prompt, tiny_dit, tiny_edit, workspace, write_model_file
 from harness.workflow import VIRTUAL_NODE_TYPES, _ordered_inputs, _widget_kind, object_info, ui_to_api
 
 WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json"))
 U2NETP = REPO_ROOT / ".test-assets" / "u2netp.onnx"
 EXPECTED = {"selective_controlnet", "local_control", "product_photoshoot", "pose_identity", "multi_instance",
-            "video_consistency", "train_local_control", "regions_zimage", "sdxl_regions"}
+            "video_consistency", "train_local_control", "regions_zimage", "sdxl_regions", "selective_edit_qwen",
+            "selective_edit_kontext"}
 LOADER_STANDINS = {"CheckpointLoaderSimple": ("TinyCheckpointLoader", {"architecture": "sd15"}),
                    "ControlNetLoader": ("TinyControlNetLoader", {"architecture": "sd15"}),
                    "SCLoadSAM": ("WorkflowTestSAM", {}), "SCLoadCLIPMatcher": ("WorkflowTestColourCLIP", {})}
@@ -65,7 +66,7 @@ def _declared_models(node: dict, workflow: dict) -> dict[str, dict]:
     return {m["name"]: m for m in [*((node.get("properties") or {}).get("models") or []), *unchecked]}
 
 
-def test_the_eight_workflows_are_shipped():
+def test_every_shipped_workflow_is_listed():
     assert {p.stem for p in WORKFLOWS} == EXPECTED
 
 
@@ -576,3 +577,63 @@ def test_product_photoshoot_runs_a_catalog_of_mixed_size_photos_and_keeps_their_
     print(f"peak RSS rise: {fewer} photos {grown[fewer] / 2**20:.1f} MB, {more} photos {grown[more] / 2**20:.1f} MB, "
           f"{per_photo / 2**10:.0f} KB per extra photo")
     assert per_photo <= RSS_PER_EXTRA_PHOTO, grown
+
+
+EDIT_LOADER_STANDINS = {"UNETLoader": ("TinyDiTLoader", True), "CLIPLoader": ("TinyDiTCLIPLoader", True),
+                        "DualCLIPLoader": ("TinyDiTCLIPLoader", True), "VAELoader": ("TinyDiTVAELoader", True)}
+
+
+@pytest.mark.skipif(tiny_dit.unavailable_reason() is not None,
+                    reason=f"the tiny edit models need ComfyUI 0.33: {tiny_dit.unavailable_reason()}")
+@pytest.mark.parametrize("name, architecture, photo", [("selective_edit_qwen", "qwen_image", "coffee_cup"),
+                                                       ("selective_edit_kontext", "flux", "chelsea_cat")])
+def test_selective_edit_workflows_run_through_core_edit_nodes_on_tiny_models(info, name, architecture, photo):
+    """The shipped edit workflow with the documented stand-ins plus: the tiny DiT of the family (Qwen-Image with
+    a tiny Wan 2.1 VAE, its real VAE class) in place of the three loaders, the finder's class list "red" for the
+    colour CLIP double, and a 64 x 64 crop budget ("any" for Kontext, whose list starts at 672 px). The tiny
+    random model paints noise: Stitch Edit Back must not warp it, say so, and keep every pixel outside its mask."""
+    tiny_edit.register_test_nodes()
+    pixels = np.full((96, 128, 3), (128, 128, 128), np.uint8)
+    pixels[:, :, 1] = np.linspace(60, 200, 128, dtype=np.uint8)  # some texture outside the object
+    pixels[30:62, 40:80] = (220, 30, 30)                          # the red object the finder double looks for
+    _save_input(f"{photo}.png", pixels)
+    prompt = prepare(name, info)
+    files = {}
+    for entry in prompt.values():
+        kind = entry["class_type"]
+        if kind in EDIT_LOADER_STANDINS:
+            files[kind] = sorted(v for k, v in entry["inputs"].items() if k.endswith("_name") or k.startswith("clip_name"))
+            if kind == "VAELoader" and architecture == "qwen_image":
+                entry["class_type"], entry["inputs"] = "TinyQwenVAELoader", {}
+            else:
+                entry["class_type"], entry["inputs"] = EDIT_LOADER_STANDINS[kind][0], {"architecture": architecture}
+        elif kind == "SCCropForEdit":
+            entry["inputs"].update(model_family="any" if architecture == "flux" else entry["inputs"]["model_family"],
+                                   megapixels=64 * 64 / 1024 / 1024)
+        elif kind == "SCFindObjects":
+            entry["inputs"].update(class_names="red", negative_names="white, black", threshold=0.5,
+                                   pred_iou_thresh=0.0, stability_thresh=0.0, max_prompts=2)
+        elif kind == "SCStitchEditBack":  # pixel distances scaled to the small photo
+            entry["inputs"].update(feather=entry["inputs"]["feather"] // 8, grow_limit=entry["inputs"]["grow_limit"] // 8)
+    if architecture == "qwen_image":
+        assert files == {"UNETLoader": ["qwen_image_edit_2511_fp8mixed.safetensors"],
+                         "CLIPLoader": ["qwen_2.5_vl_7b_fp8_scaled.safetensors"], "VAELoader": ["qwen_image_vae.safetensors"]}
+    else:
+        assert files == {"UNETLoader": ["flux1-dev-kontext_fp8_scaled.safetensors"],
+                         "DualCLIPLoader": ["clip_l.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors"],
+                         "VAELoader": ["ae.safetensors"]}
+    [crop] = _ids(prompt, "SCCropForEdit")
+    [stitch] = _ids(prompt, "SCStitchEditBack")
+    [load] = _ids(prompt, "LoadImage")
+    [find] = _ids(prompt, "SCFindObjects")
+    result = run_prompt(prompt, outputs=[load, find, crop, stitch, *_ids(prompt, "SaveImage")])
+    source, crops = result.output(load), result.output(crop)
+
+    assert crops.shape[1:3] == (64, 64) or crops.shape[1] * crops.shape[2] <= 64 * 64
+    image, weight = result.output(stitch, 0), result.output(stitch, 1)
+    [entry] = json.loads(result.output(stitch, 5))
+    kept = weight[0] <= 0
+    assert image.shape == source.shape and kept.any() and torch.equal(image[0][kept], source[0][kept])
+    assert not entry["warped"] and "not warped" in entry["registration"]
+    [saved] = _saved(result, prompt)
+    assert saved.shape == (96, 128, 3)
