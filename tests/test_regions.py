@@ -76,6 +76,7 @@ class AttentionProbe:
     def __init__(self, original):
         self.original = original
         self.calls = []
+        self.unbiased = []  # the same rows' weights without the mask
 
     def __call__(self, q, k, v, heads, mask=None, **kwargs):
         if mask is not None and kwargs.get("transformer_options", {}).get("sc_probe_skip") is None:
@@ -87,7 +88,10 @@ class AttentionProbe:
             flags = kwargs["transformer_options"].get("cond_or_uncond", [0])
             items = b // len(flags)
             cond = [c * items + i for c, flag in enumerate(flags) if flag == 0 for i in range(items)]
+            if b % len(flags):  # a self-attention extension's call on its rows only (locality: the cond rows)
+                cond = list(range(b))
             self.calls.append((tq, sim.softmax(-1)[cond]))  # the cond rows: the ones regions act on
+            self.unbiased.append((sim - mask.unsqueeze(1)).softmax(-1)[cond])
         return self.original(q, k, v, heads, mask=mask, **kwargs)
 
 
@@ -384,9 +388,37 @@ def test_self_attention_locality_cuts_attention_between_regions(monkeypatch):
     self_calls = [w for tokens, w in probe.calls if w.shape[-1] == tokens]
     assert self_calls
     for w in self_calls:
+        assert w.numel() > 0  # the cond rows were found
         side = int(w.shape[-1] ** 0.5)
         g = w.reshape(*w.shape[:2], side, side, side, side)
         assert torch.count_nonzero(g[:, :, :, : side // 2, :, side // 2:]) == 0
+
+
+def test_self_attention_locality_at_half_strength_halves_attention_between_regions(monkeypatch):
+    """First principles: with locality s, the weight from token p to a token q of another region is
+    ``(1 - s)`` times what it was, renormalised; tokens of its own region keep theirs. Left and right
+    halves (hard, no feather) cover every token, so at s = 0.5 that is the unbiased softmax with the
+    other half's weights halved."""
+    model = tiny_models.unet("sd15")
+    pos, neg = cond("sd15", 0), cond("sd15", 1)
+    regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 1.0))
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=0.5)
+    probe = AttentionProbe(comfy_attention.optimized_attention)
+    monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
+    sample(m, p, n, steps=1)
+    checked = set()
+    for (tokens, biased), unbiased in zip(probe.calls, probe.unbiased):
+        if biased.shape[-1] != tokens:
+            continue  # cross-attention
+        side = int(tokens ** 0.5)
+        left = (torch.arange(tokens) % side) < side // 2
+        scale = torch.where(left[:, None] == left[None, :], 1.0, 0.5)
+        expected = unbiased * scale
+        expected = expected / expected.sum(-1, keepdim=True)
+        assert torch.allclose(biased, expected, rtol=0, atol=1e-6), side
+        assert (biased - unbiased).abs().max() > 1e-3  # the halving is visible
+        checked.add(side)
+    assert checked == {8, 4}
 
 
 # --------------------------------------------------------------------------- through the executor
