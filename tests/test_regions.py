@@ -172,14 +172,20 @@ def test_uncond_rows_and_soft_masks():
 def test_masks_of_other_size_and_batch():
     model = tiny_models.unet("sd15")
     pos, neg = cond("sd15", 0), cond("sd15", 1)
+    def sampled(mask, batch=2):
+        m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), mask, 1.0)), "attention", 0)
+        return sample(m, p, n, batch=batch)
+
+    # a mask of another size is resized to the latent: the left half at 96x160 acts as the left half at 64x64
     big = torch.nn.functional.interpolate(half("left").unsqueeze(1), size=(96, 160)).squeeze(1)
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), big, 1.0)), "attention", 4)
-    out = sample(m, p, n, batch=2)
-    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    left, right = sampled(half("left")), sampled(half("right"))
+    assert_close_to_scale(sampled(big), left)
+    assert (left - right).abs().max() > 1e-2 * left.abs().max()  # the mask's side matters
+    # one mask per latent: latent 0 as with the left mask for all, latent 1 as with the right mask for all
     per_latent = torch.cat([half("left"), half("right")])
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent, 1.0)),
-                                        "attention", 0)
-    assert torch.isfinite(sample(m, p, n, batch=2)).all()
+    each = sampled(per_latent)
+    assert_close_to_scale(each[0], left[0])
+    assert_close_to_scale(each[1], right[1])
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent[:1].repeat(3, 1, 1), 1.0)),
                                         "attention", 0)
     with pytest.raises(ValueError, match=r"region 1's mask has batch 3 but the latent batch is 2 .*; "
