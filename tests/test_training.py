@@ -903,18 +903,27 @@ def test_control_lora_at_a_lower_rank_reports_its_truncation_error():
                                                             "Control-LoRA (difference to the model)")
 
 
+@functools.cache
+def _low_rank_trained(algorithm):
+    latents, hints, masks, cond = task()
+    return loop.train_local_control(micro_sd15(True), adapters.fresh_adapter(micro_sd15(True), 0), latents, hints,
+                                    masks, cond, loop.TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, lora_rank=2,
+                                                                  lora_algorithm=algorithm))
+
+
 @pytest.mark.parametrize("algorithm", ["LoHa", "LoKr", "OFT"])
 def test_every_core_low_rank_kind_trains_and_merges(algorithm):
-    latents, hints, masks, cond = task()
     start = adapters.fresh_adapter(micro_sd15(True), 0)
-    result = loop.train_local_control(micro_sd15(True), start, latents, hints, masks, cond,
-                                      loop.TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, lora_rank=2,
-                                                       lora_algorithm=algorithm))
+    result = _low_rank_trained(algorithm)
     before = dict(adapters.adapter_network(start).named_parameters())
     after = dict(adapters.adapter_network(result.adapter).named_parameters())
     assert before.keys() == after.keys() and len(result.noise_loss) == 2
     assert any(not torch.equal(after[k], before[k]) for k in after)
     assert all(torch.isfinite(p).all() for p in after.values())
+    # the kind asked for is the one trained: its weights are not LoRA's from the same start and seed
+    lora = dict(adapters.adapter_network(_low_rank_trained("LoRA").adapter).named_parameters())
+    differ = [k for k in after if not torch.allclose(after[k], lora[k], rtol=0, atol=1e-6)]
+    assert len(differ) >= len([k for k in after if not torch.equal(after[k], before[k])]) // 2
 
 
 def test_saving_in_float16_halves_the_file_and_loads_within_half_precision():
