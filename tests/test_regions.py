@@ -382,14 +382,19 @@ def test_sdxl_conditioning_into_sd15_is_a_clear_error():
                                regions_of((cond("sdxl", 2), half("left"), 1.0)), "attention", 0)
 
 
-def test_self_attention_locality_cuts_attention_between_regions(monkeypatch):
+def probed_locality(monkeypatch, locality: float) -> tuple[torch.Tensor, AttentionProbe]:
+    """One step with left / right half regions and self-attention ``locality``, attention probed."""
     model = tiny_models.unet("sd15")
     pos, neg = cond("sd15", 0), cond("sd15", 1)
     regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 1.0))
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=1.0)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=locality)
     probe = AttentionProbe(comfy_attention.optimized_attention)
     monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
-    out = sample(m, p, n, steps=1)
+    return sample(m, p, n, steps=1), probe
+
+
+def test_self_attention_locality_cuts_attention_between_regions(monkeypatch):
+    out, probe = probed_locality(monkeypatch, 1.0)
     assert torch.isfinite(out).all()
     self_calls = [w for tokens, w in probe.calls if w.shape[-1] == tokens]
     assert self_calls
@@ -405,13 +410,7 @@ def test_self_attention_locality_at_half_strength_halves_attention_between_regio
     ``(1 - s)`` times what it was, renormalised; tokens of its own region keep theirs. Left and right
     halves (hard, no feather) cover every token, so at s = 0.5 that is the unbiased softmax with the
     other half's weights halved."""
-    model = tiny_models.unet("sd15")
-    pos, neg = cond("sd15", 0), cond("sd15", 1)
-    regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 1.0))
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=0.5)
-    probe = AttentionProbe(comfy_attention.optimized_attention)
-    monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
-    sample(m, p, n, steps=1)
+    _, probe = probed_locality(monkeypatch, 0.5)
     checked = set()
     for (tokens, biased), unbiased in zip(probe.calls, probe.unbiased):
         if biased.shape[-1] != tokens:
