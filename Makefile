@@ -7,7 +7,7 @@ PORT ?= 8188
 LEG ?= floor
 LATEST_COMFY := $(or $(COMFYUI_PATH),$(CURDIR)/.comfyui-latest)
 
-.PHONY: setup run test test-latest bench readme
+.PHONY: setup run test test-latest test-breaks mutate bench readme
 
 setup:
 	@bash scripts/setup.sh --leg $(LEG)
@@ -23,6 +23,17 @@ test:
 test-latest:
 	@bash scripts/setup.sh --leg latest --dev
 	COMFYUI_PATH=$(LATEST_COMFY) .venv-latest/bin/python -m pytest -q
+
+# One-line breaks of the pack's promises (tests/breaks.py): every one must turn its tests red. On demand, not in CI.
+test-breaks:
+	@bash scripts/setup.sh --leg floor --dev
+	@bash scripts/setup.sh --leg latest --dev
+	.venv/bin/python tests/breaks.py
+
+# Mutation testing (scripts/mutate.py, mutmut): score per module. MODULES="nodes/ops/masks.py ..." limits the run.
+mutate:
+	@bash scripts/setup.sh --leg floor --dev
+	.venv/bin/python scripts/mutate.py $(MODULES)
 
 bench:
 	@bash scripts/setup.sh --leg floor --dev

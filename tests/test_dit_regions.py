@@ -35,12 +35,12 @@ def left_half(size=SIZE):
     return mask
 
 
-def sample(model, positive, negative, arch, steps=2, cfg=2.0, sampler="euler", batch=1, noise=None):
+def sample(model, positive, negative, arch, steps=2, cfg=2.0, sampler="euler", batch=1, noise=None, callback=None):
     latent = tiny_dit.empty_latent(arch, SIZE, SIZE, batch)["samples"]
     if noise is None:
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(5))
     return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", positive, negative, latent, seed=5,
-                               disable_pbar=True)
+                               disable_pbar=True, callback=callback)
 
 
 def conds(arch, base_tokens=TOKENS):
@@ -275,22 +275,38 @@ def one_left_region(arch: str, locality: int):
 
 @needs_dit
 def test_every_core_sampler_runs_with_regions():
+    """Every core sampler: the base prompt as a full-cover region gives the plain latent (float rounding);
+    a region on the left half changes it (checked once: the routing is the sampler's model call, the same
+    for every sampler)."""
     import comfy.samplers
 
     arch = "flux"
-    patched, pos, neg = one_left_region(arch, locality=8)
+    model = tiny_dit.model(arch)
+    positive, negative = conds(arch)
+    full, full_pos, full_neg, _ = regional.apply_regions(
+        model, positive, negative, regions_of((positive, torch.ones(1, SIZE, SIZE), 1.0)), "attention", 0)
     for sampler in comfy.samplers.KSampler.SAMPLERS:
-        out = sample(patched, pos, neg, arch, steps=2, sampler=sampler)
-        assert torch.isfinite(out).all(), sampler
+        plain = sample(model, positive, negative, arch, sampler=sampler)
+        assert_close_to_scale(sample(full, full_pos, full_neg, arch, sampler=sampler), plain, 1e-4)
+    patched, pos, neg = one_left_region(arch, locality=8)
+    out = sample(patched, pos, neg, arch, sampler=sampler)
+    assert torch.isfinite(out).all() and (out - plain).abs().max() > 1e-3 * plain.abs().max()
 
 
 @needs_dit
-def test_caches_hold_one_run_only():
+def test_caches_hold_one_run_only(monkeypatch):
+    """The groups are worked out once per run (the same every step and block), held during it, emptied after."""
     arch = "qwen_image"
     patched, pos, neg = one_left_region(arch, locality=0)
     hooks = patched.model_options["transformer_options"]["patches"]["attn1_patch"][-1].__self__
-    sample(patched, pos, neg, arch, steps=1)
-    assert hooks.cache == {}
+    made, held = [], []
+    memberships = dit_ops.item_memberships
+    monkeypatch.setattr(dit_ops, "item_memberships", lambda *args: made.append(1) or memberships(*args))
+    for run in range(2):
+        sample(patched, pos, neg, arch, steps=3, callback=lambda *args: held.append(len(hooks.cache)))
+        assert hooks.cache == {}
+        assert len(made) == run + 1  # one plan per run, not one per step or block
+    assert held and min(held) > 0
 
 
 @needs_dit

@@ -221,15 +221,23 @@ def test_clip_files_without_both_towers_or_with_a_bad_config_are_refused(clip_fo
 # --------------------------------------------------------------------------- the finder end to end
 
 
-def test_finder_with_sam_vit_b_runs_end_to_end_and_reuses_the_embedding(sam_file, clip_folder):
-    from skimage import data
+def red_disc_photo(name: str, size=(72, 96)) -> str:
+    """A red disc on a mid-grey ground (which the colour CLIP double sees as no colour), so it finds "red"."""
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    pixels = np.full((*size, 3), 128, dtype=np.uint8)
+    pixels[(yy - size[0] / 2) ** 2 + (xx - size[1] / 2) ** 2 <= (0.35 * size[0]) ** 2] = (220, 30, 30)
+    return save_png(name, pixels)
 
-    pixels = np.asarray(Image.fromarray(data.coffee()).resize((96, 72)))
+
+def test_finder_with_sam_vit_b_runs_end_to_end_and_reuses_the_embedding(sam_file):
+    """The random vit_b SAM from a file through SCLoadSAM, with the colour CLIP double, which finds the red
+    disc: the found case runs (box of the best match = box of the mask output), then other names reuse the
+    cached image embedding."""
     prompt = {
-        "img": {"class_type": "LoadImage", "inputs": {"image": save_png("coffee.png", pixels)}},
+        "img": {"class_type": "LoadImage", "inputs": {"image": red_disc_photo("red_disc.png")}},
         "sam": {"class_type": "SCLoadSAM", "inputs": {"model_name": sam_file}},
-        "clip": {"class_type": "SCLoadCLIPMatcher", "inputs": {"model_name": clip_folder}},
-        "find": finder(["img", 0], ["sam", 0], ["clip", 0], classes="cup", negatives="table", threshold=0.0),
+        "clip": {"class_type": "TestColourMatcherLoader", "inputs": {}},
+        "find": finder(["img", 0], ["sam", 0], ["clip", 0], classes="red", negatives="white, black", threshold=0.0),
     }
     result = run_prompt(prompt, outputs=["find", "sam"])
     patcher = result.output("sam")
@@ -239,25 +247,25 @@ def test_finder_with_sam_vit_b_runs_end_to_end_and_reuses_the_embedding(sam_file
     assert mask.device.type == "cpu" and preview.device.type == "cpu"
     report = json.loads(scores)[0]
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
-    assert found == [report["found"]] and bool(mask.sum() > 0) == found[0]  # random CLIP: either is right
+    assert found == [True] and report["found"] and mask.sum() > 0
     assert 0 < report["prompts"] <= 2 + 4 and report["prompts"] < report["decoded"] <= 3 * report["prompts"]
     assert 0 < len(report["masks"]) <= report["decoded"]
     matched = [m for m in report["masks"] if m["matched"]]
-    assert report["masks"][: len(matched)] == matched  # matches first, each group best score first
+    assert matched and report["masks"][: len(matched)] == matched  # matches first, each group best score first
     assert [m["score"] for m in matched] == sorted((m["score"] for m in matched), reverse=True)
-    if found[0]:  # the best match's box is the mask output's box
-        rows, cols = torch.nonzero(mask[0].any(1)).flatten(), torch.nonzero(mask[0].any(0)).flatten()
-        assert matched[0]["box"] == [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+    rows, cols = torch.nonzero(mask[0].any(1)).flatten(), torch.nonzero(mask[0].any(0)).flatten()
+    assert matched[0]["box"] == [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+    assert preview[0][mask[0] > 0].sub(result.output("img", 0)[0][mask[0] > 0]).abs().max() > 0.05  # tinted
     # other class names: same image, the cached embedding is reused (no second encoder pass)
     calls = []
     hook = patcher.model.sam.image_encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
-        prompt["find"]["inputs"]["class_names"] = "mug\nsaucer"
+        prompt["find"]["inputs"]["class_names"] = "green\nblue"
         again = run_prompt(prompt, outputs=["find", "sam"])
     finally:
         hook.remove()
     assert again.output("sam") is patcher and len(patcher.model.embeddings) == 1 and calls == []
-    assert again.output("find", 0).shape == (1, 72, 96)
+    assert again.output("find", 0).shape == (1, 72, 96) and again.output("find", 1) == [False]
 
 
 def test_found_images_pass_and_the_rest_are_skipped_with_their_indices():
@@ -317,7 +325,23 @@ def test_a_mask_batch_of_one_applies_to_every_image():
 
 
 def test_automatic_mode_gives_the_same_outputs():
-    prompt = colour_batch_prompt([colour_image("red_h.png", (230, 20, 20))], mode="automatic", amg_points_per_side=2)
-    result = run_prompt(prompt, outputs=["find"])
-    report = json.loads(result.output("find", 2))
-    assert result.output("find", 0).shape == (1, 192, 256) and report[0]["prompts"] == 0 and report[0]["decoded"] >= 1
+    """SAM's automatic generator in place of the guided prompts, on a red and a blue photo: the same outputs
+    as guided mode (found flags, mask and preview sizes, report fields), each mask chosen from its own report."""
+    prompt = colour_batch_prompt([colour_image("red_h.png", (230, 20, 20)), colour_image("blue_h.png", (20, 20, 230))],
+                                 amg_points_per_side=2)
+    prompt["auto"] = {**prompt["find"], "inputs": {**prompt["find"]["inputs"], "mode": "automatic"}}
+    result = run_prompt(prompt, outputs=["find", "auto"])
+    outputs = {mode: [result.output(node, i) for i in range(4)] for mode, node in (("guided", "find"), ("automatic", "auto"))}
+    for mode, (mask, found, scores, preview) in outputs.items():
+        report = json.loads(scores)
+        assert found == [True, False], mode
+        assert mask.shape == (2, 192, 256) and preview.shape == (2, 192, 256, 3), mode
+        assert mask[0].sum() > 0 and mask[1].sum() == 0, mode
+        assert [r["found"] for r in report] == found and report[0]["decoded"] >= 1, mode
+        best = next(m for m in report[0]["masks"] if m["matched"])
+        rows, cols = torch.nonzero(mask[0].any(1)).flatten(), torch.nonzero(mask[0].any(0)).flatten()
+        assert best["box"] == [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1], mode
+        assert best["area"] == pytest.approx(float(mask[0].mean()), abs=1e-5), mode
+    guided, automatic = json.loads(outputs["guided"][2]), json.loads(outputs["automatic"][2])
+    assert [sorted(r) for r in guided] == [sorted(r) for r in automatic]  # the same report fields
+    assert automatic[0]["prompts"] == 0 < guided[0]["prompts"]  # automatic mode gives SAM no prompts

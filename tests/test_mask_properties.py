@@ -30,7 +30,24 @@ def shapes(draw, convex: bool = False):
     return out
 
 
+GAUSSIAN_K = 4.5  # the gaussian falloff is exp(-k (1 - t)^2), rescaled to run from 0 to 1
+
+
+def reference_profile(signed: np.ndarray, radius: float, direction: str, falloff: str) -> np.ndarray:
+    """The documented ramp, written here (not the pack's feather_profile): position t = s/r (inward),
+    1 + s/r (outward) or 0.5 + s/r (centred), clamped to [0, 1], through the falloff."""
+    t = np.clip(signed / radius + {"inward": 0.0, "outward": 1.0, "centred": 0.5}[direction], 0.0, 1.0)
+    if falloff == "linear":
+        return t
+    if falloff == "smoothstep":
+        return t * t * (3 - 2 * t)
+    floor = np.exp(-GAUSSIAN_K)
+    return (np.exp(-GAUSSIAN_K * (1 - t) ** 2) - floor) / (1 - floor)
+
+
 def scipy_feather(m: torch.Tensor, radius: float, direction: str, falloff: str) -> torch.Tensor:
+    """Signed distance to the edge from scipy's exact Euclidean distance transform (the edge lies half a
+    pixel from each side's pixel centres), through the documented ramp."""
     out = torch.empty_like(m)
     for i, item in enumerate(m.numpy()):
         lab = item >= 0.5
@@ -38,7 +55,7 @@ def scipy_feather(m: torch.Tensor, radius: float, direction: str, falloff: str) 
             out[i] = torch.from_numpy(lab.astype(np.float32))
             continue
         signed = np.where(lab, ndimage.distance_transform_edt(lab) - 0.5, 0.5 - ndimage.distance_transform_edt(~lab))
-        out[i] = masks.feather_profile(torch.from_numpy(signed.astype(np.float32)), radius, direction, falloff)
+        out[i] = torch.from_numpy(reference_profile(signed, radius, direction, falloff).astype(np.float32))
     return out
 
 

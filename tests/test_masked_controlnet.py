@@ -161,10 +161,19 @@ def test_two_masked_controls_each_reach_only_their_region(cn):
     assert half is not None
 
 
-def test_start_end_range_is_respected(cn, plain):
-    records, _ = probe(*masked_apply(cn, _hint(1), left_half(), start=0.5, end=1.0), steps=4)
-    assert records[0][0] is None  # first step is before 50 %
-    assert any(r is not None for r, _ in records[2:])
+@pytest.mark.parametrize("start, end", [(0.5, 1.0), (0.0, 0.6), (0.2, 0.6)])
+def test_start_end_range_is_respected(cn, start, end):
+    """The steps that get residuals are the ones core Apply ControlNet (Advanced) gives them with the same range."""
+    records, _ = probe(*masked_apply(cn, _hint(1), left_half(), start=start, end=end), steps=6)
+    core_records, _ = probe(*nodes.ControlNetApplyAdvanced().apply_controlnet(POS, NEG, cn, _hint(1), 1.0, start, end),
+                            steps=6)
+    acting = [r is not None for r, _ in records]
+    assert acting == [r is not None for r, _ in core_records]
+    assert any(acting) and not all(acting)
+    if end < 1.0:
+        assert not acting[-1]  # the last step is past end_percent
+    else:
+        assert not acting[0]  # the first step is before start_percent
 
 
 def test_incoming_conditioning_and_control_are_not_mutated(cn):
@@ -180,10 +189,15 @@ def test_incoming_conditioning_and_control_are_not_mutated(cn):
 def test_latent_batch_with_per_latent_masks(cn):
     masks = torch.stack([left_half()[0], 1.0 - left_half()[0]])
     records, _ = probe(*masked_apply(cn, _hint(1), masks), batch=2)
-    r = residual_list(records[0])[0]  # [cond/uncond x 2 latents, C, h, w]
-    half = r.shape[-1] // 2
-    assert r.shape[0] == 4
-    assert torch.count_nonzero(r[0::2, ..., half:]) == 0 and torch.count_nonzero(r[1::2, ..., :half]) == 0
+    core, _ = probe(*core_apply(cn, _hint(1)), batch=2)
+    for r, full in zip(residual_list(records[0]), residual_list(core[0])):  # [cond/uncond x 2 latents, C, h, w]
+        half = r.shape[-1] // 2
+        assert r.shape[0] == 4
+        assert torch.count_nonzero(r[0::2, ..., half:]) == 0 and torch.count_nonzero(r[1::2, ..., :half]) == 0
+        # inside each latent's own mask: core's residual, which is not zero
+        assert torch.equal(r[0::2, ..., :half], full[0::2, ..., :half])
+        assert torch.equal(r[1::2, ..., half:], full[1::2, ..., half:])
+        assert full[0::2, ..., :half].abs().max() > 0 and full[1::2, ..., half:].abs().max() > 0
 
 
 def test_mask_batch_mismatch_with_latent_batch_is_a_clear_error(cn):

@@ -257,14 +257,25 @@ def test_residual_is_exactly_zero_on_tokens_outside_the_mask(kind, cfg, batch):
 
 @needs_model_patch
 def test_one_mask_per_latent_limits_each_latent_to_its_own_mask():
-    run("z_image_fun", {"pair": {"mask": "pair", "probe": "pair", "batch": 2}})
+    run("z_image_fun", {"pair": {"mask": "pair", "probe": "pair", "batch": 2},
+                        "core": {"probe": "core", "batch": 2}})
     expected = torch.zeros(2, 8, 6, dtype=torch.bool)
     expected[0, :, :3] = True  # left half
     expected[1, :4, :] = True  # top half
     expected = expected.flatten(1)
-    for _, _, residual in residuals("pair"):
+    acting = set()
+    for _, block, residual in residuals("pair"):
         for row in range(4):  # cond 0, cond 1, uncond 0, uncond 1
             assert residual[row, :48][~expected[row % 2]].abs().max() == 0
+            if residual[row, :48][expected[row % 2]].abs().max() > 0:
+                acting.add(row)
+    assert acting == {0, 1, 2, 3}  # every row's control acts inside its own mask
+    # the first acting block sees the same tokens in both runs: inside each row's mask, core's residual
+    first_core, first_masked = next((c, m) for (_, _, c), (_, _, m) in zip(residuals("core"), residuals("pair"))
+                                    if c.abs().max() > 0)
+    for row in range(4):
+        inside = expected[row % 2]
+        assert torch.equal(first_masked[row, :48][inside], first_core[row, :48][inside])
 
 
 @needs_model_patch

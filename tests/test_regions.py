@@ -76,6 +76,7 @@ class AttentionProbe:
     def __init__(self, original):
         self.original = original
         self.calls = []
+        self.unbiased = []  # the same rows' weights without the mask
 
     def __call__(self, q, k, v, heads, mask=None, **kwargs):
         if mask is not None and kwargs.get("transformer_options", {}).get("sc_probe_skip") is None:
@@ -87,7 +88,10 @@ class AttentionProbe:
             flags = kwargs["transformer_options"].get("cond_or_uncond", [0])
             items = b // len(flags)
             cond = [c * items + i for c, flag in enumerate(flags) if flag == 0 for i in range(items)]
+            if b % len(flags):  # a self-attention extension's call on its rows only (locality: the cond rows)
+                cond = list(range(b))
             self.calls.append((tq, sim.softmax(-1)[cond]))  # the cond rows: the ones regions act on
+            self.unbiased.append((sim - mask.unsqueeze(1)).softmax(-1)[cond])
         return self.original(q, k, v, heads, mask=mask, **kwargs)
 
 
@@ -168,14 +172,20 @@ def test_uncond_rows_and_soft_masks():
 def test_masks_of_other_size_and_batch():
     model = tiny_models.unet("sd15")
     pos, neg = cond("sd15", 0), cond("sd15", 1)
+    def sampled(mask, batch=2):
+        m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), mask, 1.0)), "attention", 0)
+        return sample(m, p, n, batch=batch)
+
+    # a mask of another size is resized to the latent: the left half at 96x160 acts as the left half at 64x64
     big = torch.nn.functional.interpolate(half("left").unsqueeze(1), size=(96, 160)).squeeze(1)
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), big, 1.0)), "attention", 4)
-    out = sample(m, p, n, batch=2)
-    assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
+    left, right = sampled(half("left")), sampled(half("right"))
+    assert_close_to_scale(sampled(big), left)
+    assert (left - right).abs().max() > 1e-2 * left.abs().max()  # the mask's side matters
+    # one mask per latent: latent 0 as with the left mask for all, latent 1 as with the right mask for all
     per_latent = torch.cat([half("left"), half("right")])
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent, 1.0)),
-                                        "attention", 0)
-    assert torch.isfinite(sample(m, p, n, batch=2)).all()
+    each = sampled(per_latent)
+    assert_close_to_scale(each[0], left[0])
+    assert_close_to_scale(each[1], right[1])
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions_of((cond("sd15", 2), per_latent[:1].repeat(3, 1, 1), 1.0)),
                                         "attention", 0)
     with pytest.raises(ValueError, match=r"region 1's mask has batch 3 but the latent batch is 2 .*; "
@@ -372,21 +382,48 @@ def test_sdxl_conditioning_into_sd15_is_a_clear_error():
                                regions_of((cond("sdxl", 2), half("left"), 1.0)), "attention", 0)
 
 
-def test_self_attention_locality_cuts_attention_between_regions(monkeypatch):
+def probed_locality(monkeypatch, locality: float) -> tuple[torch.Tensor, AttentionProbe]:
+    """One step with left / right half regions and self-attention ``locality``, attention probed."""
     model = tiny_models.unet("sd15")
     pos, neg = cond("sd15", 0), cond("sd15", 1)
     regions = regions_of((cond("sd15", 2), half("left"), 1.0), (cond("sd15", 3), half("right"), 1.0))
-    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=1.0)
+    m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "attention", 0, locality=locality)
     probe = AttentionProbe(comfy_attention.optimized_attention)
     monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
-    out = sample(m, p, n, steps=1)
+    return sample(m, p, n, steps=1), probe
+
+
+def test_self_attention_locality_cuts_attention_between_regions(monkeypatch):
+    out, probe = probed_locality(monkeypatch, 1.0)
     assert torch.isfinite(out).all()
     self_calls = [w for tokens, w in probe.calls if w.shape[-1] == tokens]
     assert self_calls
     for w in self_calls:
+        assert w.numel() > 0  # the cond rows were found
         side = int(w.shape[-1] ** 0.5)
         g = w.reshape(*w.shape[:2], side, side, side, side)
         assert torch.count_nonzero(g[:, :, :, : side // 2, :, side // 2:]) == 0
+
+
+def test_self_attention_locality_at_half_strength_halves_attention_between_regions(monkeypatch):
+    """First principles: with locality s, the weight from token p to a token q of another region is
+    ``(1 - s)`` times what it was, renormalised; tokens of its own region keep theirs. Left and right
+    halves (hard, no feather) cover every token, so at s = 0.5 that is the unbiased softmax with the
+    other half's weights halved."""
+    _, probe = probed_locality(monkeypatch, 0.5)
+    checked = set()
+    for (tokens, biased), unbiased in zip(probe.calls, probe.unbiased):
+        if biased.shape[-1] != tokens:
+            continue  # cross-attention
+        side = int(tokens ** 0.5)
+        left = (torch.arange(tokens) % side) < side // 2
+        scale = torch.where(left[:, None] == left[None, :], 1.0, 0.5)
+        expected = unbiased * scale
+        expected = expected / expected.sum(-1, keepdim=True)
+        assert torch.allclose(biased, expected, rtol=0, atol=1e-6), side
+        assert (biased - unbiased).abs().max() > 1e-3  # the halving is visible
+        checked.add(side)
+    assert checked == {8, 4}
 
 
 # --------------------------------------------------------------------------- through the executor

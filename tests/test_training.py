@@ -171,6 +171,55 @@ def trained():
     return run_prompt(_train_prompt(), outputs=["train", "save"])
 
 
+def textbook_masked_sobel_loss(z0_pred, z0, pixel_mask):
+    """The loss the training promises, from first principles: the pixel mask area-averaged to the latent,
+    Sobel (1/8 [-1 0 1; -2 0 2; -1 0 1], replicate padding) per channel, squared differences averaged over
+    the cells whose 3x3 window lies inside the mask's support (the latent edge counts as inside), weighted
+    by the mask."""
+    h, w = z0.shape[-2:]
+    mask = torch.nn.functional.adaptive_avg_pool2d(pixel_mask.unsqueeze(1).float(), (h, w))
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    padded = torch.nn.functional.pad(z0_pred - z0, (1, 1, 1, 1), mode="replicate")  # Sobel is linear
+    gx = sum(kx[dy, dx] * padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    gy = sum(kx.T[dy, dx] * padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3))
+    support = torch.nn.functional.pad((mask > 0).float(), (1, 1, 1, 1), value=1.0)
+    interior = torch.stack([support[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]).amin(0)
+    weight = (mask * interior).expand_as(z0)
+    return ((gx.square() + gy.square()) * weight).sum() / (2 * weight.sum())
+
+
+def independent_losses(adapter, latents, hints, masks, cond, seed=0):
+    """Mean (noise MSE, masked Sobel loss) over EVAL_SIGMAS at fixed noise, computed here from the
+    model's z0' (not with the training's own loss code, which the test checks)."""
+    step = loop.TrainingStep(micro_sd15(), cond)
+    generator = torch.Generator().manual_seed(seed)
+    noise_total = sobel_total = 0.0
+    with torch.no_grad():
+        for value in EVAL_SIGMAS:
+            noise = torch.randn(latents.shape, generator=generator)
+            sigma = torch.full((latents.shape[0],), float(value))
+            x_t = latents + sigma.view(-1, 1, 1, 1) * noise
+            z0_pred = step.predict(adapter, x_t, sigma, hints, masks, list(range(latents.shape[0])))
+            noise_total += ((x_t - z0_pred) / sigma.view(-1, 1, 1, 1) - noise).square().mean().item()
+            sobel_total += textbook_masked_sobel_loss(z0_pred, latents, masks).item()
+    return noise_total / len(EVAL_SIGMAS), sobel_total / len(EVAL_SIGMAS)
+
+
+def test_the_sobel_term_is_measured_inside_the_mask_only():
+    """The training step's Sobel loss is the textbook masked one; with mask_sobel off, the whole latent's."""
+    latents, hints, masks, cond = task()
+    step = loop.TrainingStep(micro_sd15(), cond)
+    noise, sigma = torch.randn(latents.shape, generator=torch.Generator().manual_seed(4)), torch.full((N,), 1.5)
+    with torch.no_grad():
+        _, masked, z0_pred = step.losses(None, latents, hints, masks, noise, sigma, index=list(range(N)))
+        _, whole, _ = step.losses(None, latents, hints, masks, noise, sigma, mask_sobel=False, index=list(range(N)))
+    expected = textbook_masked_sobel_loss(z0_pred, latents, masks)
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert whole.item() == pytest.approx(textbook_masked_sobel_loss(z0_pred, latents, torch.ones_like(masks)).item(),
+                                         rel=1e-5)
+    assert abs(whole.item() - masked.item()) > 0.05 * masked.item()  # the two differ on this task
+
+
 def test_training_lowers_both_losses(trained):
     latents, hints, masks, cond = task()
     initial = adapters.fresh_adapter(micro_sd15(), 7)
@@ -178,8 +227,8 @@ def test_training_lowers_both_losses(trained):
     history = json.loads(trained.output("train", 1))
     assert history["steps_done"] == TRAIN_STEPS and not history["interrupted"]
     assert len(history["noise_loss"]) == len(history["sobel_loss"]) == TRAIN_STEPS
-    before = bench_training.evaluate(micro_sd15(), initial, latents, hints, masks, cond, EVAL_SIGMAS)
-    after = bench_training.evaluate(micro_sd15(), adapter, latents, hints, masks, cond, EVAL_SIGMAS)
+    before = independent_losses(initial, latents, hints, masks, cond)
+    after = independent_losses(adapter, latents, hints, masks, cond)
     print("losses before", before, "after", after)
     assert after[0] < before[0] and after[1] < before[1]
     plot = trained.output("train", 2)
@@ -854,18 +903,27 @@ def test_control_lora_at_a_lower_rank_reports_its_truncation_error():
                                                             "Control-LoRA (difference to the model)")
 
 
+@functools.cache
+def _low_rank_trained(algorithm):
+    latents, hints, masks, cond = task()
+    return loop.train_local_control(micro_sd15(True), adapters.fresh_adapter(micro_sd15(True), 0), latents, hints,
+                                    masks, cond, loop.TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, lora_rank=2,
+                                                                  lora_algorithm=algorithm))
+
+
 @pytest.mark.parametrize("algorithm", ["LoHa", "LoKr", "OFT"])
 def test_every_core_low_rank_kind_trains_and_merges(algorithm):
-    latents, hints, masks, cond = task()
     start = adapters.fresh_adapter(micro_sd15(True), 0)
-    result = loop.train_local_control(micro_sd15(True), start, latents, hints, masks, cond,
-                                      loop.TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, lora_rank=2,
-                                                       lora_algorithm=algorithm))
+    result = _low_rank_trained(algorithm)
     before = dict(adapters.adapter_network(start).named_parameters())
     after = dict(adapters.adapter_network(result.adapter).named_parameters())
     assert before.keys() == after.keys() and len(result.noise_loss) == 2
     assert any(not torch.equal(after[k], before[k]) for k in after)
     assert all(torch.isfinite(p).all() for p in after.values())
+    # the kind asked for is the one trained: its weights are not LoRA's from the same start and seed
+    lora = dict(adapters.adapter_network(_low_rank_trained("LoRA").adapter).named_parameters())
+    differ = [k for k in after if not torch.allclose(after[k], lora[k], rtol=0, atol=1e-6)]
+    assert len(differ) >= len([k for k in after if not torch.equal(after[k], before[k])]) // 2
 
 
 def test_saving_in_float16_halves_the_file_and_loads_within_half_precision():

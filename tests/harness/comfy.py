@@ -102,6 +102,35 @@ def _find_pack_module() -> ModuleType:
     raise RuntimeError("ComfyUI did not load the pack: look for 'IMPORT FAILED' in the log above.")
 
 
+def name_pack_functions_by_path() -> int:
+    """Give the pack's functions the module names of their files (``nodes.ops.masks``), for mutmut.
+
+    ComfyUI imports the pack under its folder's path, but mutmut's trampolines pick the mutant to run
+    by comparing a function's ``__module__`` with the file path's dotted name. Used only by
+    ``make mutate`` (``MUTANT_UNDER_TEST`` set); returns how many functions were renamed."""
+    prefix = f"{boot().__name__}."
+    renamed = 0
+
+    def rename(function, short: str, long: str) -> None:
+        nonlocal renamed
+        while callable(function) and getattr(function, "__module__", None) == long:
+            function.__module__ = short
+            renamed += 1
+            function = getattr(function, "__wrapped__", None)
+
+    for long, module in list(sys.modules.items()):
+        if not long.startswith(prefix) or module is None:
+            continue
+        short = long[len(prefix):]
+        for value in list(vars(module).values()):
+            members = vars(value).values() if isinstance(value, type) and value.__module__ in (long, short) else [value]
+            for member in members:
+                for function in (member, getattr(member, "__func__", None), getattr(member, "fget", None)):
+                    if inspect.isfunction(function):
+                        rename(function, short, long)
+    return renamed
+
+
 def workspace() -> Workspace:
     boot()
     return _state["workspace"]

@@ -1,7 +1,7 @@
 """What tests compare the pack against: recorded model calls and core-only regional conditioning."""
 from __future__ import annotations
 
-from .comfy import pack_import
+import torch
 
 
 def record_model_calls(model) -> list:
@@ -25,7 +25,7 @@ def core_masked_conds(positive: list, regions: list, vae=None) -> list:
     is), core Apply ControlNet (Advanced) on each region that has a ControlNet."""
     import nodes
 
-    background = pack_import("nodes.ops.regions").background([r.mask for r in regions])
+    background = uncovered([r.mask for r in regions])
     out = nodes.ConditioningSetMask().append(positive, background, "default", 1.0)[0]
     for r in regions:
         c = nodes.ConditioningSetMask().append(r.conditioning, r.mask, "default", r.weight)[0]
@@ -34,3 +34,15 @@ def core_masked_conds(positive: list, regions: list, vae=None) -> list:
                                                                  r.control_strength, 0.0, 1.0, vae=vae)[0]
         out = out + c
     return out
+
+
+def uncovered(masks: list) -> torch.Tensor:
+    """``max(0, 1 - sum m_i)`` from first principles (not the pack's ``background``, which it checks):
+    the masks must share one size, so no resize rule is assumed."""
+    shapes = {tuple(m.shape[-2:]) for m in masks}
+    if len(shapes) != 1:
+        raise ValueError(f"the core reference needs region masks of one size, got {sorted(shapes)}")
+    total = torch.zeros(())
+    for m in masks:
+        total = total + (m if m.ndim == 3 else m.unsqueeze(0)).float()
+    return (1.0 - total).clamp(min=0.0)

@@ -1,0 +1,95 @@
+"""Mutation testing with mutmut: run it on chosen modules, then print the mutation score per module.
+
+    python scripts/mutate.py                       # every module [tool.mutmut] in pyproject.toml lists
+    python scripts/mutate.py nodes/ops/masks.py    # only these files' mutants
+    python scripts/mutate.py --report              # the scores of the last runs, without running
+
+mutmut copies the pack to ``mutants/``, changes one thing at a time (an operator, a constant, a
+call argument) and runs the tests that reach the changed function (``make mutate`` runs this with
+the floor leg). A mutant is *killed* when a test fails, *survives* when all pass. Results are kept in
+``mutants/`` between runs; a function whose code or tests changed is tested again. One worker
+process: the machine is shared.
+
+Score = killed (timeouts included) / mutants that have tests. "no tests" mutants (functions no
+selected test reaches) are listed apart: they need a test, not a verdict.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest internal error, timeouts (mutmut's codes)
+SURVIVED, NO_TESTS = {0}, {5, 33}
+
+
+def module_name(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def run_mutmut(paths: list[str]) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.setdefault("COMFYUI_PATH", str((REPO / ".comfyui").resolve()))
+    patterns = [f"{module_name(p)}.*" for p in paths]
+    return subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns],
+                          cwd=REPO, env=env).returncode
+
+
+def results() -> dict[str, dict[str, int | None]]:
+    """``{module: {mutant: exit code}}`` from mutmut's result files."""
+    out = {}
+    for meta in sorted((REPO / "mutants").rglob("*.py.meta")):
+        source = meta.relative_to(REPO / "mutants").as_posix().removesuffix(".meta")
+        out[module_name(source)] = json.loads(meta.read_text())["exit_code_by_key"]
+    return out
+
+
+def report(only: list[str]) -> str:
+    wanted = {module_name(p) for p in only}
+    lines = ["| module | mutants | killed | survived | no tests | not run | score |", "|---|---|---|---|---|---|---|"]
+    survivors = []
+    totals = Counter()
+    for module, codes in results().items():
+        if wanted and module not in wanted:
+            continue
+        count = Counter("killed" if c in KILLED else "survived" if c in SURVIVED else "no tests" if c in NO_TESTS
+                        else "not run" if c is None else "other" for c in codes.values())
+        tested = count["killed"] + count["survived"]
+        score = f"{100 * count['killed'] / tested:.1f} %" if tested else "-"
+        lines.append(f"| {module} | {len(codes)} | {count['killed']} | {count['survived']} | {count['no tests']} | "
+                     f"{count['not run'] + count['other']} | {score} |")
+        totals.update(count)
+        survivors += [name for name, c in codes.items() if c in SURVIVED]
+    tested = totals["killed"] + totals["survived"]
+    if tested:
+        lines.append(f"| all | {sum(totals.values())} | {totals['killed']} | {totals['survived']} | "
+                     f"{totals['no tests']} | {totals['not run'] + totals['other']} | "
+                     f"{100 * totals['killed'] / tested:.1f} % |")
+    lines.append(f"\nsurviving mutants ({len(survivors)}): `mutmut show <name>` prints the change")
+    lines += [f"  {name}" for name in survivors]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", help="source files to mutate (default: all in [tool.mutmut])")
+    parser.add_argument("--report", action="store_true", help="only print the scores of earlier runs")
+    args = parser.parse_args(argv)
+    code = 0
+    if not args.report:
+        try:
+            import mutmut  # noqa: F401
+        except ImportError:
+            parser.error("mutmut is not installed: `make setup LEG=floor` installs requirements-dev.txt")
+        code = run_mutmut(args.paths)
+    print(report(args.paths))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
