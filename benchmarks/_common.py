@@ -1,16 +1,23 @@
-"""Timing shared by the sampler benchmarks: one clock rule and one timed euler sample.
+"""What every benchmark shares: the clock rule, interleaved rounds with their spread, one timed euler sample.
 
 With one torch thread the clock is the process's CPU time, so other load on the machine barely
 moves the ratios; with more threads CPU time would add the threads up, so it is wall time.
+
+Every benchmark measures with :func:`interleaved_rounds`: each round calls every run once, in
+turn, so a slow spell of the machine hits all runs of that round alike; a ratio is taken within
+each round (run / its reference in the same round) and the median over the rounds is the figure,
+printed with the rounds' min and max beside it. Single best times or one round per run swing by
+tens of percent between runs of a benchmark on a shared machine; the median of per-round ratios
+over enough rounds does not.
 (The leading underscore keeps ``run_all.py`` from running this module as a benchmark.)
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
-
-import torch
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
@@ -18,24 +25,97 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
                         help="torch threads; with 1 the clock is process CPU time, which other load barely affects")
 
 
-def _clock() -> tuple[str, Callable[[], float]]:
-    if torch.get_num_threads() == 1:
-        return "process CPU time", time.process_time
-    return "wall time", time.perf_counter
+def add_rounds_argument(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--rounds", type=int, default=default,
+                        help="interleaved rounds after the warm-up round; each ratio is the median over them")
+
+
+def clock() -> Callable[[], float]:
+    """Process CPU time with one torch thread (other load barely moves it), else wall time."""
+    import torch
+
+    return time.process_time if torch.get_num_threads() == 1 else time.perf_counter
 
 
 def clock_name() -> str:
-    """What :func:`seconds_per_step` measures, for the benchmarks' JSON."""
-    return _clock()[0]
+    """What :func:`clock` measures, for the benchmarks' JSON."""
+    return "process CPU time" if clock() is time.process_time else "wall time"
 
 
-def seconds_per_step(model, positive: list, negative: list, noise: torch.Tensor, steps: int) -> float:
+@dataclass(frozen=True)
+class Spread:
+    """The min, median and max of one figure over the rounds."""
+
+    low: float
+    median: float
+    high: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(min(values), statistics.median(values), max(values))
+
+    def text(self, digits: int = 3) -> str:
+        return f"{self.median:.{digits}f} (min {self.low:.{digits}f}, max {self.high:.{digits}f})"
+
+    def as_list(self, digits: int = 4) -> list[float]:
+        return [round(self.low, digits), round(self.median, digits), round(self.high, digits)]
+
+
+class Rounds:
+    """Each run's values, one per round, in the order the rounds ran."""
+
+    def __init__(self, values: dict[str, list[float]]):
+        self.values = values
+
+    def spread(self, name: str) -> Spread:
+        return Spread.of(self.values[name])
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.values[name])
+
+    def ratio(self, name: str, reference: str) -> Spread:
+        """``name`` / ``reference`` within each round, over the rounds."""
+        return Spread.of([a / b for a, b in zip(self.values[name], self.values[reference])])
+
+    def report(self, ratios: dict[str, tuple[str, str]], scale: float = 1000.0, unit: str = "ms") -> dict:
+        """Print each run's median and spread, then each ratio ``label: (run, reference)`` as median (min, max);
+        returns the JSON part: ``ratios`` (medians), ``ratio_spread`` and ``<unit>`` ([min, median, max])."""
+        count = len(next(iter(self.values.values())))
+        print(f"{'run':24s} {unit + ' median (min, max)':>30s}   over {count} interleaved rounds")
+        for name in self.values:
+            spread = self.spread(name)
+            print(f"{name:24s} {Spread(spread.low * scale, spread.median * scale, spread.high * scale).text(2):>30s}")
+        for label, (name, reference) in ratios.items():
+            print(f"{label:24s} {self.ratio(name, reference).text()}  = {name} / {reference}")
+        return {"ratios": {label: round(self.ratio(*pair).median, 4) for label, pair in ratios.items()},
+                "ratio_spread": {label: self.ratio(*pair).as_list() for label, pair in ratios.items()},
+                unit: {name: Spread.of([v * scale for v in values]).as_list(2) for name, values in self.values.items()},
+                "rounds": count}
+
+
+def interleaved_rounds(runs: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> Rounds:
+    """Call every run once per round, in turn, for ``warmup`` untimed rounds then ``rounds`` counted ones.
+
+    Each run returns its own measurement (seconds, usually from :func:`clock`)."""
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    values: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(warmup + rounds):
+        for name, run in runs.items():
+            value = run()
+            if round_index >= warmup:
+                values[name].append(value)
+    return Rounds(values)
+
+
+def seconds_per_step(model, positive: list, negative: list, noise, steps: int) -> float:
     """Seconds per step of one ``steps``-step euler sample at cfg 5 from an empty latent shaped like ``noise``."""
     import comfy.sample
+    import torch
 
-    clock = _clock()[1]
+    tick = clock()
     latent = torch.zeros(noise.shape)
-    start = clock()
+    start = tick()
     comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", positive, negative, latent, disable_pbar=True,
                         seed=1)
-    return (clock() - start) / steps
+    return (tick() - start) / steps

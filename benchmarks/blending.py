@@ -5,15 +5,16 @@ Model: a mid-size randomly initialised SD1.5-architecture UNet built from ComfyU
 8 heads, context 768), sampled at 128x128 px (16x16 latent, 256 tokens in the top attention
 level) with ``comfy.sample.sample`` (euler, cfg 5, so cond + uncond rows per step). At this size
 the UNet dominates the step, as it does with real checkpoints. Measured per step: interleaved rounds of
-``--steps``-step samples (plain and patched alternate; the first round warms up), best round
-counts; with ``--threads 1`` (default) the clock is the process's CPU time, so other load on the
-machine barely moves the ratios.
+``--steps``-step samples (``benchmarks/_common.interleaved_rounds``: plain and patched alternate; the
+first round warms up); each ratio is patched / plain within a round, median over the rounds, printed
+with its min and max; with ``--threads 1`` (default) the clock is the process's CPU time, so other
+load on the machine barely moves the ratios.
 
 - SCPreserveRegion (hard 32x32 px square, 16 px feather), batch 1 — goal <= 1.03x
 - SCReferenceAttention (strength 1, style fidelity 0.5), batch 1 — goal <= 1.6x
 - SCCrossFrameAttention (anchor frame 0) at 2 and 8 frames, against the plain model at the same batch
 
-Run from the repo root: ``.venv/bin/python benchmarks/blending.py [--steps 2 --repeats 4 --threads 1]``
+Run from the repo root: ``.venv/bin/python benchmarks/blending.py [--steps 2 --rounds 12 --threads 1]``
 (``--attention pytorch`` to measure with another of ComfyUI's attention functions).
 Boots ComfyUI in-process (CPU unless a GPU is present). Last stdout line: JSON with the ratios.
 """
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_threads_argument, clock_name, seconds_per_step  # noqa: E402
+from _common import add_rounds_argument, add_threads_argument, clock_name, interleaved_rounds, seconds_per_step  # noqa: E402,E501
 from harness import boot, pack_import  # noqa: E402
 
 UNET = {
@@ -73,7 +74,7 @@ def per_step(model, batch: int, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=4)
+    add_rounds_argument(parser, 12)
     add_threads_argument(parser)
     parser.add_argument("--attention", default="default",
                         help="ComfyUI attention function for every call (pytorch, sub_quad, split); "
@@ -103,30 +104,17 @@ def main() -> None:
         "plain_b8": (model, 8),
         "cross_frame_b8": (cross_frame.patch_cross_frame(model, "0", 1.0), 8),
     }
-    # Interleaved rounds (plain and patched runs alternate), first round = warm-up; best round counts.
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(args.repeats + 1):
-        for name, (patched, batch) in runs.items():
-            value = per_step(patched, batch, args.steps)
-            if round_:
-                samples[name].append(value)
-    seconds = {name: min(values) for name, values in samples.items()}
-    for name, value in seconds.items():
-        print(f"{name:16s} {value * 1000:8.1f} ms/step")
-    ratios = {
-        "preserve_region": seconds["preserve_b1"] / seconds["plain_b1"],
-        "reference_attention": seconds["reference_b1"] / seconds["plain_b1"],
-        "cross_frame_2": seconds["cross_frame_b2"] / seconds["plain_b2"],
-        "cross_frame_8": seconds["cross_frame_b8"] / seconds["plain_b8"],
-    }
-    for name, ratio in ratios.items():
-        print(f"{name:22s} {ratio:6.3f}x the plain model's step")
+    rounds = interleaved_rounds({name: (lambda m=patched, b=batch: per_step(m, b, args.steps))
+                                 for name, (patched, batch) in runs.items()}, args.rounds)
+    measured = rounds.report({"preserve_region": ("preserve_b1", "plain_b1"),
+                              "reference_attention": ("reference_b1", "plain_b1"),
+                              "cross_frame_2": ("cross_frame_b2", "plain_b2"),
+                              "cross_frame_8": ("cross_frame_b8", "plain_b8")}, unit="ms_per_step")
     print(json.dumps({
-        "ratios": {k: round(v, 4) for k, v in ratios.items()},
-        "ms_per_step": {k: round(v * 1000, 2) for k, v in seconds.items()},
+        **measured,
         "goals": {"preserve_region": 1.03, "reference_attention": 1.6},
         "config": {"unet": "SD1.5 arch, model_channels 64, mult 1/2/4, 8 heads, ctx 768", "latent": [LATENT, LATENT],
-                   "sampler": "euler", "cfg": 5.0, "steps": args.steps, "repeats": args.repeats,
+                   "sampler": "euler", "cfg": 5.0, "steps": args.steps,
                    "clock": clock_name(),
                    "device": str(model.load_device), "threads": torch.get_num_threads(),
                    "attention": comfy_attention.optimized_attention.__name__},

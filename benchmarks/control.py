@@ -7,31 +7,36 @@
    (residual masking; the optional exact_outside mode costs a second model pass by design).
 
 Runs with one torch thread and times process CPU time, so other load on the machine barely moves
-the ratios (the same clock as benchmarks/blending.py).
+the ratios (the same clock as benchmarks/blending.py). Each pair runs in interleaved rounds after a
+warm-up round (benchmarks/_common.py); each ratio is the median over the rounds of the ratio within
+a round, printed with its min and max.
 
+Run from the repo root: ``.venv/bin/python benchmarks/control.py [--rounds 8]``.
 Last stdout line: JSON with both ratios.
 """
+import argparse
 import json
 import sys
-import time
 import warnings
 
 sys.path.insert(0, "tests")
 warnings.filterwarnings("ignore")
 
+import _common  # noqa: E402
 from harness import boot, pack_import, tiny_models, workspace  # noqa: E402
 
 
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
+def timed(fn):
+    """``fn`` as a run of :func:`_common.interleaved_rounds`: it returns its own CPU seconds."""
+    def run():
+        tick = _common.clock()
+        start = tick()
         fn()
-        times.append(time.process_time() - start)
-    return min(times)
+        return tick() - start
+    return run
 
 
-def annotator_benchmark():
+def annotator_benchmark(rounds: int):
     import numpy as np
     import torch
     annotators = pack_import("nodes.models.annotators")
@@ -53,14 +58,12 @@ def annotator_benchmark():
         detector = LineartDetector.from_pretrained(str(folder))  # loads both files on every run
         return [detector(frame, detect_resolution=128, image_resolution=128, output_type="np") for frame in frames]
 
-    ours()  # first load fills the cache, as the first queue of a workflow does
-    t_ours = best_of(ours, 1)
-    t_peer = best_of(peer, 1)
     assert np.asarray(peer()[0]).shape[:2] == (128, 128)
-    return t_ours, t_peer
+    # the warm-up round's first call fills the cache, as the first queue of a workflow does
+    return _common.interleaved_rounds({"ours": timed(ours), "peer": timed(peer)}, rounds)
 
 
-def sampler_benchmark(steps=6, repeats=3):
+def sampler_benchmark(rounds: int, steps: int = 6):
     import torch
 
     import comfy.sample
@@ -82,29 +85,32 @@ def sampler_benchmark(steps=6, repeats=3):
         return lambda: comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", conds[0], conds[1], latent,
                                            seed=1, disable_pbar=True)
 
-    run(unmasked)(), run(masked)()
-    # interleave to spread machine noise evenly
-    t_plain, t_masked = [], []
-    for _ in range(repeats):
-        t_plain.append(best_of(run(unmasked), 1))
-        t_masked.append(best_of(run(masked), 1))
-    return min(t_plain) / steps, min(t_masked) / steps
+    return _common.interleaved_rounds({"unmasked": timed(run(unmasked)), "masked": timed(run(masked))}, rounds)
 
 
 def main():
     import torch
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _common.add_rounds_argument(parser, 8)
+    args = parser.parse_args()
     torch.set_num_threads(1)
     boot()
-    t_ours, t_peer = annotator_benchmark()
-    print(f"lineart x16 @128: pack cached {t_ours:.3f}s, controlnet_aux per-call load {t_peer:.3f}s "
-          f"-> {t_peer / t_ours:.2f}x faster")
-    step_plain, step_masked = sampler_benchmark()
-    overhead = step_masked / step_plain
-    print(f"tiny SD1.5 + ControlNet @256px, per step: unmasked {step_plain * 1000:.1f} ms, "
-          f"masked {step_masked * 1000:.1f} ms -> {100 * (overhead - 1):+.1f}% (goal <= +5%)")
-    print(json.dumps({"annotator_speedup_cached_vs_controlnet_aux": round(t_peer / t_ours, 3),
-                      "masked_vs_unmasked_step_time_ratio": round(overhead, 4)}))
+    annotators = annotator_benchmark(max(1, args.rounds // 2))  # a peer round reloads both files: seconds
+    speedup = annotators.ratio("peer", "ours")
+    print(f"lineart x16 @128: pack cached {annotators.median('ours'):.3f}s, controlnet_aux per-call load "
+          f"{annotators.median('peer'):.3f}s -> {speedup.text(2)}x faster")
+    steps = 6
+    sampler = sampler_benchmark(args.rounds, steps)
+    overhead = sampler.ratio("masked", "unmasked")
+    print(f"tiny SD1.5 + ControlNet @256px, per step: unmasked {sampler.median('unmasked') / steps * 1000:.1f} ms, "
+          f"masked {sampler.median('masked') / steps * 1000:.1f} ms -> {overhead.text(4)}x (goal <= 1.05x); "
+          f"medians (min, max) over the rounds")
+    print(json.dumps({"annotator_speedup_cached_vs_controlnet_aux": round(speedup.median, 3),
+                      "masked_vs_unmasked_step_time_ratio": round(overhead.median, 4),
+                      "ratio_spread": {"annotator_speedup_cached_vs_controlnet_aux": speedup.as_list(),
+                                       "masked_vs_unmasked_step_time_ratio": overhead.as_list()},
+                      "rounds": {"annotator": max(1, args.rounds // 2), "sampler": args.rounds}}))
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@
 2. Instances mode (3 regions, each with its own XLabs ControlNet) vs core ConditioningSetMask +
    Apply ControlNet per region (N + 1 model passes) per step, tiny Flux.1 at 256 px.
 
-One torch thread, process CPU time (benchmarks/_common.py), each pair interleaved and the best of
-the repeats kept. The tiny models make the per-call overhead count more than it would on a real
+One torch thread, process CPU time, each pair in interleaved rounds after a warm-up round
+(benchmarks/_common.py); each ratio is the median over the rounds of the ratio within a round,
+printed with its min and max. The tiny models make the per-call overhead count more than it would on a real
 Flux, so these ratios bound the pack's cost from above rather than predict real step times.
 
 Last stdout line: JSON with the three ratios.
 """
+import argparse
 import json
 import sys
 import warnings
@@ -24,18 +26,14 @@ from harness import boot, pack_import  # noqa: E402
 SIZE = 256
 
 
-def interleaved(runs: dict, repeats: int) -> dict:
-    """Best seconds per step of each named run, the runs interleaved to spread machine noise evenly."""
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            best[name] = min(best[name], run())
-    return best
-
-
-def main(steps: int = 4, repeats: int = 3):
+def main():
     import torch
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4)
+    _common.add_rounds_argument(parser, 10)
+    args = parser.parse_args()
+    steps = args.steps
     torch.set_num_threads(1)
     boot()
     import nodes
@@ -56,20 +54,21 @@ def main(steps: int = 4, repeats: int = 3):
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
         return lambda: _common.seconds_per_step(model or tiny_dit.model(arch), positive, negative, noise, steps)
 
-    ratios, lines = {}, []
+    ratios, spreads, lines = {}, {}, []
     for kind in ("flux_xlabs", "qwen_instantx"):
         arch = tiny_dit_control.KINDS[kind]
         pos, neg = (tiny_dit.conditioning(arch, t, guidance=3.5) for t in ("a red fox", "blurry"))
         cn, vae = tiny_dit_control.controlnet(kind), tiny_dit_control.vae(kind)
         core = nodes.ControlNetApplyAdvanced().apply_controlnet(pos, neg, cn, hint, 1.0, 0.0, 1.0, vae=vae)
         masked = mc.apply_masked_control(pos, neg, cn, hint, mask, 1.0, 0.0, 1.0, vae=vae)
-        runs = {"core": step_time(arch, *core), "masked": step_time(arch, *masked)}
-        for run in runs.values():
-            run()  # warm-up: hint encoding, first allocations
-        best = interleaved(runs, repeats)
-        ratios[f"{kind}_masked_vs_core_step_ratio"] = round(best["masked"] / best["core"], 4)
-        lines.append(f"{kind} @{SIZE}px per step: core Apply ControlNet {best['core'] * 1000:.1f} ms, "
-                     f"Apply ControlNet (Masked) {best['masked'] * 1000:.1f} ms -> {best['masked'] / best['core']:.3f}x")
+        # the warm-up round encodes the hints and makes the first allocations
+        rounds = _common.interleaved_rounds({"core": step_time(arch, *core), "masked": step_time(arch, *masked)},
+                                            args.rounds)
+        ratio = rounds.ratio("masked", "core")
+        ratios[f"{kind}_masked_vs_core_step_ratio"] = round(ratio.median, 4)
+        spreads[f"{kind}_masked_vs_core_step_ratio"] = ratio.as_list()
+        lines.append(f"{kind} @{SIZE}px per step: core Apply ControlNet {rounds.median('core') * 1000:.1f} ms, "
+                     f"Apply ControlNet (Masked) {rounds.median('masked') * 1000:.1f} ms -> {ratio.text()}")
 
     model, net = tiny_dit.model("flux"), tiny_dit_control.controlnet("flux_xlabs")
     pos, neg = (tiny_dit.conditioning("flux", t, guidance=3.5) for t in ("a red fox", "blurry"))
@@ -87,16 +86,19 @@ def main(steps: int = 4, repeats: int = 3):
         core_pos = core_pos + nodes.ControlNetApplyAdvanced().apply_controlnet(c, [], net, r.control_image,
                                                                                r.control_strength, 0.0, 1.0)[0]
     m, p, n, _ = regional.apply_regions(model, pos, neg, regions, "instances", 0)
-    runs = {"core": step_time("flux", core_pos, neg), "instances": step_time("flux", p, n, model=m)}
-    for run in runs.values():
-        run()
-    best = interleaved(runs, repeats)
-    ratios["flux_instances_vs_core_masked_conds_step_ratio"] = round(best["instances"] / best["core"], 4)
-    lines.append(f"flux 3 regions + 3 ControlNets @{SIZE}px per step: core masked conds {best['core'] * 1000:.1f} ms, "
-                 f"instances {best['instances'] * 1000:.1f} ms -> {best['instances'] / best['core']:.3f}x")
+    rounds = _common.interleaved_rounds({"core": step_time("flux", core_pos, neg),
+                                         "instances": step_time("flux", p, n, model=m)}, args.rounds)
+    ratio = rounds.ratio("instances", "core")
+    ratios["flux_instances_vs_core_masked_conds_step_ratio"] = round(ratio.median, 4)
+    spreads["flux_instances_vs_core_masked_conds_step_ratio"] = ratio.as_list()
+    lines.append(f"flux 3 regions + 3 ControlNets @{SIZE}px per step: core masked conds "
+                 f"{rounds.median('core') * 1000:.1f} ms, instances {rounds.median('instances') * 1000:.1f} ms -> "
+                 f"{ratio.text()}")
+    print(f"ratios: median (min, max) over {args.rounds} interleaved rounds")
     for line in lines:
         print(line)
-    print(json.dumps({"clock": _common.clock_name(), **ratios}))
+    print(json.dumps({"clock": _common.clock_name(), **ratios, "ratio_spread": spreads,
+                      "config": {"rounds": args.rounds, "steps": steps}}))
 
 
 if __name__ == "__main__":

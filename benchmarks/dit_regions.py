@@ -10,12 +10,14 @@ Flux tokenizer.
 Each run is one euler step at cfg 1 (Flux.1 dev's usual setting: one model call per step), timed
 with the process's CPU time on one thread, through ComfyUI's pytorch attention (what NVIDIA users
 run; ComfyUI's CPU default, sub-quadratic attention, sizes its chunks from free memory). One
-warm-up step first; then ``--repeats`` rounds of the runs in turn, and each run's median:
+warm-up step first; then ``--repeats`` interleaved rounds of the runs in turn
+(``_common.interleaved_rounds``); each ratio is the median over the rounds of the ratio within a
+round, printed with its min and max:
 - ``single``: the base prompt alone (4096 + 256 tokens);
 - ``regions_n4``: Apply Regions, attention mode, 4 quadrant regions with the node's default
   feather (16 px), 4096 + 5 x 256 tokens;
 - ``regions_n4_hard``: the same without feather (every token inside one region or none);
-- ``core_n4`` (one round): core ConditioningSetMask, the base prompt plus 4 masked region
+- ``core_n4``: core ConditioningSetMask, the base prompt plus 4 masked region
   prompts (N + 1 model passes per step);
 - ``single_short`` / ``regions_n4_short``: unpadded prompts (base 64, regions 32 tokens each), as
   the Qwen3 / Mistral / Qwen2.5-VL encoders of Z-Image, Flux.2 dev and Qwen-Image give them (no
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_threads_argument, clock_name  # noqa: E402
+from _common import add_threads_argument, clock, clock_name, interleaved_rounds  # noqa: E402
 from harness import boot, pack_import  # noqa: E402
 
 HEADS, HEAD_DIM = 24, 128
@@ -87,16 +88,14 @@ def quadrant_masks(size: int) -> list[torch.Tensor]:
 
 
 def seconds_per_step(model, positive: list, latent_hw: tuple[int, int]) -> float:
-    import time
-
     import comfy.sample
 
-    clock = time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+    tick = clock()
     latent = torch.zeros(1, 16, *latent_hw)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
-    start = clock()
+    start = tick()
     comfy.sample.sample(model, noise, 1, 1.0, "euler", "simple", positive, [], latent, disable_pbar=True, seed=1)
-    return clock() - start
+    return tick() - start
 
 
 def attention_kernel(queries: int, keys: int, masked: bool) -> str:
@@ -138,7 +137,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels (latent = size / 8)")
     parser.add_argument("--double", type=int, default=1, help="Flux double-stream blocks")
     parser.add_argument("--single", type=int, default=1, help="Flux single-stream blocks")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of the runs; each run's median counts")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the runs")
     add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,18 +167,14 @@ def main() -> None:
                                                        DEFAULT_FEATHER)
 
     runs = {"single": (model, base), "regions_n4": (feathered, joined), "regions_n4_hard": (hard, hard_joined),
-            "single_short": (model, short_base), "regions_n4_short": (short, short_joined)}
+            "core_n4": (model, core), "single_short": (model, short_base), "regions_n4_short": (short, short_joined)}
     seconds_per_step(model, base, latent_hw)  # warm-up: first-call allocations and kernel choices
-    rounds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, (patched, positive) in runs.items():
-            rounds[name].append(seconds_per_step(patched, positive, latent_hw))
-    seconds = {name: statistics.median(values) for name, values in rounds.items()}
-    seconds["core_n4"] = seconds_per_step(model, core, latent_hw)
-    ratios = {"flux_n4_ratio": seconds["regions_n4"] / seconds["single"],
-              "flux_n4_hard_ratio": seconds["regions_n4_hard"] / seconds["single"],
-              "core_n4_ratio": seconds["core_n4"] / seconds["single"],
-              "short_prompts_n4_ratio": seconds["regions_n4_short"] / seconds["single_short"]}
+    rounds = interleaved_rounds({name: (lambda m=patched, p=positive: seconds_per_step(m, p, latent_hw))
+                                 for name, (patched, positive) in runs.items()}, args.repeats, warmup=0)
+    seconds = {name: rounds.median(name) for name in runs}
+    pairs = {"flux_n4_ratio": ("regions_n4", "single"), "flux_n4_hard_ratio": ("regions_n4_hard", "single"),
+             "core_n4_ratio": ("core_n4", "single"), "short_prompts_n4_ratio": ("regions_n4_short", "single_short")}
+    ratios = {key: rounds.ratio(*pair) for key, pair in pairs.items()}
     side = args.size // 16
     kernels = {"unmasked": attention_kernel(side * side // REGIONS, side * side + 2 * TEXT_TOKENS, False),
                "row-masked": attention_kernel(side * side // REGIONS, side * side + 2 * TEXT_TOKENS, True)}
@@ -187,18 +182,20 @@ def main() -> None:
 
     print(f"Flux-shaped model: {HEADS} heads x {HEAD_DIM}, {args.double} double + {args.single} single blocks, "
           f"{args.size} px ({side * side} image tokens), {TEXT_TOKENS} tokens per prompt, "
-          f"{args.threads} thread(s), {clock_name()}, median of {args.repeats} after one warm-up step")
-    print(f"{'run':18s} {'s/step':>8s} {'ratio':>7s}  rounds (each against its single prompt)")
+          f"{args.threads} thread(s), {clock_name()}, {args.repeats} interleaved rounds after one warm-up step")
+    print(f"{'run':18s} {'s/step':>8s}  ratio to its single prompt: median (min, max) over the rounds; s/step per round")
     for name, value in seconds.items():
-        reference = seconds["single_short" if name.endswith("_short") else "single"]
-        spread = " ".join(f"{v:.2f}" for v in rounds.get(name, [value]))
-        print(f"{name:18s} {value:8.2f} {value / reference:7.3f}  {spread}")
+        reference = "single_short" if name.endswith("_short") else "single"
+        spread = " ".join(f"{v:.2f}" for v in rounds.values[name])
+        print(f"{name:18s} {value:8.2f}  {rounds.ratio(name, reference).text():28s}  {spread}")
     for name, kernel in kernels.items():
         print(f"attention kernel, {name} region groups: {kernel}")
     for px, cost in memory.items():
         print(f"routing memory per model call at {px} (feather {DEFAULT_FEATHER}): {cost['groups']} groups "
               f"{cost['grouped_mb']} MB vs dense S x S float32 mask {cost['dense_mask_mb']} MB")
-    print(json.dumps({**{k: round(v, 4) for k, v in ratios.items()}, "seconds": seconds, "rounds": rounds,
+    print(json.dumps({**{k: round(v.median, 4) for k, v in ratios.items()},
+                      "ratio_spread": {k: v.as_list() for k, v in ratios.items()}, "seconds": seconds,
+                      "rounds": rounds.values,
                       "kernels": kernels, "routing_memory": memory, "size": args.size,
                       "blocks": [args.double, args.single], "clock": clock_name(), "goal_flux_n4_ratio": 1.25}))
 

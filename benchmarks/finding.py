@@ -12,7 +12,12 @@ comparison. Both modes therefore run with the same open filters (``--pred-iou-th
 --stability-thresh 0`` by default), so every decoded mask is deduplicated and scored, as many
 masks would be with real weights; this is the harder case for the automatic generator's count.
 
-Run from the repo root: ``.venv/bin/python benchmarks/finding.py``. Last line: JSON with the
+The two modes run in interleaved rounds (benchmarks/_common.py; no warm-up round: each run takes
+tens of seconds to minutes, so first-call costs do not count); the ratio is the median over the
+rounds of the ratio within a round, printed with its min and max. The clock is process CPU time
+with ``--threads 1``, wall time otherwise (default: torch's thread count).
+
+Run from the repo root: ``.venv/bin/python benchmarks/finding.py [--rounds 2]``. Last line: JSON with the
 speed ratio (automatic time / guided time) and the number of masks each scored.
 """
 from __future__ import annotations
@@ -21,11 +26,12 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import add_rounds_argument, clock, clock_name, interleaved_rounds  # noqa: E402
 from harness import boot, pack_import  # noqa: E402
 
 
@@ -33,7 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pred-iou-thresh", type=float, default=0.0)
     parser.add_argument("--stability-thresh", type=float, default=0.0)
+    add_rounds_argument(parser, 2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads; with 1 the clock is process CPU time")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     boot()
     import comfy.model_management
     import comfy.sd1_clip
@@ -55,23 +65,33 @@ def main() -> None:
     names, negatives = ["coffee cup", "saucer"], ["table", "background"]
     texts = matcher.encode_text(ops.prompt_texts(names + negatives, "a photo of a {}"))
 
-    runs = {}
-    for mode in ("guided", "automatic"):
-        model.embeddings.clear()
-        segmenter = sam_models.SAMSegmenter(model, 32, args.pred_iou_thresh, args.stability_thresh)  # 32x32 grid
-        settings = ops.FinderSettings(pred_iou_thresh=args.pred_iou_thresh, stability_thresh=args.stability_thresh)
-        start = time.perf_counter()
-        with torch.no_grad():
-            result = ops.find_in_image(image, segmenter, matcher, texts, names, 0.5, settings, mode)
-        seconds = time.perf_counter() - start
-        runs[mode] = (seconds, result)
-        print(f"{mode:>9}: {seconds:7.1f} s  prompts {result.prompts or 1024:5d}  decoded {result.decoded:5d}  "
-              f"masks scored {len(result.labels):4d}  found {result.found}", flush=True)
-    guided, amg = runs["guided"], runs["automatic"]
-    print(json.dumps({"ratio": round(amg[0] / guided[0], 2), "seconds_guided": round(guided[0], 2),
-                      "seconds_amg": round(amg[0], 2), "masks_guided": len(guided[1].labels),
-                      "masks_amg": len(amg[1].labels), "prompts_guided": guided[1].prompts, "prompts_amg": 1024,
-                      "thresholds": [args.pred_iou_thresh, args.stability_thresh]}))
+    results = {}
+
+    def run(mode: str):
+        def timed() -> float:
+            model.embeddings.clear()
+            segmenter = sam_models.SAMSegmenter(model, 32, args.pred_iou_thresh, args.stability_thresh)  # 32x32 grid
+            settings = ops.FinderSettings(pred_iou_thresh=args.pred_iou_thresh, stability_thresh=args.stability_thresh)
+            tick = clock()
+            start = tick()
+            with torch.no_grad():
+                result = ops.find_in_image(image, segmenter, matcher, texts, names, 0.5, settings, mode)
+            seconds = tick() - start
+            results[mode] = result
+            print(f"{mode:>9}: {seconds:7.1f} s  prompts {result.prompts or 1024:5d}  decoded {result.decoded:5d}  "
+                  f"masks scored {len(result.labels):4d}  found {result.found}", flush=True)
+            return seconds
+        return timed
+
+    rounds = interleaved_rounds({"guided": run("guided"), "automatic": run("automatic")}, args.rounds, warmup=0)
+    ratio = rounds.ratio("automatic", "guided")
+    print(f"automatic / guided: {ratio.text(2)} over {args.rounds} interleaved rounds, {clock_name()}")
+    guided, amg = results["guided"], results["automatic"]
+    print(json.dumps({"ratio": round(ratio.median, 2), "ratio_spread": {"ratio": ratio.as_list(2)},
+                      "seconds_guided": round(rounds.median("guided"), 2), "seconds_amg": round(rounds.median("automatic"), 2),
+                      "masks_guided": len(guided.labels), "masks_amg": len(amg.labels), "prompts_guided": guided.prompts,
+                      "prompts_amg": 1024, "thresholds": [args.pred_iou_thresh, args.stability_thresh],
+                      "rounds": args.rounds, "clock": clock_name()}))
 
 
 if __name__ == "__main__":

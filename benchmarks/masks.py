@@ -5,7 +5,11 @@ Feathers 16 different realistic 2048x2048 masks (ellipses, polygons, blobby unio
 inverse followed by the same falloff, then prints a table and, as the last line, a JSON object
 with the speed ratio (scipy time / pack time) and the max absolute difference.
 
-Run from the repo root: ``.venv/bin/python benchmarks/masks.py [--size 2048 --count 16 --radius 32]``.
+Both run in interleaved rounds after a warm-up round (benchmarks/_common.py); the ratio is the
+median over the rounds of the ratio within a round, printed with its min and max. With
+``--threads 1`` (default) the clock is process CPU time, so other load barely moves it.
+
+Run from the repo root: ``.venv/bin/python benchmarks/masks.py [--size 2048 --count 16 --radius 32 --rounds 5]``.
 The ops are loaded without ComfyUI (they must not import it).
 """
 from __future__ import annotations
@@ -15,12 +19,14 @@ import importlib.util
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_rounds_argument, add_threads_argument, clock, clock_name, interleaved_rounds  # noqa: E402
 
 OPS_DIR = Path(__file__).resolve().parents[1] / "nodes" / "ops"
 
@@ -82,36 +88,40 @@ def main() -> None:
     parser.add_argument("--radius", type=float, default=32)
     parser.add_argument("--direction", default="centred")
     parser.add_argument("--falloff", default="smoothstep")
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs of each; the best time counts")
+    add_rounds_argument(parser, 5)
+    add_threads_argument(parser)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     ops = load_ops()
     masks = make_masks(args.count, args.size)
-    ops.feather(masks[:1, :256, :256], args.radius, args.direction, args.falloff)  # warm-up
+    outputs = {}
 
-    # Interleaved repeats, best time of each: the fair reading on a machine with other load.
-    # CPU seconds are reported too: on a loaded machine they move less than wall time.
-    t_pack = t_scipy = c_pack = c_scipy = math.inf
-    for _ in range(args.repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        ours = ops.feather(masks, args.radius, args.direction, args.falloff)
-        t_pack, c_pack = min(t_pack, time.perf_counter() - start), min(c_pack, time.process_time() - cpu)
-        start, cpu = time.perf_counter(), time.process_time()
-        ref = scipy_feather(masks.numpy(), args.radius, args.direction, args.falloff, ops.feather_profile)
-        t_scipy, c_scipy = min(t_scipy, time.perf_counter() - start), min(c_scipy, time.process_time() - cpu)
+    def timed(name, fn):
+        def run():
+            tick = clock()
+            start = tick()
+            outputs[name] = fn()
+            return tick() - start
+        return run
 
-    diff = float(np.abs(ours.numpy() - ref).max())
-    ratio = t_scipy / t_pack
+    rounds = interleaved_rounds({
+        "pack": timed("pack", lambda: ops.feather(masks, args.radius, args.direction, args.falloff).numpy()),
+        "scipy": timed("scipy", lambda: scipy_feather(masks.numpy(), args.radius, args.direction, args.falloff,
+                                                      ops.feather_profile)),
+    }, args.rounds)
+    diff = float(np.abs(outputs["pack"] - outputs["scipy"]).max())
+    ratio = rounds.ratio("scipy", "pack")
     shape = [args.count, args.size, args.size]
-    print(f"feather {shape} radius={args.radius:g} {args.direction}/{args.falloff}, torch threads={torch.get_num_threads()}")
-    print(f"{'method':<28}{'seconds':>10}{'ms/mask':>10}{'cpu s':>10}")
-    print(f"{'scipy EDT x2 + falloff':<28}{t_scipy:>10.3f}{1000 * t_scipy / args.count:>10.1f}{c_scipy:>10.3f}")
-    print(f"{'pack (radius-limited EDT)':<28}{t_pack:>10.3f}{1000 * t_pack / args.count:>10.1f}{c_pack:>10.3f}")
-    print(f"speed ratio {ratio:.2f}x, max abs diff {diff:.3g}")
+    print(f"feather {shape} radius={args.radius:g} {args.direction}/{args.falloff}, torch threads="
+          f"{torch.get_num_threads()}, {clock_name()}, medians (min, max) over {args.rounds} interleaved rounds")
+    for name, label in (("scipy", "scipy EDT x2 + falloff"), ("pack", "pack (radius-limited EDT)")):
+        print(f"{label:<28}{rounds.spread(name).text()} s, {1000 * rounds.median(name) / args.count:.1f} ms/mask")
+    print(f"speed ratio {ratio.text(2)}x, max abs diff {diff:.3g}")
     print(json.dumps({
-        "ratio": round(ratio, 3), "max_abs_diff": diff, "pack_s": round(t_pack, 4), "scipy_s": round(t_scipy, 4),
-        "pack_cpu_s": round(c_pack, 4), "scipy_cpu_s": round(c_scipy, 4),
+        "ratio": round(ratio.median, 3), "ratio_spread": {"ratio": ratio.as_list()}, "max_abs_diff": diff,
+        "pack_s": rounds.spread("pack").as_list(), "scipy_s": rounds.spread("scipy").as_list(), "clock": clock_name(),
         "radius": args.radius, "direction": args.direction, "falloff": args.falloff, "shape": shape,
-        "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "threads": torch.get_num_threads(), "rounds": args.rounds,
     }))
 
 

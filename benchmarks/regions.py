@@ -4,8 +4,9 @@ Model: the mid-size randomly initialised SD1.5-architecture UNet of ``benchmarks
 (model_channels 64, channel_mult 1/2/4, 8 heads, context 768; 16x16 latent = 128 px) and a
 ControlNet of the same shape, both from ComfyUI's own classes. At this size the UNet dominates the
 step, as it does with real checkpoints. Each run is a ``--steps``-step euler sample at cfg 5
-(cond + uncond), interleaved rounds (the first warms up), best round counts; with ``--threads 1``
-the clock is process CPU time, so other load on the machine barely moves the ratios.
+(cond + uncond), interleaved rounds (``_common.interleaved_rounds``; the first warms up); each ratio is
+the median over the rounds of the ratio within a round, printed with its min and max; with
+``--threads 1`` the clock is process CPU time, so other load on the machine barely moves the ratios.
 
 Rows: the single prompt; attention mode with N = 1, 2, 4, 8 regions at the 16x16 latent and N = 2, 4,
 8 at 64x64 (512 px, SD1.5's own size; the goal figure): at 16x16 the joined text tokens' key/value
@@ -32,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blending import LATENT, UNET, build_model  # noqa: E402
-from _common import add_threads_argument, clock_name, seconds_per_step  # noqa: E402
+from _common import add_threads_argument, clock_name, interleaved_rounds, seconds_per_step  # noqa: E402
 from harness import boot, pack_import, tiny_models  # noqa: E402
 
 ATTENTION_N = (1, 2, 4, 8)
@@ -98,7 +99,7 @@ def per_step(model, positive, negative, steps: int, side: int = LATENT) -> float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8, help="interleaved rounds after the warm-up round")
     add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,13 +121,10 @@ def main() -> None:
         runs[f"instances_n{n}"] = (m, p, q, LATENT)
         runs[f"core_n{n}"] = (model, core_masked(positive, controlled), negative, LATENT)
 
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(args.repeats + 1):
-        for name, (m, p, q, side) in runs.items():
-            value = per_step(m, p, q, args.steps if side == LATENT else 1, side)
-            if round_:
-                samples[name].append(value)
-    seconds = {name: min(values) for name, values in samples.items()}
+    rounds = interleaved_rounds({name: (lambda m=m, p=p, q=q, side=side: per_step(m, p, q, args.steps if side == LATENT
+                                                                                else 1, side))
+                                 for name, (m, p, q, side) in runs.items()}, args.repeats)
+    seconds = {name: rounds.median(name) for name in runs}
 
     def versus(name: str) -> str:
         """The run a row is compared with: core for instances, the single prompt at the same latent size."""
@@ -134,14 +132,16 @@ def main() -> None:
             return name.replace("instances", "core")
         return f"single_prompt_{BIG_LATENT}" if name.endswith(f"_{BIG_LATENT}") else "single_prompt"
 
-    print(f"{'run':20s} {'ms/step':>9s} {'ratio':>7s}  against")
+    print(f"{'run':20s} {'ms/step':>9s} {'ratio median (min, max) over ' + str(args.repeats) + ' rounds':>40s}  against")
     for name, value in seconds.items():
         other = versus(name)
-        print(f"{name:20s} {value * 1000:9.1f} {value / seconds[other]:7.3f}  {other}")
+        print(f"{name:20s} {value * 1000:9.1f} {rounds.ratio(name, other).text():>40s}  {other}")
+    headline = {"attention_n4_ratio": (f"attention_n4_{BIG_LATENT}", f"single_prompt_{BIG_LATENT}"),
+                "attention_n4_ratio_latent16": ("attention_n4", "single_prompt"),
+                "instances_n3_vs_core": ("instances_n3", "core_n3")}
     result = {
-        "attention_n4_ratio": round(seconds[f"attention_n4_{BIG_LATENT}"] / seconds[f"single_prompt_{BIG_LATENT}"], 4),
-        "attention_n4_ratio_latent16": round(seconds["attention_n4"] / seconds["single_prompt"], 4),
-        "instances_n3_vs_core": round(seconds["instances_n3"] / seconds["core_n3"], 4),
+        **{key: round(rounds.ratio(*pair).median, 4) for key, pair in headline.items()},
+        "ratio_spread": {key: rounds.ratio(*pair).as_list() for key, pair in headline.items()},
         "ms_per_step": {k: round(v * 1000, 2) for k, v in seconds.items()},
         "goals": {"attention_n4_ratio": 1.15, "instances_n3_vs_core": 1.0},
         "config": {"unet": "SD1.5 arch, model_channels 64, mult 1/2/4, 8 heads, ctx 768, + same-shape ControlNet",

@@ -69,7 +69,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("masks", "feather 16 masks of 2048×2048 px (radius 32): pack vs scipy EDT ×2 + falloff",
               (Measure("ratio", "feather speed-up vs scipy (×)", 5.0),
                Measure("max_abs_diff", "max abs difference to scipy")),
-              quick_args=("--size", "1024", "--count", "4", "--repeats", "1")),
+              quick_args=("--size", "1024", "--count", "4", "--rounds", "2")),
     Benchmark("finding", "guided finder vs SAM automatic generator (32×32 points), random SAM vit_b + CLIP "
               "ViT-B/32 sizes, 400×600 photo",
               (Measure("ratio", "guided vs automatic speed-up (×)", 4.0),
@@ -84,14 +84,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               (Measure("attention_n4_ratio", "attention mode N=4 step / single prompt, 512 px", 1.15, False),
                Measure("attention_n4_ratio_latent16", "attention mode N=4 step / single prompt, 128 px"),
                Measure("instances_n3_vs_core", "instances N=3 + ControlNets vs core", 1.0, False)),
-              quick_args=("--repeats", "1")),
+              quick_args=("--repeats", "2")),
     Benchmark("blending", "per-step cost of the blending patches, random SD1.5-architecture UNet (64 ch, "
               "mult 1/2/4) at 128×128 px, 1 thread, process CPU time",
               (Measure("ratios.preserve_region", "SCPreserveRegion step / plain", 1.03, False),
                Measure("ratios.reference_attention", "reference attention step / plain", 1.6, False),
                Measure("ratios.cross_frame_2", "cross-frame (2 frames) step / plain"),
                Measure("ratios.cross_frame_8", "cross-frame (8 frames) step / plain")),
-              quick_args=("--steps", "1", "--repeats", "2")),
+              quick_args=("--steps", "1", "--rounds", "3")),
     Benchmark("dit_regions", "Flux-shaped model (24 heads × 128, 1 double + 1 single block, random), 1024 px, one "
               "euler step at cfg 1, 1 thread, process CPU time, pytorch attention, median of 3 after a warm-up; "
               "Apply Regions N=4 attention mode vs the single prompt vs core masked conds (N + 1 passes)",
@@ -100,6 +100,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                Measure("flux_n4_hard_ratio", "attention mode N=4 step / single prompt, 256-token T5 prompts, no feather"),
                Measure("short_prompts_n4_ratio", "attention mode N=4 step / single prompt, unpadded prompts"),
                Measure("core_n4_ratio", "core masked conds N=4 step / single prompt")), leg="latest"),
+    Benchmark("soak", "one ComfyUI CPU server, the soak test's pack graph (feather, grow, paste back, save) vs the "
+              "same graph of core nodes, 50 queued prompts of each per round, server process CPU time",
+              (Measure("ratios.pack_vs_core_cpu_per_run", "server CPU per run, pack graph / core graph"),
+               Measure("rss_growth_mb", "server RSS growth after the warm-up round (MB)")),
+              quick_args=("--rounds", "2", "--per-round", "20")),
     Benchmark("dit_control", "masked ControlNet and instances mode on tiny Flux / Qwen-Image models vs core "
               "(see benchmarks/dit_control.py)", leg="latest"),
     Benchmark("train_local", "masked adapter training step with vs without the Sobel term, micro SD1.5-layout "
@@ -116,6 +121,7 @@ class Row:
     goal: str = "—"
     met: bool | None = None
     spec: Measure | None = None
+    spread: tuple[float, float] | None = None  # min and max over the benchmark's interleaved rounds
 
 
 @dataclass
@@ -215,14 +221,18 @@ def rows_of(outcome: Outcome) -> list[Row]:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             rows.append(Row(name, spec.label, "missing from its JSON", spec.goal_text(), False if spec.goal else None, spec))
             continue
-        rows.append(Row(name, spec.label, float(value), spec.goal_text(), spec.met(float(value)), spec))
+        spread = (outcome.result.get("ratio_spread") or {}).get(spec.key.split(".")[-1])
+        rows.append(Row(name, spec.label, float(value), spec.goal_text(), spec.met(float(value)), spec,
+                        (spread[0], spread[-1]) if isinstance(spread, list) and len(spread) == 3 else None))
     return rows
 
 
-def _value_text(value: float | str) -> str:
+def _value_text(value: float | str, spread: tuple[float, float] | None = None) -> str:
+    """The value, and its min-max over the rounds when the benchmark gives them."""
     if isinstance(value, str):
         return value
-    return f"{value:.3g}" if math.isfinite(value) and abs(value) < 1000 else f"{value:g}"
+    text = f"{value:.3g}" if math.isfinite(value) and abs(value) < 1000 else f"{value:g}"
+    return text if spread is None else f"{text} ({spread[0]:.3g}–{spread[1]:.3g})"
 
 
 def _met_text(met: bool | None) -> str:
@@ -230,14 +240,15 @@ def _met_text(met: bool | None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| benchmark | measure | value | goal | met? |", "|---|---|---|---|---|"]
-    lines += [f"| {r.benchmark} | {r.measure} | {_value_text(r.value)} | {r.goal} | {_met_text(r.met)} |" for r in rows]
+    lines = ["| benchmark | measure | value (min–max over rounds) | goal | met? |", "|---|---|---|---|---|"]
+    lines += [f"| {r.benchmark} | {r.measure} | {_value_text(r.value, r.spread)} | {r.goal} | {_met_text(r.met)} |"
+              for r in rows]
     return "\n".join(lines)
 
 
 def plain_table(rows: list[Row]) -> str:
     header = ("benchmark", "measure", "value", "goal", "met?")
-    cells = [header] + [(r.benchmark, r.measure, _value_text(r.value), r.goal,
+    cells = [header] + [(r.benchmark, r.measure, _value_text(r.value, r.spread), r.goal,
                          {True: "yes", False: "NO", None: "-"}[r.met]) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(5)]
     return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(5)) for c in cells)

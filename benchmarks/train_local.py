@@ -5,9 +5,10 @@ fair comparison of where masked-trained and unmasked-trained adapters act.
    1/2/4/4, two res blocks per level, cross-attention in the middle block, context 64) and a
    fresh standard T2I-Adapter sized from it or a fresh ControlNet copied from it (``--adapters``), at 128x128 px (16x16 latent), batch 2, CPU. Both
    variants run the same ``train_local_control`` loop (masked features through MaskedControl,
-   AdamW); rounds alternate (the first warms up) and the best round counts. CPU time of this
-   process with 1 thread, so the other load on the machine moves the ratio little. Goal: Sobel /
-   plain <= 1.15x.
+   AdamW) in interleaved rounds (benchmarks/_common.py; the first warms up); the ratio is the
+   median over the rounds of the ratio within a round, printed with its min and max. CPU time of
+   this process with 1 thread, so the other load on the machine moves the ratio little. Goal:
+   Sobel / plain <= 1.15x.
 
 2. Fair comparison. The same UNet, first fitted for ``--pretrain-steps`` to flat one-colour latents
    (so, like a real pretrained model, it already denoises the part outside the mask and the noise
@@ -21,7 +22,7 @@ fair comparison of where masked-trained and unmasked-trained adapters act.
    |dz0'| outside and inside the mask, the outside/inside ratio (leak), and the error to the true
    latent inside and outside. Means over ``--fair-seeds`` seeds, for each adapter kind.
 
-Run from the repo root: ``.venv/bin/python benchmarks/train_local.py [--steps 8 --rounds 3]
+Run from the repo root: ``.venv/bin/python benchmarks/train_local.py [--steps 8 --rounds 6]
 [--fair-seeds 0 1 2] [--fair-hints full masked] [--adapters t2i controlnet]``. Last stdout line: JSON
 with ``ratio`` (the worse adapter kind's), ``final_losses`` per kind, per-kind timings under ``adapters``, and
 ``fair`` (the comparison's means per adapter kind, hint mode and variant).
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import boot, pack_import  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere (the tests load this file)
+import _common  # noqa: E402
 import _training  # noqa: E402
 
 LATENT = 16
@@ -149,7 +151,7 @@ def background_conditioning(latent: int):
 
 
 def timing(steps: int, rounds: int, kind: str = "t2i") -> dict:
-    """Best per-step CPU time of training ``kind`` with the Sobel term and without, alternating rounds."""
+    """Per-step CPU time of training ``kind`` with the Sobel term and without, in interleaved rounds."""
     loop = pack_import("nodes.sampling.training")
     patcher = micro_model(0, normalise=False)
     adapter = fresh(patcher, kind, 0)
@@ -159,18 +161,20 @@ def timing(steps: int, rounds: int, kind: str = "t2i") -> dict:
     masks = torch.zeros(4, LATENT * 8, LATENT * 8)
     masks[:, 16:112, 16:96] = 1.0
     cond = [[torch.randn(1, 77, 64, generator=g), {}]]
-    best = {"sobel": float("inf"), "plain": float("inf")}
     final = {}
-    for round_index in range(rounds + 1):
-        for name, weight in (("plain", 0.0), ("sobel", 1.0)):
+
+    def train(name: str, weight: float):
+        def run() -> float:
             cfg = loop.TrainConfig(steps=steps, learning_rate=1e-4, batch_size=2, sobel_weight=weight)
             start = time.process_time()
             result = loop.train_local_control(patcher, adapter, latents, hints, masks, cond, cfg)
-            per_step = (time.process_time() - start) / steps
-            if round_index > 0:
-                best[name] = min(best[name], per_step)
             final[name] = {"noise_loss": result.noise_loss[-1], "sobel_loss": result.sobel_loss[-1]}
-    return {"best": best, "final": final, "ratio": best["sobel"] / best["plain"]}
+            return (time.process_time() - start) / steps
+        return run
+
+    measured = _common.interleaved_rounds({"plain": train("plain", 0.0), "sobel": train("sobel", 1.0)}, rounds)
+    return {"median": {name: measured.median(name) for name in ("plain", "sobel")}, "final": final,
+            "ratio": measured.ratio("sobel", "plain")}
 
 
 COLUMNS = (("outside_on", "out on"), ("inside_on", "in on"), ("leak_on", "leak on"), ("outside_off", "out off"),
@@ -189,7 +193,7 @@ def print_fair(hint: str, fair: dict, base: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    _common.add_rounds_argument(parser, 6)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fair-seeds", type=int, nargs="*", default=[0, 1, 2], help="none = skip the comparison")
     parser.add_argument("--fair-steps", type=int, default=40)
@@ -203,15 +207,17 @@ def main() -> None:
     boot()
 
     out = {"benchmark": "train_local", "goal": 1.15, "adapters": {}}
-    print(f"{'adapter':<12}{'plain s/step':>14}{'sobel s/step':>14}{'ratio':>8}")
+    print(f"{'adapter':<12}{'plain s/step':>14}{'sobel s/step':>14}  ratio median (min, max) over {args.rounds} rounds")
     for kind in args.adapters:
         timed = timing(args.steps, args.rounds, kind)
-        best = timed["best"]
-        print(f"{kind:<12}{best['plain']:>14.4f}{best['sobel']:>14.4f}{timed['ratio']:>8.3f}")
-        out["adapters"][kind] = {"plain_s_per_step": best["plain"], "sobel_s_per_step": best["sobel"],
-                                 "ratio": timed["ratio"], "final_losses": timed["final"]["sobel"],
+        median = timed["median"]
+        print(f"{kind:<12}{median['plain']:>14.4f}{median['sobel']:>14.4f}  {timed['ratio'].text()}")
+        out["adapters"][kind] = {"plain_s_per_step": median["plain"], "sobel_s_per_step": median["sobel"],
+                                 "ratio": timed["ratio"].median, "ratio_spread": timed["ratio"].as_list(),
+                                 "final_losses": timed["final"]["sobel"],
                                  "final_noise_loss_without_sobel": timed["final"]["plain"]["noise_loss"]}
-    out["ratio"] = max(row["ratio"] for row in out["adapters"].values())  # the worse adapter kind counts
+    worst = max(out["adapters"].values(), key=lambda row: row["ratio"])  # the worse adapter kind counts
+    out["ratio"], out["ratio_spread"] = worst["ratio"], {"ratio": worst["ratio_spread"]}
     out["final_losses"] = {kind: row["final_losses"] for kind, row in out["adapters"].items()}
     print(f"ratio (worst kind) {out['ratio']:.3f}x (goal <= 1.15x), CPU time of this process, 1 thread")
 

@@ -225,7 +225,8 @@ def cross_frame_run():
     prompt["two_plain"] = sampler_node(["rec_plain", 0], ["two_frames", 0])
     prompt["two_xf"] = sampler_node(["rec_xf", 0], ["two_frames", 0])
     result = run_prompt(prompt, outputs=["sample", "one", "two_plain", "two_xf"])
-    return {name: latents(result, name) for name in ["sample", "one", "two_plain", "two_xf"]}
+    return {"steps": prompt["two_xf"]["inputs"]["steps"],
+            **{name: latents(result, name) for name in ["sample", "one", "two_plain", "two_xf"]}}
 
 
 def test_cross_frame_attention_with_one_frame_is_the_identity(cross_frame_run):
@@ -233,17 +234,26 @@ def test_cross_frame_attention_with_one_frame_is_the_identity(cross_frame_run):
 
 
 def test_cross_frame_attention_makes_two_noisy_frames_more_alike(cross_frame_run):
-    """Measured where the patch acts: frame-to-frame distance of every self-attention output over
-    the whole 4-step run. Not on final latents: on a random UNet the shared attention output is one
-    residual term that later random layers do not turn into shared content. Measured (6 seeds,
-    strength 1): the patch moves the final latent by 24-30% of its norm, yet the frame-to-frame
-    distance of the final latents changes by 0.965-1.009x (this tiny UNet) and 0.997-1.003x (the
-    benchmark's 64-channel UNet), and of the UNet output of the first call by 0.99-1.0x."""
+    """Measured where the patch acts: frame-to-frame distance of every self-attention output, relative to
+    the outputs' norms, patched / plain. Not on final latents: on a random UNet the shared attention output
+    is one residual term that later random layers do not turn into shared content (the patch moves the
+    final latent by 24-30% of its norm, yet the final frames' distance changes by 0.965-1.009x).
+
+    Seeds are fixed (sampler seed 7, the tiny UNet's seed 0), so the figures are deterministic; the bounds
+    hold for any seed. Measured over 100 pairs (sampler seeds 0-39 with UNet seed 0, seeds 0-19 with UNet
+    seeds 1-3): first call 0.871-0.960 (mean 0.923, sd 0.016; this seed 0.945), whole 4-step run
+    0.906-0.985 (mean 0.941, sd 0.017; this seed 0.954). Without the patch both are exactly 1. (A single
+    layer's ratio is no test: 0.961-1.013 over the same seeds.)"""
     plain, patched = _RECORDS["plain"], _RECORDS["cross_frame"]
-    assert len(plain) == len(patched) > 0
-    assert patched[0] < 0.995 * plain[0]  # first call: same inputs, only the patch differs
-    ratio = (sum(patched) / len(patched)) / (sum(plain) / len(plain))
-    assert ratio < 0.97, ratio  # measured 0.954 with this tiny model and seed
+    steps = cross_frame_run["steps"]
+    assert len(plain) == len(patched) > 0 and len(plain) % steps == 0
+    layers = len(plain) // steps  # self-attention calls per model call
+
+    def ratio(count: int) -> float:
+        return sum(patched[:count]) / sum(plain[:count])
+
+    assert ratio(layers) < 0.98, ratio(layers)  # first model call: same inputs, only the patch differs
+    assert ratio(len(plain)) < 0.99, ratio(len(plain))
     assert torch.isfinite(cross_frame_run["two_xf"]).all()
 
 

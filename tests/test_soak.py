@@ -2,16 +2,15 @@
 
 Each run differs in one widget (the image colour and the feather radius), so ComfyUI's cache
 cannot skip it and every run executes the pack's mask nodes and saves a file. Runs are queued
-in rounds of 50; after each round the server's resident memory (VmRSS of its process) is read.
-All 200 must complete with status success, none may be lost (every prompt id in /history,
-every file written), and RSS after the warm-up round may grow by at most RSS_GROWTH_MB
-(measured: flat within a few MB on this machine).
+in rounds of 50. All 200 must complete with status success and none may be lost (every prompt
+id in /history, every file written). How long they take and how the server's resident memory
+moves are no pass/fail figures here (load on the machine moves both): ``benchmarks/soak.py``
+measures them against the same graph of core nodes.
 """
 from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -21,18 +20,11 @@ from harness.server import running_server
 pytestmark = pytest.mark.slow
 
 RUNS, ROUND = 200, 50
-TIME_LIMIT = 120.0  # seconds for all runs
-RSS_GROWTH_MB = 40.0
+HANG_LIMIT = 900.0  # seconds: only a hung server gets here (the 200 runs take ~15 s)
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def _prompt(i: int, prefix: str) -> dict:
+def pack_prompt(i: int, prefix: str) -> dict:
+    """Run ``i``: a feathered, grown box mask pastes one colour onto another and the result is saved."""
     return {
         **box_mask_nodes("2", 64, 64, (20, 20, 24, 24)),
         "4": {"class_type": "SCFeatherMask", "inputs": {"mask": ["2", 0], "radius": 1 + i % 7,
@@ -46,29 +38,35 @@ def _prompt(i: int, prefix: str) -> dict:
     }
 
 
-def _wait_idle(server, deadline: float) -> None:
+def wait_idle(server, deadline: float) -> None:
+    """Until the server's queue is empty; fails past ``deadline`` (time.monotonic)."""
     while True:
         queue = server.get("/queue")
         if not queue["queue_running"] and not queue["queue_pending"]:
             return
         if time.monotonic() > deadline:
-            pytest.fail(f"queue not empty within {TIME_LIMIT:.0f} s: {len(queue['queue_pending'])} pending")
+            pytest.fail(f"queue not empty after {HANG_LIMIT:.0f} s: {len(queue['queue_pending'])} pending")
         time.sleep(0.1)
 
 
-def test_200_queued_runs_all_finish_with_flat_memory():
+def queue_round(server, prompts: list[dict]) -> list[str]:
+    """Queue ``prompts`` and wait until the server has run them all; their prompt ids."""
+    ids = []
+    for prompt in prompts:
+        answer = server.post("/prompt", {"prompt": prompt, "client_id": "soak"})
+        assert not answer.get("node_errors"), answer
+        ids.append(answer["prompt_id"])
+    wait_idle(server, time.monotonic() + HANG_LIMIT)
+    return ids
+
+
+def test_200_queued_runs_all_finish_and_none_is_lost():
     prefix = f"soak_{uuid.uuid4().hex[:8]}"
     with running_server() as server:
         started = time.monotonic()
-        deadline = started + TIME_LIMIT
-        ids, rss = [], []
+        ids = []
         for first in range(0, RUNS, ROUND):
-            for i in range(first, first + ROUND):
-                answer = server.post("/prompt", {"prompt": _prompt(i, prefix), "client_id": "soak"})
-                assert not answer.get("node_errors"), answer
-                ids.append(answer["prompt_id"])
-            _wait_idle(server, deadline)
-            rss.append(_rss_mb(server.process.pid))
+            ids += queue_round(server, [pack_prompt(i, prefix) for i in range(first, first + ROUND)])
         seconds = time.monotonic() - started
         history = server.get(f"/history?max_items={RUNS * 2}", timeout=30)
         missing = [p for p in ids if p not in history]
@@ -78,8 +76,4 @@ def test_200_queued_runs_all_finish_with_flat_memory():
         assert not failed, history[failed[0]]["status"]
         files = sorted((server.output / prefix).glob("*.png"))
         assert len(files) == RUNS and len(set(ids)) == RUNS
-    growth = max(rss[1:]) - rss[0]
-    print(f"soak: {RUNS} runs in {seconds:.1f} s, RSS after each {ROUND}: "
-          + ", ".join(f"{r:.0f}" for r in rss) + f" MB, growth after warm-up {growth:+.1f} MB")
-    assert seconds < TIME_LIMIT
-    assert growth < RSS_GROWTH_MB, f"resident memory grew {growth:.1f} MB after warm-up: {rss}"
+    print(f"soak: {RUNS} runs in {seconds:.1f} s")
