@@ -130,11 +130,11 @@ def test_attention_caches_hold_one_run_only():
         entries = []
 
         def count(step, x0, x, total):
-            entries.append((len(cross.biases), len(cross.grids.cache), len(locality.grids.cache)))
+            entries.append((len(cross.plans), len(cross.grids.cache), len(locality.grids.cache)))
 
         outputs.setdefault(size, []).append(sample(m, p, n, steps=3, size=size, callback=count))
         assert entries == [(2, 2, 2)] * 3, (size, entries)  # 2 token grids, one cond/uncond layout, every step
-        assert (len(cross.biases), len(cross.grids.cache), len(locality.grids.cache)) == (0, 0, 0)
+        assert (len(cross.plans), len(cross.grids.cache), len(locality.grids.cache)) == (0, 0, 0)
     assert torch.equal(outputs[64][0], outputs[64][1])  # after runs at other sizes, as on the first run
 
 
