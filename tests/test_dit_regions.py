@@ -145,7 +145,7 @@ def test_grouped_attention_equals_the_dense_bias(shared_rows):
     dense = dit_ops.joint_attention_bias([a, b], [1.5, 1.0], layout, items=1)
     expected = attention_pytorch(q, k, v, 3, mask=torch.cat([dense, torch.zeros_like(dense)]), skip_reshape=True)
     order = dit_ops.key_order(layout)
-    windows = dit_ops.key_windows(groups, order)
+    windows = pack_import("nodes.ops.region_groups").key_windows(groups, order)
     assert any(w.gather is None for w in windows) and any(w.gather is not None for w in windows)
     actual = dit_hooks.grouped_attention(attention_pytorch, q, k, v, 3, torch.tensor([0]), order, windows,
                                          skip_reshape=True)

@@ -3,7 +3,8 @@
 A region is a prompt plus a soft mask. Attention mode turns the masks into an additive bias on
 cross-attention logits: a latent position gets ``log(weight * coverage)`` on each region's
 tokens (``-inf`` where the region does not touch it, so its attention weight there is exactly
-zero) and 0 on the base prompt's tokens. Instances mode blends whole model outputs with the
+zero) and 0 on the base prompt's tokens. It runs as groups of queries over only the keys they
+read (:func:`cross_attention_groups`, on :mod:`.region_groups`, which routes DiTs too). Instances mode blends whole model outputs with the
 masks, exactly as ComfyUI blends masked conds: ``sum(w_i m_i o_i) / sum(w_i m_i)``, with a
 background path weighted by the uncovered part ``max(0, 1 - sum m_i)``.
 """
@@ -13,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from . import region_groups
 from .masks import mask_to_latent
 from .shapes import as_mask, match_batch, resize_mask
 
@@ -34,26 +36,68 @@ def grid_masks(masks: Sequence[torch.Tensor], latent_hw: tuple[int, int], grid_h
     return [mask_to_latent(m, *grid_hw) for m in latent_masks(masks, latent_hw)]
 
 
+def memberships(grid: Sequence[torch.Tensor], items: int) -> torch.Tensor:
+    """``[items, regions, tokens]`` mask values of each latent item's tokens, from one ``[Bm, h, w]`` grid mask per region."""
+    return torch.stack([match_batch(m, items, f"region {index + 1}'s mask").reshape(items, -1).float()
+                        for index, m in enumerate(grid)], dim=1)
+
+
+def prompt_tokens(base_len: int, region_lens: Sequence[int], device=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(base prompt's token indices, each region prompt's)`` in a context of the base tokens then every region's."""
+    ends = torch.tensor([base_len, *region_lens]).cumsum(0).tolist()
+    return (torch.arange(base_len, device=device),
+            [torch.arange(start, stop, device=device) for start, stop in zip(ends, ends[1:])])
+
+
+def cross_attention_groups(membership: torch.Tensor, weights: Sequence[float], base_len: int,
+                           region_lens: Sequence[int], copies: int = 1, shared_rows: int = region_groups.SHARED_ROWS,
+                           ) -> list[region_groups.AttentionGroup]:
+    """One latent item's cross-attention as groups of queries (:func:`region_groups.query_groups`).
+
+    ``membership``: ``[regions, tokens]`` mask values. The context is the base prompt's tokens, then
+    each region's, the whole repeated ``copies`` times (ComfyUI pads batched contexts by repeating
+    them): a group reads the base tokens (bias 0) and the tokens of the regions it touches (bias
+    ``log(weight * coverage)``) in every copy, and nothing else.
+    """
+    base, spans = prompt_tokens(base_len, region_lens, membership.device)
+    total = base_len + sum(region_lens)
+    groups = []
+    for group in region_groups.query_groups(membership, weights, shared_rows):
+        values = torch.cat([group.shares.new_zeros(len(group.shares), 1), torch.log(group.shares)], dim=1)
+        bias = region_groups.spread(values, [base_len] + [region_lens[r] for r in group.regions])
+        keys = torch.cat([base, *(spans[r] for r in group.regions)])
+        keys = torch.cat([keys + copy * total for copy in range(copies)])
+        groups.append(region_groups.AttentionGroup(group.tokens, keys, region_groups.unless_zero(bias.repeat(1, copies))))
+    return groups
+
+
+def cross_key_order(base_len: int, region_lens: Sequence[int], copies: int = 1) -> torch.Tensor:
+    """Key order of the joined context (``copies`` times) in which the groups of the regions next to the
+    base prompt are windows of one copy."""
+    base, spans = prompt_tokens(base_len, region_lens)
+    order = region_groups.key_order(base, spans)
+    return torch.cat([order + copy * len(order) for copy in range(copies)])
+
+
 def cross_attention_bias(
     grid: Sequence[torch.Tensor], weights: Sequence[float], base_len: int, region_lens: Sequence[int],
     context_len: int, items: int,
 ) -> torch.Tensor:
-    """``[items, tokens, context_len]`` additive logit bias for cross-attention.
+    """``[items, tokens, context_len]`` additive logit bias for cross-attention: the groups of
+    :func:`cross_attention_groups` as one mask (the reference the grouped attention equals).
 
     ``grid``: one ``[Bm,h,w]`` mask per region on the query's token grid. The context is the base
     prompt's ``base_len`` tokens followed by each region's tokens, the whole repeated
-    ``context_len // total`` times (ComfyUI pads batched contexts by repeating them).
+    ``context_len // total`` times.
     """
     total = base_len + sum(region_lens)
     if context_len % total:
         raise ValueError(f"context of {context_len} tokens is not a repeat of the {total} region tokens")
-    tokens = grid[0].shape[-2] * grid[0].shape[-1] if grid else 0
-    columns = [torch.zeros(items, tokens, base_len, device=grid[0].device)]
-    for index, (m, w, n) in enumerate(zip(grid, weights, region_lens)):
-        m = match_batch(m, items, f"region {index + 1}'s mask").reshape(items, tokens, 1).float()
-        columns.append(torch.log(m * float(w)).expand(items, tokens, n))
-    bias = torch.cat(columns, dim=2)
-    return bias.repeat(1, 1, context_len // total)
+    tokens = grid[0].shape[-2] * grid[0].shape[-1]
+    return torch.stack([
+        region_groups.dense_bias(cross_attention_groups(membership, weights, base_len, region_lens,
+                                                        context_len // total), tokens, context_len, grid[0].device)
+        for membership in memberships(grid, items)])
 
 
 def partition(grid: Sequence[torch.Tensor], items: int) -> torch.Tensor:
@@ -66,6 +110,13 @@ def partition(grid: Sequence[torch.Tensor], items: int) -> torch.Tensor:
     return parts / parts.sum(0, keepdim=True).clamp(min=1e-12)
 
 
+def locality_rows(parts: torch.Tensor, strength: float, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` (query tokens) of :func:`locality_bias`, ``[items, stop - start, tokens]``, from
+    ``parts = partition(grid, items)``: the bias a chunk of queries needs, without the whole matrix."""
+    same = torch.einsum("rbp,rbq->bpq", parts[:, :, start:stop], parts)
+    return torch.log((1.0 - strength * (1.0 - same)).clamp(min=0.0))
+
+
 def locality_bias(grid: Sequence[torch.Tensor], strength: float, items: int) -> torch.Tensor:
     """``[items, tokens, tokens]`` self-attention bias cutting attention between different regions.
 
@@ -73,10 +124,8 @@ def locality_bias(grid: Sequence[torch.Tensor], strength: float, items: int) -> 
     ``differ = 1 - sum_r a_r(p) a_r(q)`` (``a``: soft membership, background included); at
     strength 1 with hard masks a token sees only tokens of its own region.
     """
-    a = partition(grid, items)  # [R+1, B, T]
-    same = torch.einsum("rbp,rbq->bpq", a, a)
-    scale = (1.0 - strength * (1.0 - same)).clamp(min=0.0)
-    return torch.log(scale)
+    parts = partition(grid, items)  # [R+1, B, T]
+    return locality_rows(parts, strength, 0, parts.shape[-1])
 
 
 def background(masks: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -31,11 +31,12 @@ every extension must leave alone. Every patch accepts and ignores unknown keywor
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 from .sharing import SharedByCopies
@@ -128,6 +129,36 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: 
     )
 
 
+def attend_in_groups(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence,
+                     seq_dim: int = 1, out_dim: int = 1) -> torch.Tensor:
+    """``attend(q, k, v, bias)`` once per group of queries, the outputs put back in token order.
+
+    ``windows``: :class:`..ops.region_groups.KeyWindow` s over ``k``/``v`` (already in the windows'
+    key order), whose queries cover every token once. A group of every query is computed in place.
+    """
+    out = None
+    for window in windows:
+        if window.gather is None:
+            keys, values = (t.narrow(seq_dim, window.start, window.stop - window.start) for t in (k, v))
+        else:
+            keys, values = (t.index_select(seq_dim, window.gather) for t in (k, v))
+        if len(window.queries) == q.shape[seq_dim]:  # the only group (its queries are in order)
+            return attend(q, keys, values, window.bias)
+        part = attend(q.index_select(seq_dim, window.queries), keys, values, window.bias)
+        if out is None:
+            shape = list(part.shape)
+            shape[out_dim] = q.shape[seq_dim]
+            out = part.new_empty(shape)
+        out.index_copy_(out_dim, window.queries, part)
+    return out
+
+
+def windows_on(windows: Sequence, device, dtype) -> list:
+    """Key windows with their indices on ``device`` and their biases in ``dtype``: ready for every call."""
+    return [dataclasses.replace(w, queries=w.queries.to(device), gather=None if w.gather is None else w.gather.to(device),
+                                bias=None if w.bias is None else w.bias.to(device, dtype)) for w in windows]
+
+
 @dataclass(frozen=True)
 class Extension:
     """Extra self-attention keys/values for some rows of one attention call.
@@ -135,18 +166,49 @@ class Extension:
     ``rows``: LongTensor ``[M]`` of row indices; ``k``/``v``: ``[M, T_extra, inner]`` appended after
     each row's own keys/values; ``weight``: 1.0 (full extended attention), a float, or a tensor
     broadcastable to ``[M, T, 1]`` (per row and per query token) blending plain -> extended;
-    ``bias``: optional additive logit bias ``[M, T, T + T_extra]`` for the extended attention.
+    ``bias``: optional additive logit bias ``[M, T, T + T_extra]`` for the extended attention, or a
+    :class:`RowBias` that makes it a chunk of query tokens at a time.
     """
 
     rows: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     weight: float | torch.Tensor = 1.0
-    bias: torch.Tensor | None = None
+    bias: torch.Tensor | RowBias | None = None
 
     @property
     def full(self) -> bool:
         return isinstance(self.weight, (int, float)) and self.weight == 1.0
+
+
+# The most bias values a chunked bias (:class:`RowBias`) holds at once: 64 MiB in float32. The
+# attention runs in chunks of queries so a call's bias never grows with tokens x tokens.
+BIAS_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class RowBias:
+    """An additive bias made a chunk of query tokens at a time: ``rows(start, stop)`` is ``[M, stop - start, K]``."""
+
+    rows: Callable[[int, int], torch.Tensor]
+
+
+def biased_attention(q, k, v, extra_options: dict, bias: torch.Tensor | RowBias | None) -> torch.Tensor:
+    """:func:`attention` with ``bias``; a :class:`RowBias` in chunks of queries of at most :data:`BIAS_ELEMENTS` bias values."""
+    if not isinstance(bias, RowBias):
+        return attention(q, k, v, extra_options, mask=bias)
+    tokens = q.shape[1]
+    step = max(1, BIAS_ELEMENTS // (q.shape[0] * k.shape[1]))
+    if step >= tokens:
+        return attention(q, k, v, extra_options, mask=bias.rows(0, tokens))
+    out = None
+    for start in range(0, tokens, step):
+        stop = min(start + step, tokens)
+        part = attention(q.narrow(1, start, stop - start), k, v, extra_options, mask=bias.rows(start, stop))
+        if out is None:
+            out = part.new_empty((q.shape[0], tokens, part.shape[2]))
+        out[:, start:stop] = part
+    return out
 
 
 class SelfAttentionExtension(Protocol):
@@ -303,7 +365,7 @@ class SelfAttentionDispatcher(ComposingReplace):
                 continue
             ki = torch.cat((k[g.rows], g.k.to(k.dtype)), dim=1)
             vi = torch.cat((v[g.rows], g.v.to(v.dtype)), dim=1)
-            extended = attention(q[g.rows], ki, vi, extra_options, mask=g.bias)
+            extended = biased_attention(q[g.rows], ki, vi, extra_options, g.bias)
             if out is None:
                 out = extended.new_empty((rows, *extended.shape[1:]))
             if plan.alone:

@@ -24,9 +24,10 @@ import torch
 import comfy.patcher_extension
 
 from ..ops import dit_regions as dit_ops
+from ..ops import region_groups
 from ..ops import regions as region_ops
 from . import compat
-from .attention import batch_layout
+from .attention import attend_in_groups, batch_layout, windows_on
 
 WRAPPER_KEY = "selective_control.dit_regions"
 CALL_KEY = "sc_dit_regions_call"  # transformer_options: (latent h, latent w, context length) of this model call
@@ -137,10 +138,7 @@ class DiTRegionAttention:
                                           if flag == 0 for item in range(items)], device=device)
                 order = dit_ops.key_order(layout)
                 groups = dit_ops.joint_attention_groups(memberships[0].cpu(), self.weights, layout)
-                windows = [dit_ops.KeyWindow(w.queries.to(device), w.start, w.stop,
-                                             None if w.gather is None else w.gather.to(device),
-                                             None if w.bias is None else w.bias.to(device, dtype))
-                           for w in dit_ops.key_windows(groups, order)]
+                windows = windows_on(region_groups.key_windows(groups, order), device, dtype)
                 plan = (cond_rows, order.to(device), windows)
             self.cache[key] = plan
         return self.cache[key]
@@ -190,19 +188,11 @@ def grouped_attention(func, q, k, v, heads, rows: torch.Tensor, order: torch.Ten
     every_row = len(rows) == q.shape[0]
     q_rows, k_rows, v_rows = (t if every_row else t.index_select(0, rows) for t in (q, k, v))
     k_rows, v_rows = (t.index_select(seq_dim, order) for t in (k_rows, v_rows))
-    out = None
-    for window in windows:
-        if window.gather is None:
-            keys, values = (t.narrow(seq_dim, window.start, window.stop - window.start) for t in (k_rows, v_rows))
-        else:
-            keys, values = (t.index_select(seq_dim, window.gather) for t in (k_rows, v_rows))
-        mask = None if window.bias is None else window.bias.view(1, 1, *window.bias.shape)
-        part = func(q_rows.index_select(seq_dim, window.queries), keys, values, heads, *args, mask=mask, **kwargs)
-        if out is None:
-            shape = list(part.shape)
-            shape[out_dim] = q.shape[seq_dim]
-            out = part.new_empty(shape)
-        out.index_copy_(out_dim, window.queries, part)
+
+    def attend(q, k, v, bias):
+        return func(q, k, v, heads, *args, mask=None if bias is None else bias.view(1, 1, *bias.shape), **kwargs)
+
+    out = attend_in_groups(attend, q_rows, k_rows, v_rows, windows, seq_dim, out_dim)
     if every_row:
         return out
     others = torch.ones(q.shape[0], dtype=torch.bool, device=rows.device)

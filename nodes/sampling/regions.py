@@ -1,12 +1,15 @@
-"""Regional conditioning in attention mode: one UNet pass per cond, cross-attention masked per region.
+"""Regional conditioning in attention mode: one UNet pass per cond, cross-attention routed per region.
 
 ``apply_attention_regions`` returns a positive conditioning whose context is the base prompt's
 tokens followed by every region's tokens, and a model clone with one attn2 replace patch
-(:class:`RegionalCrossAttention`) on every transformer block. The patch adds a logit bias to the
-cond rows' cross-attention: 0 on the base tokens, ``log(weight * coverage)`` on a region's tokens
-(coverage: the region mask area-averaged to that block's token grid), so a position a region
-does not touch gives its tokens exactly zero attention, at every resolution. Uncond rows (their
-own context, possibly padded by ComfyUI to a common length) are computed unchanged.
+(:class:`RegionalCrossAttention`) on every transformer block. The patch routes the cond rows'
+cross-attention as :mod:`..ops.region_groups` defines it for UNets and DiTs alike: a latent
+token reads the base tokens and the tokens of the regions whose masks reach it, with the bias
+``log(weight * coverage)`` relative to the base (coverage: the region mask area-averaged to that
+block's token grid), and no other region's tokens at all, at every resolution. Tokens that read
+the same prompts with the same shares run as one call of ComfyUI's attention over only those
+keys, with no mask (or one bias row for a weight or a soft edge). Uncond rows (their own
+context, possibly padded by ComfyUI to a common length) are computed unchanged.
 
 Optional self-attention locality (a :class:`SelfAttentionDispatcher` extension) scales attention
 between tokens of different regions by ``1 - locality``.
@@ -25,11 +28,12 @@ import torch
 
 import comfy.patcher_extension
 
+from ..ops import region_groups
 from ..ops import regions as region_ops
 from . import compat
 from .attention import (
-    ComposingReplace, Extension, KeepOnTop, appended_rows, attention, attn1_block_keys, batch_layout, block_patch,
-    install_self_attention_extension, keep_on_top, replace_patches, token_grid,
+    ComposingReplace, Extension, KeepOnTop, RowBias, appended_rows, attend_in_groups, attention, attn1_block_keys,
+    batch_layout, block_patch, install_self_attention_extension, keep_on_top, replace_patches, token_grid, windows_on,
 )
 from .dit_regions import install_dit_region_attention
 from .instances import apply_instance_regions
@@ -147,12 +151,24 @@ class _GridCache:
         self.cache.clear()
 
 
+@dataclass(frozen=True)
+class CrossAttentionPlan:
+    """How one cross-attention call runs: each part's cond rows (latent items with the same masks) as
+    groups of queries over the keys in ``order``; ``others`` (uncond and appended rows) as without regions."""
+
+    parts: tuple[tuple[torch.Tensor, tuple[region_groups.KeyWindow, ...]], ...]
+    order: torch.Tensor
+    others: torch.Tensor
+
+
 class RegionalCrossAttention(ComposingReplace):
     """attn2 replace patch: cond rows attend to the base tokens and their own regions' tokens only.
 
-    Composes with another node's attn2 replace patch (see :class:`ComposingReplace`) and follows
-    IPAdapter_plus's ``Attn2Replace`` contract, because IPAdapter calls ``add`` on whatever patch
-    it finds on a block: each added callback's term is added to our output within its sigma range.
+    Each group of queries (:func:`..ops.regions.cross_attention_groups`) is one call of ComfyUI's
+    attention over only the keys it reads: no mask, or a bias row where a weight or a soft mask
+    needs it. Composes with another node's attn2 replace patch (see :class:`ComposingReplace`) and
+    follows IPAdapter_plus's ``Attn2Replace`` contract, because IPAdapter calls ``add`` on whatever
+    patch it finds on a block: each added callback's term is added to our output within its sigma range.
     """
 
     def __init__(self, masks: list[torch.Tensor], weights: list[float],
@@ -160,7 +176,7 @@ class RegionalCrossAttention(ComposingReplace):
         self.grids = _GridCache(tuple(masks))
         self.weights = tuple(weights)
         self.layouts = dict(layouts)
-        self.biases: dict[tuple, torch.Tensor] = {}
+        self.plans: dict[tuple, CrossAttentionPlan] = {}
         self.callbacks: list[tuple] = []  # (callback, kwargs) added by IPAdapter-style nodes
 
     def __deepcopy__(self, memo):  # clones share the caches (derived masks only), not the added callbacks
@@ -178,8 +194,8 @@ class RegionalCrossAttention(ComposingReplace):
         self.callbacks.append((callback, kwargs))
 
     def clear_caches(self, model_patcher) -> None:
-        """ON_CLEANUP callback: a run's biases are not kept for the next (other sizes would pile up on the GPU)."""
-        self.biases.clear()
+        """ON_CLEANUP callback: a run's plans are not kept for the next (other sizes would pile up on the GPU)."""
+        self.plans.clear()
         self.grids.clear()
 
     def layout(self, context_len: int) -> tuple[int, tuple[int, ...]] | None:
@@ -193,9 +209,8 @@ class RegionalCrossAttention(ComposingReplace):
         if layout is None or 0 not in cond_or_uncond:
             out = self.base(q, k, v, extra_options)
         else:
-            own = attention(q, k, v, extra_options,
-                            mask=self.bias(extra_options, q, k.shape[1], layout, cond_or_uncond, items))
-            out = self.on_top(own, q, k, v, extra_options)
+            plan = self.plan(extra_options, q, k.shape[1], layout, cond_or_uncond, items)
+            out = self.on_top(self.routed(q, k, v, extra_options, plan), q, k, v, extra_options)
         return self.added_terms(out, q, k, v, extra_options)
 
     def added_terms(self, out, q, k, v, extra_options):
@@ -206,31 +221,74 @@ class RegionalCrossAttention(ComposingReplace):
                 out = out + callback(out, q, k, v, extra_options, **kwargs)
         return out
 
-    def bias(self, extra_options: dict, q: torch.Tensor, context_len: int, layout: tuple[int, tuple[int, ...]],
-             cond_or_uncond: list[int], items: int) -> torch.Tensor:
-        """``[rows, tokens, context]`` logit bias: the region bias on cond rows, 0 on uncond and appended rows.
-
-        Zero bias over an uncond row's (repeat-padded) context is its plain attention, so one call
-        serves the whole batch. Cached per resolution and batch layout until the run ends: it is the same every step.
-        """
+    def plan(self, extra_options: dict, q: torch.Tensor, context_len: int, layout: tuple[int, tuple[int, ...]],
+             cond_or_uncond: list[int], items: int) -> CrossAttentionPlan:
+        """The groups of this call's cond rows; cached per resolution and batch layout until the run ends
+        (they are the same every step)."""
         grid_hw = token_grid(q.shape[1], extra_options)
         key = (latent_hw(extra_options), grid_hw, q.device, q.dtype, context_len, tuple(cond_or_uncond), items,
                q.shape[0])
-        cached = self.biases.get(key)
+        cached = self.plans.get(key)
         if cached is None:
-            grid = self.grids.get(key[0], grid_hw, q.device)
-            region = region_ops.cross_attention_bias(grid, self.weights, layout[0], layout[1], context_len, items)
-            cached = region.new_zeros((q.shape[0], *region.shape[1:]))
-            for chunk, flag in enumerate(cond_or_uncond):
-                if flag == 0:
-                    cached[chunk * items:(chunk + 1) * items] = region
-            cached = cached.to(q.dtype)
-            self.biases[key] = cached
+            per_item = region_ops.memberships(self.grids.get(key[0], grid_hw, q.device), items).cpu()
+            copies = context_len // (layout[0] + sum(layout[1]))
+            order = region_ops.cross_key_order(*layout, copies)
+            parts = []
+            for membership, same in _distinct(per_item):
+                groups = region_ops.cross_attention_groups(membership, self.weights, *layout, copies)
+                windows = windows_on(region_groups.key_windows(groups, order, slack=1.0), q.device, q.dtype)
+                cond = [chunk * items + item for chunk, flag in enumerate(cond_or_uncond) if flag == 0 for item in same]
+                parts.append((torch.tensor(cond, device=q.device), tuple(windows)))
+            taken = torch.zeros(q.shape[0], dtype=torch.bool)
+            for rows, _ in parts:
+                taken[rows.cpu()] = True
+            cached = CrossAttentionPlan(tuple(parts), order.to(q.device), (~taken).nonzero().flatten().to(q.device))
+            self.plans[key] = cached
         return cached
+
+    @staticmethod
+    def routed(q, k, v, extra_options: dict, plan: CrossAttentionPlan) -> torch.Tensor:
+        """The attention of ``plan``: the groups' calls on the cond rows, one plain call on the others."""
+
+        def attend(q, k, v, bias):
+            return attention(q, k, v, extra_options, mask=None if bias is None else bias.unsqueeze(0))
+
+        out = None
+        for rows, windows in plan.parts:
+            every_row = len(rows) == q.shape[0]
+            q_rows, k_rows, v_rows = (t if every_row else t.index_select(0, rows) for t in (q, k, v))
+            part = attend_in_groups(attend, q_rows, k_rows.index_select(1, plan.order),
+                                    v_rows.index_select(1, plan.order), windows)
+            if every_row:
+                return part
+            if out is None:
+                out = part.new_empty((q.shape[0], *part.shape[1:]))
+            out.index_copy_(0, rows, part)
+        if len(plan.others):
+            others = plan.others
+            out.index_copy_(0, others, attention(q.index_select(0, others), k.index_select(0, others),
+                                                 v.index_select(0, others), extra_options).to(out.dtype))
+        return out
+
+
+def _distinct(per_item: torch.Tensor) -> list[tuple[torch.Tensor, list[int]]]:
+    """``(membership, items)`` for each distinct ``[regions, tokens]`` membership of the latent items."""
+    found: list[tuple[torch.Tensor, list[int]]] = []
+    for item, membership in enumerate(per_item):
+        match = next((same for known, same in found if torch.equal(known, membership)), None)
+        if match is None:
+            found.append((membership, [item]))
+        else:
+            match.append(item)
+    return found
 
 
 class RegionLocality(SharedByCopies):
-    """Self-attention extension: attention between tokens of different regions scaled by ``1 - strength``."""
+    """Self-attention extension: attention between tokens of different regions scaled by ``1 - strength``.
+
+    The bias (``ops.regions.locality_rows``) is made a chunk of queries at a time
+    (:class:`.attention.RowBias`): a call never holds the tokens x tokens matrix.
+    """
 
     def __init__(self, masks: list[torch.Tensor], strength: float) -> None:
         self.grids = _GridCache(tuple(masks))
@@ -247,9 +305,14 @@ class RegionLocality(SharedByCopies):
             return []
         grid = self.grids.get(latent_hw(extra_options), token_grid(q.shape[1], extra_options), q.device)
         cond = rows_flagged(cond_or_uncond, items, 0, q.device)
-        bias = region_ops.locality_bias(grid, self.strength, items).repeat(cond.numel() // items, 1, 1)
+        parts = region_ops.partition(grid, items)
+        copies = cond.numel() // items
+
+        def rows_of(start: int, stop: int) -> torch.Tensor:
+            return region_ops.locality_rows(parts, self.strength, start, stop).repeat(copies, 1, 1)
+
         empty = k.new_zeros((cond.numel(), 0, k.shape[-1]))
-        return [Extension(rows=cond, k=empty, v=empty, weight=1.0, bias=bias)]
+        return [Extension(rows=cond, k=empty, v=empty, weight=1.0, bias=RowBias(rows_of))]
 
 
 def install_cross_attention(model_patcher, patch: RegionalCrossAttention) -> None:
