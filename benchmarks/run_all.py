@@ -107,6 +107,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               quick_args=("--rounds", "2", "--per-round", "20")),
     Benchmark("dit_control", "masked ControlNet and instances mode on tiny Flux / Qwen-Image models vs core "
               "(see benchmarks/dit_control.py)", leg="latest"),
+    Benchmark("quality", "what lands where: regional prompts on the toy SD1.5-architecture model trained here "
+              "(benchmarks/toyworld), 128 px, judged by hue and geometry; 64 seeds per cell (table: quality section)",
+              (Measure("unet_attention_l2_success", "attention mode, instance success, 2 regions", 0.9),
+               Measure("unet_attention_l4_success", "attention mode, instance success, 4 regions", 0.8),
+               Measure("unet_instances_l2_success", "instances mode, instance success, 2 regions", 0.95),
+               Measure("unet_instances_l4_success", "instances mode, instance success, 4 regions", 0.9),
+               Measure("core_mask_l4_success", "core ConditioningSetMask, instance success, 4 regions"),
+               Measure("no_control_l4_success", "one prompt (no control), instance success, 4 regions"))),
     Benchmark("train_local", "masked adapter training step with vs without the Sobel term, micro SD1.5-layout "
               "UNet + T2I-Adapter and ControlNet (see benchmarks/train_local.py)",
               (Measure("ratio", "training step with Sobel / without (the worse adapter kind)", 1.15, False),)),
@@ -283,6 +291,16 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     figure.savefig(path)
 
 
+QUALITY_START, QUALITY_END = "<!-- quality:start -->", "<!-- quality:end -->"
+
+
+def kept_quality_section(path: Path = DOCS / "performance.md") -> str:
+    """The quality section ``benchmarks/quality.py --write-docs`` wrote (kept when the file is rewritten)."""
+    text = path.read_text() if path.exists() else ""
+    start, end = text.find(QUALITY_START), text.find(QUALITY_END)
+    return text[start:end + len(QUALITY_END)] if 0 <= start < end else f"{QUALITY_START}\n{QUALITY_END}"
+
+
 def report(rows: list[Row], outcomes: list[Outcome], machine_line: str, quick: bool) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
@@ -301,9 +319,10 @@ def report(rows: list[Row], outcomes: list[Outcome], machine_line: str, quick: b
     ]
     for outcome in outcomes:
         lines.append(f"- **{outcome.benchmark.name}** ({outcome.seconds:.0f} s): {outcome.benchmark.setup}.")
-    lines += ["", "Random weights at real architecture sizes stand in for downloaded models, so the numbers are "
-              "about cost, not quality. Each benchmark compares its runs within one process, so machine load moves "
-              "the ratios less than the absolute times; absolute times on a loaded machine are pessimistic.", ""]
+    lines += ["", "Random weights at real architecture sizes stand in for downloaded models, so these numbers are "
+              "about cost; quality is measured below, on a toy model trained here. Each benchmark compares its runs "
+              "within one process, so machine load moves the ratios less than the absolute times; absolute times on "
+              "a loaded machine are pessimistic.", "", "## Quality: what lands where", "", kept_quality_section(), ""]
     return "\n".join(lines)
 
 
