@@ -24,9 +24,9 @@ def input_ranges(node: type[io.ComfyNode]) -> dict[str, tuple[float | None, floa
 
 
 def check_ranges(node_id: str, ranges: dict, values: dict) -> None:
-    """A clear error for a number outside its input's range (or NaN). No ComfyUI version checks a value
-    linked from another node, and 0.3.75 does not check typed-in values of V3 nodes either: without this a
-    radius of 10^6 or a NaN would reach the maths (int32 overflow, out-of-memory) instead of an error."""
+    """A clear error for a number outside its input's range (or NaN). ComfyUI checks typed-in values, but no
+    version checks a value linked from another node: without this a linked radius of 10^6 or a NaN would
+    reach the maths (int32 overflow, out-of-memory) instead of an error."""
     for name, (low, high) in ranges.items():
         value = values.get(name)
         for number in value if isinstance(value, list) else [value]:  # is_input_list nodes get lists

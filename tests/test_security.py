@@ -406,10 +406,9 @@ def test_a_linked_number_beyond_its_range_is_a_clear_error(canary, class_type, n
               "t": {"class_type": class_type, "inputs": {**widgets, "mask": ["m", 0], name: ["v", 0]}}}
     assert _core_refusal(prompt) is None  # linked: ComfyUI does not check the value, on either leg
     assert expected in node_error_message(prompt, outputs=["t"])
-    if kind == "SecurityIntValue":  # typed in: 0.33 refuses it at validation, 0.3.75 lets it reach the node
+    if kind == "SecurityIntValue":  # typed in: ComfyUI's own validation refuses it, on both legs
         prompt["t"]["inputs"][name] = int(value)
-        message = _core_refusal(prompt) or node_error_message(prompt, outputs=["t"])
-        assert re.search(r"(bigger than max|smaller than min) of -?4096|" + re.escape(expected), message), message
+        assert re.search(r"(bigger than max|smaller than min) of -?4096", _core_refusal(prompt) or "")
 
 
 def test_a_feather_radius_far_beyond_the_image_stays_exact():
