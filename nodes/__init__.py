@@ -26,16 +26,16 @@ def input_ranges(node: type[io.ComfyNode]) -> dict[str, tuple[float | None, floa
 
 
 def check_ranges(node_id: str, ranges: dict, values: dict) -> None:
-    """A clear error for a number outside its input's range (or NaN). ComfyUI checks typed-in values but
-    not values linked from another node, on every version: without this a linked radius of 10^6 or a NaN
-    would reach the maths (int32 overflow, out-of-memory) instead of an error."""
+    """A clear error for a number outside its input's range (or NaN). ComfyUI checks typed-in values, but no
+    version checks a value linked from another node: without this a linked radius of 10^6 or a NaN would
+    reach the maths (int32 overflow, out-of-memory) instead of an error."""
     for name, (low, high) in ranges.items():
         value = values.get(name)
         for number in value if isinstance(value, list) else [value]:  # is_input_list nodes get lists
             if isinstance(number, (int, float)) and not (
                     (low is None or number >= low) and (high is None or number <= high)):
-                raise ValueError(f"{node_id}: {name} is {number}, outside its range {low}..{high}; a value linked "
-                                 "from another node must fit the same range as a typed-in one")
+                raise ValueError(f"{node_id}: {name} is {number}, outside its range {low}..{high}: give a value in "
+                                 "that range (a value that comes from another node too)")
 
 
 def _held_to_ranges(node: type[io.ComfyNode]) -> type[io.ComfyNode]:
