@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest internal error, timeouts (mutmut's codes)
+KILLED = {1, 3, 36, 24, -24, 152, 255, -6, -9, -11}  # test failure, pytest error, timeout, crash (mutmut codes)
 SURVIVED, NO_TESTS = {0}, {5, 33}
 
 

@@ -144,7 +144,7 @@ def run_tests(root: Path, leg: str, tests: tuple[str, ...], select: str) -> tupl
 def check(breaks: list[Break], baseline: bool) -> list[tuple[Break, str, str]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="sc-breaks-") as folder:
-        root = Path(folder)
+        root = Path(folder) / "selective_control"  # pytest imports the root __init__.py: a valid package name
         scratch_copy(root)
         green: dict[tuple, str | None] = {}
         for b in breaks:
