@@ -27,7 +27,8 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_rounds_argument(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--rounds", type=int, default=default,
-                        help="interleaved rounds after the warm-up round; each ratio is the median over them")
+                        help="interleaved rounds that count (a warm-up round, where the benchmark has one, comes "
+                             "first); each ratio is the median over them")
 
 
 def clock() -> Callable[[], float]:
