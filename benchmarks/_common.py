@@ -94,6 +94,16 @@ class Rounds:
                 "rounds": count}
 
 
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` as a run of :func:`interleaved_rounds`: calling it returns the :func:`clock` seconds ``fn`` took."""
+    def run() -> float:
+        tick = clock()
+        start = tick()
+        fn()
+        return tick() - start
+    return run
+
+
 def interleaved_rounds(runs: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> Rounds:
     """Call every run once per round, in turn, for ``warmup`` untimed rounds then ``rounds`` counted ones.
 
