@@ -43,13 +43,17 @@ for run in $(seq 1 "$RUNS"); do
     # shellcheck disable=SC2086  # PYTEST_ARGS is a list of words on purpose
     (cd "$CLONE" && "${command[@]}" ${PYTEST_ARGS:-}) >"$log" 2>&1
     status=$?
-    result="$(grep -E '^=*.*(passed|failed|error|no tests ran).* in [0-9.]+s' "$log" | tail -1 | tr -d '=' | xargs)"
+    result="$(grep -E '(passed|failed|errors?|deselected|skipped|no tests ran).* in [0-9.]+s' "$log" | tail -1 \
+              | tr -d '=' | xargs)"
     line="$leg run $run: exit $status, ${result:-no pytest summary (see $log)}, $((SECONDS - started)) s"
     echo "test-repeat: $line"
     summary+=("$line")
     if [ "$status" -ne 0 ]; then
       failed_runs=$((failed_runs + 1))
-      grep -E '^(FAILED|ERROR) ' "$log" | sed "s/^/    $leg run $run: /" | tee -a "$WORK/failures.txt"
+      if ! grep -E '^(FAILED|ERROR) ' "$log" | sed "s/^/    $leg run $run: /" | tee -a "$WORK/failures.txt" \
+          | grep -q .; then
+        echo "    $leg run $run: pytest exited $status with no failed test named (see $log)" | tee -a "$WORK/failures.txt"
+      fi
     fi
   done
 done
