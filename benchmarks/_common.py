@@ -27,7 +27,8 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_rounds_argument(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--rounds", type=int, default=default,
-                        help="interleaved rounds after the warm-up round; each ratio is the median over them")
+                        help="interleaved rounds that count (a warm-up round, where the benchmark has one, comes "
+                             "first); each ratio is the median over them")
 
 
 def clock() -> Callable[[], float]:
@@ -91,6 +92,16 @@ class Rounds:
                 "ratio_spread": {label: self.ratio(*pair).as_list() for label, pair in ratios.items()},
                 unit: {name: Spread.of([v * scale for v in values]).as_list(2) for name, values in self.values.items()},
                 "rounds": count}
+
+
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    """``fn`` as a run of :func:`interleaved_rounds`: calling it returns the :func:`clock` seconds ``fn`` took."""
+    def run() -> float:
+        tick = clock()
+        start = tick()
+        fn()
+        return tick() - start
+    return run
 
 
 def interleaved_rounds(runs: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> Rounds:

@@ -111,7 +111,8 @@ def main() -> None:
             batches = iter(range(10 ** 6))
 
             def direct() -> float:
-                return direct_loop(urls[0], make_images(work / f"direct_{next(batches)}", args.items, args.size)) / args.items
+                paths = make_images(work / f"direct_{next(batches)}", args.items, args.size)
+                return direct_loop(urls[0], paths) / args.items
 
             def through_runner(server_urls: list[str], per_server: int):
                 def timed() -> float:
@@ -139,7 +140,8 @@ def main() -> None:
         "seconds_per_item": {name: round(value, 4) for name, value in per_item.items()},
         "overhead_ratio": round(overhead.median, 3),
         "overhead_ratio_one_in_flight": round(overhead_one.median, 3),
-        "ratio_spread": {"overhead_ratio": overhead.as_list(3), "overhead_ratio_one_in_flight": overhead_one.as_list(3)},
+        "ratio_spread": {"overhead_ratio": overhead.as_list(3),
+                         "overhead_ratio_one_in_flight": overhead_one.as_list(3)},
         "throughput_1": round(60 / per_item["runner_1"], 1),
         "throughput_2": round(60 / per_item["runner_2"], 1),
         "lost": lost,

@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_rounds_argument, add_threads_argument, clock_name, interleaved_rounds, seconds_per_step  # noqa: E402,E501
+from _common import (add_rounds_argument, add_threads_argument, clock_name, interleaved_rounds,  # noqa: E402
+                     seconds_per_step)
 from harness import boot, pack_import  # noqa: E402
 
 UNET = {

@@ -26,16 +26,6 @@ import _common  # noqa: E402
 from harness import boot, pack_import, tiny_models, workspace  # noqa: E402
 
 
-def timed(fn):
-    """``fn`` as a run of :func:`_common.interleaved_rounds`: it returns its own CPU seconds."""
-    def run():
-        tick = _common.clock()
-        start = tick()
-        fn()
-        return tick() - start
-    return run
-
-
 def annotator_benchmark(rounds: int):
     import numpy as np
     import torch
@@ -60,7 +50,7 @@ def annotator_benchmark(rounds: int):
 
     assert np.asarray(peer()[0]).shape[:2] == (128, 128)
     # the warm-up round's first call fills the cache, as the first queue of a workflow does
-    return _common.interleaved_rounds({"ours": timed(ours), "peer": timed(peer)}, rounds)
+    return _common.interleaved_rounds({"ours": _common.timed(ours), "peer": _common.timed(peer)}, rounds)
 
 
 def sampler_benchmark(rounds: int, steps: int = 6):
@@ -85,7 +75,8 @@ def sampler_benchmark(rounds: int, steps: int = 6):
         return lambda: comfy.sample.sample(model, noise, steps, 5.0, "euler", "normal", conds[0], conds[1], latent,
                                            seed=1, disable_pbar=True)
 
-    return _common.interleaved_rounds({"unmasked": timed(run(unmasked)), "masked": timed(run(masked))}, rounds)
+    return _common.interleaved_rounds({"unmasked": _common.timed(run(unmasked)), "masked": _common.timed(run(masked))},
+                                      rounds)
 
 
 def main():

@@ -88,8 +88,10 @@ def main() -> None:
     print(f"automatic / guided: {ratio.text(2)} over {args.rounds} interleaved rounds, {clock_name()}")
     guided, amg = results["guided"], results["automatic"]
     print(json.dumps({"ratio": round(ratio.median, 2), "ratio_spread": {"ratio": ratio.as_list(2)},
-                      "seconds_guided": round(rounds.median("guided"), 2), "seconds_amg": round(rounds.median("automatic"), 2),
-                      "masks_guided": len(guided.labels), "masks_amg": len(amg.labels), "prompts_guided": guided.prompts,
+                      "seconds_guided": round(rounds.median("guided"), 2),
+                      "seconds_amg": round(rounds.median("automatic"), 2),
+                      "masks_guided": len(guided.labels), "masks_amg": len(amg.labels),
+                      "prompts_guided": guided.prompts,
                       "prompts_amg": 1024, "thresholds": [args.pred_iou_thresh, args.stability_thresh],
                       "rounds": args.rounds, "clock": clock_name()}))
 

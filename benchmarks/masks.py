@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_rounds_argument, add_threads_argument, clock, clock_name, interleaved_rounds  # noqa: E402
+from _common import add_rounds_argument, add_threads_argument, clock_name, interleaved_rounds, timed  # noqa: E402
 
 OPS_DIR = Path(__file__).resolve().parents[1] / "nodes" / "ops"
 
@@ -96,19 +96,13 @@ def main() -> None:
     masks = make_masks(args.count, args.size)
     outputs = {}
 
-    def timed(name, fn):
-        def run():
-            tick = clock()
-            start = tick()
-            outputs[name] = fn()
-            return tick() - start
-        return run
+    def pack():
+        outputs["pack"] = ops.feather(masks, args.radius, args.direction, args.falloff).numpy()
 
-    rounds = interleaved_rounds({
-        "pack": timed("pack", lambda: ops.feather(masks, args.radius, args.direction, args.falloff).numpy()),
-        "scipy": timed("scipy", lambda: scipy_feather(masks.numpy(), args.radius, args.direction, args.falloff,
-                                                      ops.feather_profile)),
-    }, args.rounds)
+    def scipy():
+        outputs["scipy"] = scipy_feather(masks.numpy(), args.radius, args.direction, args.falloff, ops.feather_profile)
+
+    rounds = interleaved_rounds({"pack": timed(pack), "scipy": timed(scipy)}, args.rounds)
     diff = float(np.abs(outputs["pack"] - outputs["scipy"]).max())
     ratio = rounds.ratio("scipy", "pack")
     shape = [args.count, args.size, args.size]

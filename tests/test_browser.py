@@ -50,8 +50,8 @@ CHAIN = "sdxl_regions.json"  # Apply Regions fed by Region -> Region: "Add regio
 COMBINE = "multi_instance.json"  # Combine Regions with regions_1, regions_2 linked and regions_3 free
 # The browser window; scripts/workflow_pictures.py asks for a larger one so the fitted view draws titles.
 VIEWPORT = tuple(int(n) for n in os.environ.get("SC_BROWSER_VIEWPORT", "1600x1000").split("x"))
-STEP_TIMEOUT_MS = 30_000  # each browser wait / the queued run
-RUN_TIMEOUT = 150.0  # the whole node process
+STEP_TIMEOUT_MS = 120_000  # each browser wait / the queued run: hang guards, far beyond a loaded machine
+RUN_TIMEOUT = 900.0  # the whole node process
 # Settings the frontend reads at start: without TutorialCompleted a fresh user folder opens
 # the Templates dialog over everything; the minimap would cover part of each screenshot; at a
 # fitted view's zoom nodes are drawn as untitled boxes unless the level-of-detail switch is off

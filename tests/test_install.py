@@ -258,7 +258,7 @@ def test_a_git_clone_in_custom_nodes_of_comfyui_033_runs(tmp_path):
     assert (columns[:40] == 255).all() and (columns[40:] == 0).all(), columns.tolist()  # 32 px grown by 8
 
 
-def wait_for(server, prompt_id: str, timeout: float = 60.0) -> dict:
+def wait_for(server, prompt_id: str, timeout: float = 300.0) -> dict:
     import time
 
     deadline = time.monotonic() + timeout

@@ -8,7 +8,10 @@ from scipy import ndimage
 
 masks = pack_import("nodes.ops.masks")
 
-SETTINGS = settings(max_examples=25, deadline=None)
+# derandomize: the same 25 examples on every run (drawn from a seed of each test's name), so the suite
+# cannot fail by chance on an example no earlier run drew, and no example database is read or kept.
+# To search wider, run with more examples and derandomize=False.
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
 
 
 @st.composite
