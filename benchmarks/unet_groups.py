@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_threads_argument, clock_name, seconds_per_step  # noqa: E402
-from harness import boot, pack_import  # noqa: E402
+from harness import boot, pack_import, tiny_models  # noqa: E402
 
 LAYOUTS = {
     "sd15": {
@@ -87,15 +87,7 @@ def build_model(layout: str):
         config = SDXLLayout({**COMMON, **LAYOUTS[layout], "num_classes": "sequential"})
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.diffusion_model.named_parameters():
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=gen) / param[0].numel() ** 0.5)
-            elif name.endswith("bias"):
-                param.zero_()
-            else:
-                param.fill_(1.0)
+    tiny_models._randomize(model.diffusion_model, 0)
     return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
