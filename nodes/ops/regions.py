@@ -4,9 +4,10 @@ A region is a prompt plus a soft mask. Attention mode turns the masks into an ad
 cross-attention logits: a latent position gets ``log(weight * coverage)`` on each region's
 tokens (``-inf`` where the region does not touch it, so its attention weight there is exactly
 zero) and 0 on the base prompt's tokens. It runs as groups of queries over only the keys they
-read (:func:`cross_attention_groups`, on :mod:`.region_groups`, which routes DiTs too). Instances mode blends whole model outputs with the
-masks, exactly as ComfyUI blends masked conds: ``sum(w_i m_i o_i) / sum(w_i m_i)``, with a
-background path weighted by the uncovered part ``max(0, 1 - sum m_i)``.
+read (:func:`cross_attention_groups`, on :mod:`.region_groups`, which routes DiTs too).
+Instances mode blends whole model outputs with the masks, exactly as ComfyUI blends masked
+conds: ``sum(w_i m_i o_i) / sum(w_i m_i)``, with a background path weighted by the uncovered
+part ``max(0, 1 - sum m_i)``.
 """
 from __future__ import annotations
 
@@ -102,8 +103,7 @@ def cross_attention_bias(
 
 def partition(grid: Sequence[torch.Tensor], items: int) -> torch.Tensor:
     """``[R+1, items, tokens]`` soft region membership per token (regions, then the uncovered part), summing to 1."""
-    flat = torch.stack([match_batch(m, items, f"region {index + 1}'s mask").reshape(items, -1).float()
-                        for index, m in enumerate(grid)])
+    flat = memberships(grid, items).transpose(0, 1)
     covered = flat.sum(0)
     background = (1.0 - covered).clamp(min=0.0)
     parts = torch.cat((flat, background.unsqueeze(0)))
