@@ -85,6 +85,16 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                Measure("attention_n4_ratio_latent16", "attention mode N=4 step / single prompt, 128 px"),
                Measure("instances_n3_vs_core", "instances N=3 + ControlNets vs core", 1.0, False)),
               quick_args=("--repeats", "1")),
+    Benchmark("unet_groups", "UNet attention mode (grouped routing) N=2/4/8 vs single prompt, former dense bias "
+              "and a per-prompt blend (attention-couple's way), random SD1.5 / SDXL block layouts (64 ch), "
+              "512 and 1024 px, one euler step at cfg 5, torch SDPA, 1 thread, process CPU time, median of 3",
+              (Measure("unet_attention_n4_ratio_512", "attention mode N=4 step / single prompt, SD1.5, 512 px",
+                       1.03, False),
+               Measure("unet_attention_n4_ratio_1024", "attention mode N=4 step / single prompt, SD1.5, 1024 px",
+                       1.03, False),
+               Measure("per_prompt_blend_n4_ratio_512", "per-prompt blend N=4 step / single prompt, SD1.5, 512 px"),
+               Measure("former_dense_n4_ratio_512", "former dense bias N=4 step / single prompt, SD1.5, 512 px")),
+              quick_args=("--sizes", "512", "--rounds", "1")),
     Benchmark("blending", "per-step cost of the blending patches, random SD1.5-architecture UNet (64 ch, "
               "mult 1/2/4) at 128×128 px, 1 thread, process CPU time",
               (Measure("ratios.preserve_region", "SCPreserveRegion step / plain", 1.03, False),
