@@ -24,8 +24,8 @@ region overhead in the ratios. SD1.5 at 1024 px (a 16384-token self-attention pe
 Clock: with ``--threads 1`` (default) the process's CPU time. The machine is shared with other
 work; CPU time counts only this process's cycles, so their load barely moves the ratios (wall
 time would). Interleaved rounds (every run once per round; a first round of the 512 px runs warms up), median
-with min / max per run; the ratios are of medians. Memory per call: the largest tensor and the
-bytes every operation returns in one cross-attention call at the top attention block (SD1.5
+with min / max per run; the ratios are of medians. Memory per call: the peak of the live tensors the
+operations create, the largest and their total, in one cross-attention call at the top attention block (SD1.5
 dims: 320 channels, 8 heads; N = 4), counted by a torch dispatch mode: deterministic.
 
 Goals: N = 4 grouped <= 1.03x the single prompt at 512 and 1024 px, below the per-prompt blend,
@@ -40,6 +40,7 @@ import argparse
 import json
 import statistics
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -172,18 +173,31 @@ def per_prompt_blend(model, positive, masks):
 
 
 class Allocations(TorchDispatchMode):
-    """The largest tensor and the bytes every operation returns (deterministic; no allocator, no RSS)."""
+    """Peak bytes of the live tensors the operations create (new storages only: views are free;
+    freed when the tensor is collected), their total, and the largest; deterministic: no allocator, no RSS."""
 
     def __init__(self):
         super().__init__()
-        self.largest = self.total = 0
+        self.largest = self.total = self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _free(self, size: int) -> None:
+        self.live -= size
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        inputs = {t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values())
+                  if isinstance(t, torch.Tensor)}
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
-                size = t.numel() * t.element_size()
-                self.largest, self.total = max(self.largest, size), self.total + size
+                storage = t.untyped_storage()
+                if storage.data_ptr() in inputs or storage.data_ptr() in self.seen:
+                    continue
+                self.seen.add(storage.data_ptr())
+                size = storage.nbytes()
+                self.largest, self.total, self.live = max(self.largest, size), self.total + size, self.live + size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, size)
         return out
 
 
@@ -209,7 +223,8 @@ def memory_per_call(size: int, count: int = 4) -> dict[str, dict[str, float]]:
             patch(q, k, v, options)
         kept = sum(t.numel() * t.element_size() for t in getattr(patch, "plans", {}).values()
                    if isinstance(t, torch.Tensor))
-        result[name] = {"largest_mb": round(seen.largest / 2 ** 20, 2), "returned_mb": round(seen.total / 2 ** 20, 2),
+        result[name] = {"peak_mb": round(seen.peak / 2 ** 20, 2), "largest_mb": round(seen.largest / 2 ** 20, 2),
+                        "allocated_mb": round(seen.total / 2 ** 20, 2),
                         "cached_bias_mb": round(kept / 2 ** 20, 2)}
     return result
 
@@ -278,7 +293,7 @@ def main() -> None:
     memory = {size: memory_per_call(size) for size in sizes}
     for size, figures in memory.items():
         print(f"memory per call, SD1.5 top block, {size} px, N=4: " +
-              "; ".join(f"{name} largest {f['largest_mb']} MB, returned {f['returned_mb']} MB, "
+              "; ".join(f"{name} peak {f['peak_mb']} MB, largest {f['largest_mb']} MB, allocated {f['allocated_mb']} MB, "
                         f"cached bias {f['cached_bias_mb']} MB" for name, f in figures.items()))
 
     def figure(name: str) -> float | None:
