@@ -31,6 +31,21 @@ def add_rounds_argument(parser: argparse.ArgumentParser, default: int) -> None:
                              "first); each ratio is the median over them")
 
 
+def add_attention_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--attention", default=default,
+                        help="ComfyUI attention function for every call: pytorch (torch's SDPA, ComfyUI's choice on "
+                             "GPUs), sub_quad (ComfyUI's choice on CPUs: its self-attention is ~6x slower, so every "
+                             "overhead looks smaller), split, or default (the one ComfyUI picked for this machine)")
+
+
+def use_attention(name: str) -> None:
+    """Make ComfyUI's attention function ``name`` (from :func:`add_attention_argument`) the one every call uses."""
+    if name != "default":
+        import comfy.ldm.modules.attention as comfy_attention
+
+        comfy_attention.optimized_attention = comfy_attention.get_attention_function(name)
+
+
 def clock() -> Callable[[], float]:
     """Process CPU time with one torch thread (other load barely moves it), else wall time."""
     import torch

@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_rounds_argument, add_threads_argument, clock_name, interleaved_rounds,  # noqa: E402
-                     seconds_per_step)
+from _common import (add_attention_argument, add_rounds_argument, add_threads_argument, clock_name,  # noqa: E402
+                     interleaved_rounds, seconds_per_step, use_attention)
 from harness import boot, pack_import  # noqa: E402
 
 UNET = {
@@ -77,16 +77,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     add_rounds_argument(parser, 12)
     add_threads_argument(parser)
-    parser.add_argument("--attention", default="default",
-                        help="ComfyUI attention function for every call (pytorch, sub_quad, split); "
-                             "default: the one ComfyUI picked for this machine (sub_quad on CPU)")
+    add_attention_argument(parser, "default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     boot()
-    import comfy.ldm.modules.attention as comfy_attention
-
-    if args.attention != "default":
-        comfy_attention.optimized_attention = comfy_attention.get_attention_function(args.attention)
+    use_attention(args.attention)
     preserve = pack_import("nodes.sampling.preserve")
     reference = pack_import("nodes.sampling.reference_attention")
     cross_frame = pack_import("nodes.sampling.cross_frame")

@@ -48,7 +48,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_threads_argument, clock_name, seconds_per_step  # noqa: E402
+from _common import (add_attention_argument, add_threads_argument, clock_name, seconds_per_step,  # noqa: E402
+                     use_attention)
 from harness import boot, pack_import, tiny_models  # noqa: E402
 
 LAYOUTS = {
@@ -234,18 +235,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--layouts", default="sd15,sdxl")
     parser.add_argument("--sizes", default="512,1024")
-    parser.add_argument("--attention", default="pytorch",
-                        help="ComfyUI attention function for every call: pytorch (torch's SDPA, ComfyUI's choice on "
-                             "GPUs; the default here), sub_quad (ComfyUI's choice on CPUs: its self-attention is ~6x "
-                             "slower, so every region overhead looks smaller), split, or default (ComfyUI's pick)")
+    add_attention_argument(parser, "pytorch")
     add_threads_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     boot()
-    import comfy.ldm.modules.attention as comfy_attention
-
-    if args.attention != "default":
-        comfy_attention.optimized_attention = comfy_attention.get_attention_function(args.attention)
+    use_attention(args.attention)
     regional = pack_import("nodes.sampling.regions")
     dense = dense_class()
     sizes = [int(s) for s in args.sizes.split(",")]
