@@ -51,10 +51,10 @@ from toyworld import judge, model as toy, world  # noqa: E402
 
 SIZE = toy.LATENT_CELLS * world.DOWNSCALE  # 128 px
 CELL = world.DOWNSCALE
-STEPS, CFG, SAMPLER, SCHEDULER = 20, 5.0, "euler", "normal"
+STEPS, CFG, SAMPLER, SCHEDULER = 10, 5.0, "euler", "normal"
 FEATHER = 8  # px: one latent cell (the node's default 16 is for 512 px pictures)
 SEED = 1000
-GROUP = 16  # seeds per group; every group its own colours, shapes (and random boxes)
+GROUP = 32  # seeds per group; every group its own colours, shapes (and random boxes)
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in latent cells
 
@@ -242,21 +242,24 @@ def run_cell(method: str, layout: str, seeds: int) -> Cell:
 
 def sanity(seeds: int) -> dict[str, float]:
     """The bar before any other figure counts: "a <colour> <shape>" alone gives that colour in >= 95 %
-    of the seeds and that shape in >= 80 % (the largest object of that colour is judged)."""
+    of the seeds and that shape in >= 80 % (the largest object of that colour is judged). ``seeds``
+    per colour, the three shapes taking turns."""
     colour_hits, shape_hits, rows = 0, 0, []
     for colour in world.COLOURS:
-        for shape in world.SHAPES:
-            group = Group(SEED, [(0, 0, 16, 16)], [(colour, shape)])
-            images = sample("no_control", group, batch=seeds, text=f"a {colour} {shape}")
+        right_colour = right_shape = 0
+        for index, shape in enumerate(world.SHAPES):
+            batch = len(range(index, seeds, len(world.SHAPES)))
+            group = Group(SEED + index, [(0, 0, 16, 16)], [(colour, shape)])
+            images = sample("no_control", group, batch=batch, text=f"a {colour} {shape}")
             found = [[o for o in judge.find_objects(image.numpy()) if o.colour == colour] for image in images]
-            right_colour = sum(bool(f) for f in found)
-            right_shape = sum(bool(f) and f[0].shape == shape for f in found)
-            colour_hits, shape_hits = colour_hits + right_colour, shape_hits + right_shape
-            rows.append(f"{colour:8} {shape:9} colour {right_colour / seeds:.3f} shape {right_shape / seeds:.3f}")
-    print("\n".join(rows))
-    total = seeds * len(world.COLOURS) * len(world.SHAPES)
+            right_colour += sum(bool(f) for f in found)
+            right_shape += sum(bool(f) and f[0].shape == shape for f in found)
+        colour_hits, shape_hits = colour_hits + right_colour, shape_hits + right_shape
+        rows.append(f"{colour:8} colour {right_colour / seeds:.3f} shape {right_shape / seeds:.3f}")
+    print("\n".join(rows), flush=True)
+    total = seeds * len(world.COLOURS)
     return {"sanity_colour": round(colour_hits / total, 4), "sanity_shape": round(shape_hits / total, 4),
-            "sanity_seeds_per_prompt": seeds}
+            "sanity_seeds_per_colour": seeds}
 
 
 FIGURE_METHODS = {"no_control": "one prompt", "core_mask": "core SetMask", "attention_l0": "Apply Regions: attention",
@@ -313,18 +316,18 @@ DOCS_START, DOCS_END = "<!-- quality:start -->", "<!-- quality:end -->"
 
 
 def markdown(results: dict, sanity_figures: dict | None, header: str) -> str:
-    methods = list(dict.fromkeys(method for _, method, _ in results))
-    layouts = list(dict.fromkeys(layout for _, _, layout in results))
+    methods = [m for m in METHODS if any(key[1] == m for key in results)]
+    layouts = [name for name in LAYOUTS if any(key[2] == name for key in results)]
     lines = [header, "", "| layout (regions) | figure | " + " | ".join(METHOD_TITLES[m] for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for layout in layouts:
         for name in ("success", "shape", "leak", "seam"):
-            values = [results[("unet", m, layout)][name] for m in methods]
+            values = [results.get(("unet", m, layout), {}).get(name, float("nan")) for m in methods]
             label = f"{layout} ({LAYOUTS[layout][0]})" if name == "success" else ""
             lines.append(f"| {label} | {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     if sanity_figures:
-        lines += ["", f"Sanity bar (\"a <colour> <shape>\" alone, {sanity_figures['sanity_seeds_per_prompt']} seeds "
-                  f"for each of the 18 prompts): right colour {sanity_figures['sanity_colour']:.3f} (goal 0.95), "
+        lines += ["", f"Sanity bar (\"a <colour> <shape>\" alone, {sanity_figures['sanity_seeds_per_colour']} seeds "
+                  f"per colour, the three shapes taking turns): right colour {sanity_figures['sanity_colour']:.3f} (goal 0.95), "
                   f"right shape {sanity_figures['sanity_shape']:.3f} (goal 0.80)."]
     return "\n".join(lines)
 
@@ -338,49 +341,62 @@ def write_docs(section: str, path: Path = Path(__file__).resolve().parents[1] / 
     path.write_text(text[:start + len(DOCS_START)] + "\n" + section + "\n" + text[end:])
 
 
+def row_text(layout: str, method: str, figures: dict) -> str:
+    return (f"{layout:10} {method:14} {figures['success']:8.3f} {figures['shape']:6.3f} {figures['leak']:6.3f} "
+            f"{figures['seam']:6.3f} {figures['instances']:5d} {figures['seconds']:5.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=64, help=f"seeds per cell (groups of {GROUP})")
-    parser.add_argument("--sanity", action="store_true",
-                        help='only the sanity bar: "a <colour> <shape>" alone, every colour and shape, --seeds each')
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--figure", type=Path, help="only draw the README figure to this PNG")
     parser.add_argument("--weights", type=Path, default=toy.WEIGHTS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sanity", action="store_true",
+                        help='also the sanity bar: "a <colour> <shape>" alone, --seeds per colour')
+    parser.add_argument("--no-cells", action="store_true", help="no layout cells (e.g. with --sanity alone)")
+    parser.add_argument("--figure", type=Path, help="only draw the README figure to this PNG")
+    parser.add_argument("--save", type=Path, help="also write the figures to this JSON file (for --merge)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="no sampling: join runs saved with --save")
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/performance.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    boot()
-    import comfy.utils
-
-    comfy.utils.set_progress_bar_enabled(False)
-    for register in FAMILIES.values():
-        register(args.weights)
-    if args.figure:
-        figure(args.figure)
-        return
-    if args.sanity:
-        print(json.dumps(sanity(args.seeds)))
-        return
-    sanity_figures = sanity(args.seeds) if args.write_docs else None
-    results = {}
     header = (f"Toy SD1.5-architecture model `{args.weights.name}` (sha256 {toy.sha256(args.weights)[:12]}), "
               f"{SIZE} px, KSampler {SAMPLER} {STEPS} steps cfg {CFG}, {args.seeds} seeds per cell, feather {FEATHER} px.")
     print(header)
     print(f"{'layout':10} {'method':14} {'success':>8} {'shape':>6} {'leak':>6} {'seam':>6} {'inst':>5} {'s':>5}")
-    for layout in args.layouts.split(","):
-        for method in args.methods.split(","):
-            figures = run_cell(method, layout, args.seeds).figures()
-            results[("unet", method, layout)] = figures
-            print(f"{layout:10} {method:14} {figures['success']:8.3f} {figures['shape']:6.3f} {figures['leak']:6.3f} "
-                  f"{figures['seam']:6.3f} {figures['instances']:5d} {figures['seconds']:5.0f}", flush=True)
+    results, sanity_figures = {}, {}
+    if args.merge:
+        for path in args.merge:
+            saved = json.loads(path.read_text())
+            sanity_figures.update(saved["sanity"])
+            results.update({tuple(key.split("|")): figures for key, figures in saved["cells"].items()})
+        for (_, method, layout), figures in results.items():
+            print(row_text(layout, method, figures))
+    else:
+        boot()
+        import comfy.utils
+
+        comfy.utils.set_progress_bar_enabled(False)
+        for register in FAMILIES.values():
+            register(args.weights)
+        if args.figure:
+            figure(args.figure)
+            return
+        if args.sanity:
+            sanity_figures = sanity(args.seeds)
+        for layout in [] if args.no_cells else args.layouts.split(","):
+            for method in args.methods.split(","):
+                figures = run_cell(method, layout, args.seeds).figures()
+                results[("unet", method, layout)] = figures
+                print(row_text(layout, method, figures), flush=True)
+    if args.save:
+        args.save.write_text(json.dumps({"sanity": sanity_figures,
+                                         "cells": {"|".join(key): value for key, value in results.items()}}))
     if args.write_docs:
         write_docs(markdown(results, sanity_figures, header))
-    figures = json_figures(results)
-    if sanity_figures:
-        figures.update(sanity_figures)
-    print(json.dumps(figures))
+    print(json.dumps({**json_figures(results), **sanity_figures}))
 
 
 if __name__ == "__main__":
