@@ -173,6 +173,11 @@ def test_rank_scores_the_best_name_and_refuses_masks_a_negative_wins():
     assert torch.allclose(scores, probs[:, :2].max(1).values)
     assert best.tolist() == [0, 1, 1]
     assert matched.tolist() == [True, False, True]  # row 1: the negative is most likely
+    # a class name above the threshold still loses to a more likely negative
+    close = torch.tensor([[0.300, 0.0, 0.306]])
+    scores, _, matched = ops.rank(close, 2, 100.0, 0.3)
+    assert scores.item() > 0.3 and torch.softmax(close * 100, 1)[0, 2] > scores.item()
+    assert matched.tolist() == [False]
 
 
 # --------------------------------------------------------------------------- the finder

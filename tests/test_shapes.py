@@ -60,6 +60,8 @@ def test_batches_of_one_broadcast_as_views_and_other_mismatches_are_errors():
     with pytest.raises(ValueError, match=r"region 2's mask has batch 3 but the latent batch is 2 \(mask shape "
                        r"\(3, 2, 2\)\); use one mask for all latents \(a batch of 1\) or one mask per latent"):
         shapes.match_batch(three, 2, "region 2's mask")
+    with pytest.raises(ValueError, match=r"^region mask has batch 3 but the latent batch is 2"):
+        shapes.match_batch(three, 2)
     with pytest.raises(ValueError, match=r"the prompt batch is 2 \(prompt shape .*one prompt per prompt"):
         shapes.match_batch(three, 2, "x", "prompt", "prompt")
 
@@ -118,6 +120,8 @@ def test_resize_image_is_bilinear_antialiased_only_when_shrinking():
     assert not torch.allclose(narrow[0, 0, :, 0], torch.tensor(bilinear_row(row.tolist(), 4)), atol=1e-2)
     short = shapes.resize_image(row.view(1, 16, 1, 1).expand(1, 16, 2, 3), 4, 2)  # shrinking the height only
     assert torch.allclose(short[0, :, 0, 0], pil_bilinear(row, 4), atol=1e-5)
+    assert shapes.resize_image(torch.rand(1, 2, 4, 3), 4, 4).shape == (1, 4, 4, 3)  # height to the old width
+    assert shapes.resize_mask(torch.rand(1, 2, 4), 4, 4).shape == (1, 4, 4)
     bright = shapes.resize_image(torch.full((1, 2, 2, 3), 1.0), 3, 3)
     assert bright.max() <= 1.0 and torch.allclose(bright, torch.ones(1, 3, 3, 3))
 
