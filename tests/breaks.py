@@ -59,13 +59,13 @@ BREAKS: list[Break] = [
     # ----------------------------------------------------------------- one per capability
     Break("regions: mask ignored", "each region prompt acts on the whole image (attention mode)",
           "nodes/ops/regions.py",
-          "columns.append(torch.log(m * float(w)).expand(items, tokens, n))",
-          "columns.append(torch.log(torch.ones_like(m) * float(w)).expand(items, tokens, n))",
-          ("tests/test_regions.py",), "hard_masks or soft_masks"),
+          "    for group in region_groups.query_groups(membership, weights, shared_rows):",
+          "    for group in region_groups.query_groups(torch.ones_like(membership), weights, shared_rows):",
+          ("tests/test_regions.py", "tests/test_unet_groups.py"), "hard_masks or soft_masks or never_reads"),
     Break("regions: first mask for every latent", "one mask per latent: every latent gets the first latent's mask",
           "nodes/ops/regions.py",
-          "m = match_batch(m, items, f\"region {index + 1}'s mask\").reshape(items, tokens, 1)",
-          "m = match_batch(m[:1], items, f\"region {index + 1}'s mask\").reshape(items, tokens, 1)",
+          "return torch.stack([match_batch(m, items, f\"region {index + 1}'s mask\")",
+          "return torch.stack([match_batch(m[:1], items, f\"region {index + 1}'s mask\")",
           ("tests/test_regions.py",), "other_size"),
     Break("instances: weight ignored", "instances mode gives every region weight 1",
           "nodes/sampling/instances.py",
@@ -91,18 +91,22 @@ BREAKS: list[Break] = [
           ("tests/test_mask_ops.py", "tests/test_mask_properties.py")),
     Break("DiT routing: every image token sees every region", "region prompts leak over the whole image on DiTs",
           "nodes/ops/dit_regions.py",
-          "    weighted = values * torch.tensor([float(w) for w in weights], device=device).view(-1, 1)",
-          "    weighted = torch.ones_like(values) * torch.tensor([float(w) for w in weights], device=device).view(-1, 1)",
+          "    for group in query_groups(values, weights, shared_rows):",
+          "    for group in query_groups(torch.ones_like(values), weights, shared_rows):",
           ("tests/test_dit_regions.py",), "hard_masks", "latest"),
     Break("model-patch masking: mask ignored", "Limit Model Patch ControlNet To Mask changes nothing",
           "nodes/sampling/model_patch_control.py",
           "        blended = blend_by_weight(before, after, self._weights_for(after, kwargs))",
           "        blended = after", ("tests/test_model_patch_control.py",), "", "latest"),
-    # ----------------------------------------------------------------- added by the lead after merging
-    # Two more breaks go here, in the same form, once the work they test is merged:
-    # - path containment: the shared path check lets a path-like input leave its folder
-    #   (e.g. the containment test in the shared path function returns True);
-    # - catalog manifest: the catalog runner's manifest loses or repeats an item.
+    Break("path containment: every path counts as inside", "any file on the disk can be read or written through a "
+          "path-like input", "nodes/ops/files.py",
+          "    return any(path == base or path.startswith(base.rstrip(os.sep) + os.sep) for base in bases)",
+          "    return True", ("tests/test_security.py",)),
+    Break("catalog manifest: numbered stems collide", "source `cat` with two outputs and source `cat_1` write the "
+          "same file", "catalog/manifest.py",
+          '"OR family = ?1 COLLATE NOCASE LIMIT 1", (stem, _family(stem))).fetchone() is None',
+          '"LIMIT 1", (stem, _family(stem))).fetchone() is None',
+          ("tests/test_catalog.py",), "no_two_sources or same_stem"),
 ]
 
 
