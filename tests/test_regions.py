@@ -32,10 +32,13 @@ def half(side="left", size=SIZE):
 
 
 def sample(model, positive, negative, steps=2, sampler="euler", cfg=5.0, batch=1, size=SIZE, seed=5, callback=None):
+    """A core sample in inference mode, as ComfyUI's executor runs it (with autograd on, a weight an earlier
+    prompt made in inference mode cannot meet one that records gradients)."""
     latent = torch.zeros(batch, 4, size // 8, size // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent, seed=seed,
-                               callback=callback)
+    with torch.inference_mode():
+        return comfy.sample.sample(model, noise, steps, cfg, sampler, "normal", positive, negative, latent,
+                                   seed=seed, callback=callback)
 
 
 def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, relative: float = 1e-5) -> None:
