@@ -53,15 +53,16 @@ def model_path(folder: str, filename: str, where_to_get: str) -> str:
 
     The file must stay inside the folders ComfyUI lists for ``folder`` (models/<folder> and the ones
     extra_model_paths.yaml adds), links resolved (``ops.files.inside_folder``), whatever ComfyUI version."""
-    path = str(inside_folder(filename, folder_paths.get_folder_paths(folder), "model file",
-                             f"models/{folder} (or a {folder} folder of extra_model_paths.yaml)")) if filename else None
-    searched = ", ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
+    roots = folder_paths.get_folder_paths(folder)
+    searched = ", ".join(roots) or f"models/{folder}"
     if not filename:  # an empty folder leaves the loader's list empty
         raise ModelFileError(
             f"No model file chosen: models/{folder} has none (searched: {searched}). Put one there and refresh "
             f"the node list (press R in ComfyUI). Where to get it: {where_to_get}"
         )
-    if path is None or not os.path.isfile(path):
+    path = str(inside_folder(filename, roots, "model file", f"models/{folder} (or a {folder} folder of "
+                                                            "extra_model_paths.yaml)"))
+    if not os.path.isfile(path):
         raise ModelFileError(
             f"Model file '{filename}' was not found in models/{folder} (searched: {searched}). "
             f"Put it there and refresh the node list (press R in ComfyUI). Where to get it: {where_to_get}"
