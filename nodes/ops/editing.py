@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .masks import feather, grow
+from .metrics import LUMA, gaussian_kernel
 from .shapes import as_image, as_mask, as_rgb, resize_image, resize_mask
 
 # --------------------------------------------------------------------------- sizes per model family
@@ -253,7 +254,7 @@ BAND_SIGMA = 2.0       # local mean removed over this Gaussian sigma (level px):
 def _gray(image: torch.Tensor) -> torch.Tensor:
     """[h, w, C] -> [h, w] luma (float32)."""
     rgb = as_rgb(image.unsqueeze(0)).float().permute(0, 3, 1, 2)  # a view; a 1x1 convolution reads it in one pass
-    return F.conv2d(rgb, torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1))[0, 0]
+    return F.conv2d(rgb, torch.tensor(LUMA, device=rgb.device).view(1, 3, 1, 1))[0, 0]
 
 
 def _area(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -264,9 +265,7 @@ def _area(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _gaussian_blur(plane: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=plane.dtype, device=plane.device)
-    kernel = torch.exp(-(x * x) / (2 * sigma * sigma))
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_kernel(radius, sigma, plane.device, plane.dtype)
     out = F.pad(plane[None, None], (radius, radius, radius, radius), mode="replicate")
     out = F.conv2d(out, kernel.view(1, 1, 1, -1))
     return F.conv2d(out, kernel.view(1, 1, -1, 1))[0, 0]

@@ -18,18 +18,19 @@ from .shapes import as_image, broadcast_batch, fit_mask_to_image
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # int(3.5 * sigma + 0.5): scikit-image's truncate=3.5 window
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
-_LUMA = (0.299, 0.587, 0.114)
+LUMA = (0.299, 0.587, 0.114)  # Rec. 601 weights of R, G, B in a grey level
 
 
-def _gaussian_window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    x = torch.arange(-_SSIM_RADIUS, _SSIM_RADIUS + 1, device=device, dtype=dtype)
-    g = torch.exp(-(x * x) / (2 * _SSIM_SIGMA**2))
+def gaussian_kernel(radius: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The normalised 1-D gaussian of ``2 * radius + 1`` taps (separable blurs apply it along each axis)."""
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    g = torch.exp(-(x * x) / (2 * sigma**2))
     return g / g.sum()
 
 
 def _blur_valid(x: torch.Tensor) -> torch.Tensor:
     """Separable gaussian over ``[N,1,H,W]``, only where the window fits (no padding)."""
-    g = _gaussian_window(x.device, x.dtype)
+    g = gaussian_kernel(_SSIM_RADIUS, _SSIM_SIGMA, x.device, x.dtype)
     x = F.conv2d(x, g.view(1, 1, -1, 1))
     return F.conv2d(x, g.view(1, 1, 1, -1))
 
@@ -95,7 +96,7 @@ def preservation(source: torch.Tensor, result: torch.Tensor, mask: torch.Tensor)
 def gradient_energy(image: torch.Tensor) -> torch.Tensor:
     """Squared Sobel gradient magnitude of the luminance, ``[B,H,W]`` (replicate-padded)."""
     image = as_image(image)
-    weights = torch.tensor(_LUMA, device=image.device, dtype=image.dtype)
+    weights = torch.tensor(LUMA, device=image.device, dtype=image.dtype)
     luma = (image[..., :3] * weights[: image.shape[-1]]).sum(-1) if image.shape[-1] >= 3 else image[..., 0]
     x = F.pad(luma.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=image.device, dtype=image.dtype) / 8
