@@ -146,7 +146,8 @@ def test_groups_cover_every_token_once_and_spell_out_todays_bias():
 
 
 def test_hard_masks_of_weight_one_run_unmasked_over_base_and_own_region_tokens(monkeypatch):
-    """Two hard halves, weight 1: every cond call of ComfyUI's attention has no mask and reads 2 x 77 keys."""
+    """Two hard halves, weight 1: every cond call of ComfyUI's attention has no mask and reads 2 x 77 keys,
+    every uncond call its own 77."""
     model = tiny_models.unet("sd15")
     regions = [regional.Region(conditioning=cond("sd15", 2), mask=box(0, SIZE // 2), weight=1.0),
                regional.Region(conditioning=cond("sd15", 3), mask=box(SIZE // 2, SIZE), weight=1.0)]
@@ -160,13 +161,29 @@ def test_hard_masks_of_weight_one_run_unmasked_over_base_and_own_region_tokens(m
 
     monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
     sample(m, p, n, steps=1, size=SIZE)
-    cross = [(rows, tokens, keys, masked) for rows, tokens, keys, masked in calls if keys in (2 * BASE, 3 * BASE)]
+    cross = [(rows, tokens, keys, masked) for rows, tokens, keys, masked in calls if keys in (BASE, 2 * BASE)]
     assert cross and not any(masked for *_, masked in cross)
     # cond rows: base + one region's tokens, never the other region's, half of each grid (16x16, 8x8) per group
     assert {(tokens, keys) for _, tokens, keys, _ in cross if tokens in (128, 32)} == {(128, 2 * BASE), (32, 2 * BASE)}
-    # the uncond row: its own context as ComfyUI padded it to the cond's 3 x 77 tokens, all grid tokens at once
+    # the uncond row: its own 77 tokens once (ComfyUI padded them to the cond's 3 x 77 by repeating them),
+    # all grid tokens at once; no call reads the padded 3 x 77
     assert {(rows, tokens, keys) for rows, tokens, keys, _ in cross if tokens not in (128, 32)} == {
-        (1, 256, 3 * BASE), (1, 64, 3 * BASE)}
+        (1, 256, BASE), (1, 64, BASE)}
+    assert not [call for call in calls if call[2] == 3 * BASE]
+
+
+def test_keys_that_repeat_are_attended_to_once_and_others_in_full():
+    """ComfyUI's padding (a context repeated) is found on the keys themselves: one period when keys and values
+    repeat with it, all tokens when either does not or the length does not divide."""
+    g = torch.Generator().manual_seed(0)
+    k, v = (torch.randn(2, 7, 4, generator=g) for _ in range(2))
+    padded_k, padded_v = k.repeat(1, 3, 1), v.repeat(1, 3, 1)
+    assert regional.repeating_length(padded_k, padded_v, (5, 7)) == 7
+    assert regional.repeating_length(padded_k, padded_v, (21,)) == 21
+    changed = padded_v.clone()
+    changed[1, 15] += 1e-3  # one value of one row's last copy
+    assert regional.repeating_length(padded_k, changed, (7,)) == 21
+    assert regional.repeating_length(padded_k[:, :20], padded_v[:, :20], (7,)) == 20
 
 
 def test_a_token_never_reads_a_region_its_mask_does_not_reach(monkeypatch):

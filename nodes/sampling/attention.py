@@ -130,26 +130,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: 
 
 
 def attend_in_groups(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence,
-                     seq_dim: int = 1, out_dim: int = 1) -> torch.Tensor:
+                     seq_dim: int = 1, out_dim: int = 1, out: torch.Tensor | None = None) -> torch.Tensor:
     """``attend(q, k, v, bias)`` once per group of queries, the outputs put back in token order.
 
     ``windows``: :class:`..ops.region_groups.KeyWindow` s over ``k``/``v`` (already in the windows'
     key order), whose queries cover every token once. A group of every query is computed in place.
+    ``out``: where the outputs go (e.g. the cond rows of the call's output, a view), else a new tensor.
     """
-    out = None
     for window in windows:
         if window.gather is None:
             keys, values = (t.narrow(seq_dim, window.start, window.stop - window.start) for t in (k, v))
         else:
             keys, values = (t.index_select(seq_dim, window.gather) for t in (k, v))
         if len(window.queries) == q.shape[seq_dim]:  # the only group (its queries are in order)
-            return attend(q, keys, values, window.bias)
+            whole = attend(q, keys, values, window.bias)
+            return whole if out is None else out.copy_(whole)
         part = attend(q.index_select(seq_dim, window.queries), keys, values, window.bias)
         if out is None:
             shape = list(part.shape)
             shape[out_dim] = q.shape[seq_dim]
             out = part.new_empty(shape)
-        out.index_copy_(out_dim, window.queries, part)
+        out.index_copy_(out_dim, window.queries, part.to(out.dtype))
     return out
 
 

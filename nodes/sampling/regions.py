@@ -152,13 +152,56 @@ class _GridCache:
 
 
 @dataclass(frozen=True)
+class BatchRows:
+    """Rows of a call's batch: taken as a view when they are consecutive (``span``), else gathered (``index``)."""
+
+    index: torch.Tensor
+    span: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, rows: list[int], device) -> BatchRows:
+        consecutive = bool(rows) and rows == list(range(rows[0], rows[0] + len(rows)))
+        return cls(torch.tensor(rows, dtype=torch.long, device=device),
+                   (rows[0], rows[0] + len(rows)) if consecutive else None)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        return t.index_select(0, self.index) if self.span is None else t[self.span[0]:self.span[1]]
+
+    def put(self, out: torch.Tensor, part: torch.Tensor) -> None:
+        if self.span is None:
+            out.index_copy_(0, self.index, part.to(out.dtype))
+        else:
+            out[self.span[0]:self.span[1]] = part
+
+
+@dataclass(frozen=True)
 class CrossAttentionPlan:
     """How one cross-attention call runs: each part's cond rows (latent items with the same masks) as
-    groups of queries over the keys in ``order``; ``others`` (uncond and appended rows) as without regions."""
+    groups of queries over the keys in ``order``; ``others`` (uncond and appended rows) as without regions,
+    over one period of their keys when these repeat with one of ``periods`` (see :func:`repeating_length`)."""
 
-    parts: tuple[tuple[torch.Tensor, tuple[region_groups.KeyWindow, ...]], ...]
+    parts: tuple[tuple[BatchRows, tuple[region_groups.KeyWindow, ...]], ...]
     order: torch.Tensor
-    others: torch.Tensor
+    others: BatchRows
+    periods: tuple[int, ...]
+
+
+def repeating_length(k: torch.Tensor, v: torch.Tensor, periods: tuple[int, ...]) -> int:
+    """The shortest of ``periods`` with which the keys and values repeat along the tokens, else all tokens.
+
+    ComfyUI pads a shorter context by repeating it when it batches the uncond rows with the longer
+    joined positive (up to 4 repeats: 1 to 3 regions of the base prompt's length): softmax over ``c``
+    copies of the same keys is the attention over one copy, at ``1 / c`` of the cost. Checked on the
+    keys themselves, so any context is safe (keys that do not repeat are attended to in full)."""
+    tokens = k.shape[1]
+    for period in periods:
+        if period < tokens and tokens % period == 0 and all(
+                torch.equal(t[:, period:], t[:, :-period]) for t in (k, v)):
+            return period
+    return tokens
 
 
 class RegionalCrossAttention(ComposingReplace):
@@ -172,10 +215,11 @@ class RegionalCrossAttention(ComposingReplace):
     """
 
     def __init__(self, masks: list[torch.Tensor], weights: list[float],
-                 layouts: dict[int, tuple[int, tuple[int, ...]]]) -> None:
+                 layouts: dict[int, tuple[int, tuple[int, ...]]], uncond_lengths: tuple[int, ...] = ()) -> None:
         self.grids = _GridCache(tuple(masks))
         self.weights = tuple(weights)
         self.layouts = dict(layouts)
+        self.periods = tuple(sorted(set(uncond_lengths)))  # where the other rows' keys may repeat
         self.plans: dict[tuple, CrossAttentionPlan] = {}
         self.callbacks: list[tuple] = []  # (callback, kwargs) added by IPAdapter-style nodes
 
@@ -238,11 +282,10 @@ class RegionalCrossAttention(ComposingReplace):
                 groups = region_ops.cross_attention_groups(membership, self.weights, *layout, copies)
                 windows = windows_on(region_groups.key_windows(groups, order, slack=1.0), q.device, q.dtype)
                 cond = [chunk * items + item for chunk, flag in enumerate(cond_or_uncond) if flag == 0 for item in same]
-                parts.append((torch.tensor(cond, device=q.device), tuple(windows)))
-            taken = torch.zeros(q.shape[0], dtype=torch.bool)
-            for rows, _ in parts:
-                taken[rows.cpu()] = True
-            cached = CrossAttentionPlan(tuple(parts), order.to(q.device), (~taken).nonzero().flatten().to(q.device))
+                parts.append((BatchRows.of(cond, q.device), tuple(windows)))
+            taken = {row for rows, _ in parts for row in rows.index.tolist()}
+            others = BatchRows.of([row for row in range(q.shape[0]) if row not in taken], q.device)
+            cached = CrossAttentionPlan(tuple(parts), order.to(q.device), others, self.periods)
             self.plans[key] = cached
         return cached
 
@@ -253,21 +296,23 @@ class RegionalCrossAttention(ComposingReplace):
         def attend(q, k, v, bias):
             return attention(q, k, v, extra_options, mask=None if bias is None else bias.unsqueeze(0))
 
-        out = None
+        def grouped(rows: BatchRows, windows, out=None):
+            q_rows, k_rows, v_rows = (rows.take(t) for t in (q, k, v))
+            return attend_in_groups(attend, q_rows, k_rows.index_select(1, plan.order),
+                                    v_rows.index_select(1, plan.order), windows, out=out)
+
+        if len(plan.parts) == 1 and len(plan.parts[0][0]) == q.shape[0]:  # cond rows only (cfg 1)
+            return grouped(*plan.parts[0])
+        out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
         for rows, windows in plan.parts:
-            every_row = len(rows) == q.shape[0]
-            q_rows, k_rows, v_rows = (t if every_row else t.index_select(0, rows) for t in (q, k, v))
-            part = attend_in_groups(attend, q_rows, k_rows.index_select(1, plan.order),
-                                    v_rows.index_select(1, plan.order), windows)
-            if every_row:
-                return part
-            if out is None:
-                out = part.new_empty((q.shape[0], *part.shape[1:]))
-            out.index_copy_(0, rows, part)
+            if rows.span is None:
+                rows.put(out, grouped(rows, windows))
+            else:  # the groups write into these rows of the output
+                grouped(rows, windows, out[rows.span[0]:rows.span[1]])
         if len(plan.others):
-            others = plan.others
-            out.index_copy_(0, others, attention(q.index_select(0, others), k.index_select(0, others),
-                                                 v.index_select(0, others), extra_options).to(out.dtype))
+            q_rows, k_rows, v_rows = (plan.others.take(t) for t in (q, k, v))
+            length = repeating_length(k_rows, v_rows, plan.periods)
+            plan.others.put(out, attention(q_rows, k_rows[:, :length], v_rows[:, :length], extra_options))
         return out
 
 
@@ -363,7 +408,8 @@ def apply_attention_regions(model, positive: list, negative: list, regions: list
         return apply_dit_attention_regions(model, positive, negative, regions, masks, locality)
     joined, layouts = joined_positive(positive, regions)
     out = model.clone()
-    patches = [RegionalCrossAttention(masks, [r.weight for r in regions], layouts)]
+    patches = [RegionalCrossAttention(masks, [r.weight for r in regions], layouts,
+                                      tuple(tensor.shape[1] for tensor, _ in negative))]
     install_cross_attention(out, patches[0])
     if locality > 0:
         patches.append(RegionLocality(masks, locality))
