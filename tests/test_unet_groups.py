@@ -145,6 +145,19 @@ def test_groups_cover_every_token_once_and_spell_out_todays_bias():
     assert region_ops.cross_attention_bias([a, b], [2.0, 1.0], 3, (2, 4), 18, 1).shape == (1, 12, 18)
 
 
+@pytest.mark.parametrize("rows", [
+    [[0.5, 1.0]] * 5,  # all rows alike
+    [[0.5], [1.0], [0.5], [0.25]],  # one column
+    [[True, False, False], [False, False, True], [True, False, True], [False, False, False], [False, False, True]],  # yes/no
+    [[0.5, 1.0], [1.0, 0.5], [0.5, 1.0]],  # values of several columns: torch's own way
+])
+def test_unique_rows_equals_torch_unique_by_rows(rows):
+    values = torch.tensor(rows)
+    expected = torch.unique(values, dim=0, return_inverse=True, return_counts=True)
+    for got, want in zip(region_groups.unique_rows(values), expected):
+        assert torch.equal(got, want)
+
+
 def test_hard_masks_of_weight_one_run_unmasked_over_base_and_own_region_tokens(monkeypatch):
     """Two hard halves, weight 1: every cond call of ComfyUI's attention has no mask and reads 2 x 77 keys,
     every uncond call its own 77."""

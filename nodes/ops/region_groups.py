@@ -49,7 +49,7 @@ def query_groups(membership: torch.Tensor, weights: Sequence[float],
     if len(weights) != membership.shape[0]:
         raise ValueError(f"{membership.shape[0]} region masks and {len(weights)} weights must match")
     weighted = membership.float() * torch.tensor([float(w) for w in weights], device=membership.device).view(-1, 1)
-    patterns, pattern_of = torch.unique((weighted > 0).T, dim=0, return_inverse=True)
+    patterns, pattern_of, _ = unique_rows((weighted > 0).T)
     groups = []
     for index, pattern in enumerate(patterns):
         tokens = (pattern_of == index).nonzero().flatten()
@@ -58,7 +58,7 @@ def query_groups(membership: torch.Tensor, weights: Sequence[float],
             groups.append(QueryGroup(tokens, seen, weighted.new_ones(1, 0)))
             continue
         shares = weighted[list(seen)][:, tokens].T
-        rows, row_of, counts = torch.unique(shares, dim=0, return_inverse=True, return_counts=True)
+        rows, row_of, counts = unique_rows(shares)
         varied = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)
         for row_index in range(len(rows)):
             members = row_of == row_index
@@ -69,6 +69,23 @@ def query_groups(membership: torch.Tensor, weights: Sequence[float],
         if varied.any():
             groups.append(QueryGroup(tokens[varied], seen, shares[varied]))
     return groups
+
+
+def unique_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.unique(values, dim=0, return_inverse=True, return_counts=True)`` for a ``[rows, columns]`` tensor,
+    without its row sort where a cheaper way gives the same: all rows alike (hard masks), one column,
+    or yes/no values (read as binary numbers). The plans are built every run at every resolution."""
+    if values.shape[0] and bool((values == values[:1]).all()):
+        inverse = values.new_zeros(values.shape[0], dtype=torch.long)
+        return values[:1], inverse, torch.tensor([values.shape[0]], device=values.device)
+    if values.shape[1] == 1:
+        rows, inverse, counts = torch.unique(values[:, 0], return_inverse=True, return_counts=True)
+        return rows.unsqueeze(1), inverse, counts
+    if values.dtype == torch.bool and values.shape[1] < 63:
+        bits = 2 ** torch.arange(values.shape[1] - 1, -1, -1, device=values.device)  # first column highest: same order
+        codes, inverse, counts = torch.unique((values.long() * bits).sum(1), return_inverse=True, return_counts=True)
+        return (codes.unsqueeze(1) // bits) % 2 == 1, inverse, counts
+    return torch.unique(values, dim=0, return_inverse=True, return_counts=True)
 
 
 def spread(values: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
