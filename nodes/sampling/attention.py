@@ -150,7 +150,7 @@ def attend_in_groups(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             shape = list(part.shape)
             shape[out_dim] = q.shape[seq_dim]
             out = part.new_empty(shape)
-        out.index_copy_(out_dim, window.queries, part.to(out.dtype))
+        out.index_copy_(out_dim, window.queries, part if part.dtype == out.dtype else part.to(out.dtype))
     return out
 
 

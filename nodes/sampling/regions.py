@@ -258,6 +258,8 @@ class RegionalCrossAttention(ComposingReplace):
         return self.added_terms(out, q, k, v, extra_options)
 
     def added_terms(self, out, q, k, v, extra_options):
+        if not self.callbacks:  # (reading sigma is a device sync per call)
+            return out
         sigmas = extra_options.get("sigmas")
         sigma = float(sigmas.flatten()[0]) if sigmas is not None else float("inf")
         for callback, kwargs in self.callbacks:
