@@ -3,6 +3,7 @@
     python scripts/mutate.py                       # every module [tool.mutmut] in pyproject.toml lists
     python scripts/mutate.py nodes/ops/masks.py    # only these files' mutants
     python scripts/mutate.py --survivors nodes/ops/masks.py  # after adding tests: the survivors again
+    python scripts/mutate.py --pending nodes/ops/masks.py    # finish an interrupted run
     python scripts/mutate.py --report              # the scores of the last runs, without running
 
 mutmut copies the pack to ``mutants/``, changes one thing at a time (an operator, a constant, a
@@ -37,14 +38,15 @@ def module_name(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def run_mutmut(paths: list[str], survivors_only: bool = False) -> int:
+def run_mutmut(paths: list[str], only: set | None = None) -> int:
+    """Run mutmut on the files' mutants; ``only``: just those whose last result is in it (None = not run yet)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("COMFYUI_PATH", str((REPO / ".comfyui").resolve()))
-    patterns = [f"{module_name(p)}.*" for p in paths]
-    if survivors_only:  # after adding tests: only the mutants that survived last time
+    patterns = [f"{module_name(p)}.*" for p in paths]  # named mutants run again even if they have a result
+    if only is not None:
         wanted = {module_name(p) for p in paths}
         patterns = [name for module, codes in results().items() if not wanted or module in wanted
-                    for name, code in codes.items() if code in SURVIVED]
+                    for name, code in codes.items() if code in only]
         if not patterns:
             return 0
     return subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns],
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="source files to mutate (default: all in [tool.mutmut])")
     parser.add_argument("--report", action="store_true", help="only print the scores of earlier runs")
     parser.add_argument("--survivors", action="store_true", help="run only the mutants that survived the last run")
+    parser.add_argument("--pending", action="store_true", help="run only the mutants not run yet (an interrupted run)")
     args = parser.parse_args(argv)
     code = 0
     if not args.report:
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             import mutmut  # noqa: F401
         except ImportError:
             parser.error("mutmut is not installed: `make setup LEG=floor` installs requirements-dev.txt")
-        code = run_mutmut(args.paths, args.survivors)
+        only = SURVIVED if args.survivors else {None} if args.pending else None
+        code = run_mutmut(args.paths, only)
     print(report(args.paths))
     return code
 

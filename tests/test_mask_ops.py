@@ -327,3 +327,16 @@ def test_mask_to_latent_of_one_cell_and_zero_sizes():
     for h, w in ((0, 2), (2, 0)):
         with pytest.raises(ValueError, match=f"latent size must be positive, got {h}x{w}"):
             masks.mask_to_latent(m, h, w)
+
+
+def test_radius_of_128_needs_wider_integers_and_stays_exact():
+    # reach 128: squared distances up to 129^2 + 128^2 = 33025 no longer fit int16, the per-column
+    # distances (cap 129) no longer fit int8, and rows go in 256 px segments
+    dot = torch.zeros(1, 259, 300)
+    dot[0, 129, 140] = 1
+    yy, xx = torch.meshgrid(torch.arange(259.0), torch.arange(300.0), indexing="ij")
+    distance = ((yy - 129) ** 2 + (xx - 140) ** 2).sqrt()
+    assert torch.equal(masks.grow(dot, 128)[0], (distance <= 128).float())
+    expected = (1 - (distance - 0.5) / 128).clamp(0, 1)
+    expected[129, 140] = 1
+    assert torch.allclose(masks.feather(dot, 128, "outward", "linear")[0], expected, atol=1e-6)
