@@ -340,3 +340,11 @@ def test_radius_of_128_needs_wider_integers_and_stays_exact():
     expected = (1 - (distance - 0.5) / 128).clamp(0, 1)
     expected[129, 140] = 1
     assert torch.allclose(masks.feather(dot, 128, "outward", "linear")[0], expected, atol=1e-6)
+
+
+def test_feather_of_an_edge_between_the_last_two_rows_of_an_unpadded_height():
+    m = torch.zeros(1, 16, 10)  # a height of whole 8 px blocks: no padding rows below
+    m[0, 15] = 1
+    out = masks.feather(m, 2, "inward", "linear")[0]
+    assert out[15].tolist() == [0.25] * 10 and out[:15].eq(0).all()
+    assert torch.equal(masks.feather(m.transpose(1, 2).contiguous(), 2, "inward", "linear")[0], out.T)  # last column
