@@ -172,7 +172,7 @@ def test_inconsistent_layouts_and_masks_are_clear_errors():
     with pytest.raises(ValueError, match="1 region masks and 2 region prompts must match"):
         dit_ops.item_memberships(grid[:1], layout(), 1)
     with pytest.raises(ValueError, match="region 2's mask has 3 grid cells but the image has 2 tokens"):
-        dit_ops.item_memberships([grid[0], torch.ones(1, 1, 3)], layout(), 1)
+        dit_ops.item_memberships([grid[0], torch.ones(1, 3, 1)], layout(), 1)
     with pytest.raises(ValueError, match="2 region masks and 1 weights must match"):
         dit_ops.joint_attention_bias(grid, [1.0], layout(), 1)
 

@@ -154,21 +154,29 @@ def test_region_ops_numbers_for_non_square_masks_batches_and_the_preview():
     b[0, :, :4] = 0.5
     expected = torch.tensor([0.2] * 4 + [0.7] * 4).expand(2, 4, 8)
     assert torch.allclose(region_ops.background([a, b]), expected, atol=1e-6)
-    # partition: two items, the second with region 1 off; parts sum to one per token
-    grid = [torch.tensor([[[1.0, 0.5]], [[0.0, 0.5]]])]
+    # partition: two items of three tokens; parts (the region, then the uncovered part) sum to one per token
+    grid = [torch.tensor([[[1.0, 0.5, 0.0]], [[0.0, 0.5, 1.0]]])]
     parts = region_ops.partition(grid, 2)
-    assert parts.shape == (2, 2, 2)
-    assert torch.allclose(parts, torch.tensor([[[1.0, 0.5], [0.0, 0.5]], [[0.0, 0.5], [1.0, 0.5]]]))
+    assert parts.shape == (2, 2, 3)
+    assert torch.allclose(parts, torch.tensor([[[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]], [[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]]]))
     # locality at 0.5: scale 1 - 0.5 * (1 - sum_r a_r(p) a_r(q)), every row of both items
     same = torch.einsum("rbp,rbq->bpq", parts, parts)
     assert torch.allclose(region_ops.locality_bias(grid, 0.5, 2), torch.log(1 - 0.5 * (1 - same)))
-    first_item = torch.log(torch.tensor([[1.0, 0.75], [0.75, 0.75]]))
+    first_item = torch.log(torch.tensor([[1.0, 0.75, 0.5], [0.75, 0.75, 0.75], [0.5, 0.75, 1.0]]))
     assert torch.allclose(region_ops.locality_bias(grid, 0.5, 2)[0], first_item)
     weights = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
     blended = region_ops.blend_paths(torch.tensor([[2.0], [6.0]]), weights)
     assert blended.dtype == torch.float32 and blended.tolist() == [5.0]
     with pytest.raises(ValueError, match="context of 10 tokens is not a repeat of the 4 region tokens"):
         region_ops.cross_attention_bias(grid, [1.0], 2, [2], 10, 2)
+    # one copy of the context unless told: keys and key order of base 0-2, region 3-4
+    assert region_ops.cross_key_order(3, [2]).tolist() == [3, 4, 0, 1, 2]
+    assert region_ops.cross_key_order(3, [2], 2).tolist() == [3, 4, 0, 1, 2, 8, 9, 5, 6, 7]
+    soft = torch.tensor([[1.0, 0.5, 0.5, 0.25]])
+    edge = region_ops.cross_attention_groups(soft, [1.0], 3, [2])  # fewer than SHARED_ROWS alike: one edge group
+    assert [g.keys.tolist() for g in edge] == [[0, 1, 2, 3, 4]] and edge[0].bias.shape == (4, 5)
+    alike = region_ops.cross_attention_groups(soft, [1.0], 3, [2], shared_rows=1)  # every distinct row its group
+    assert sorted(len(g.queries) for g in alike) == [1, 1, 2] and all(g.bias is None or len(g.bias) == 1 for g in alike)
 
 
 def test_mask_overlay_numbers():

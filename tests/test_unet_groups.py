@@ -302,3 +302,5 @@ def test_key_windows_take_a_window_up_to_a_quarter_wider_than_the_keys_and_gathe
     assert (exact.start, exact.stop, exact.gather, exact.bias) == (0, 4, None, None)  # no key it would not read
     with pytest.raises(ValueError, match="2 region masks and 1 weights must match"):
         region_groups.query_groups(torch.ones(2, 4), [1.0])
+    spans = [torch.tensor([1]), torch.tensor([2]), torch.tensor([3])]
+    assert region_groups.key_order(torch.tensor([0]), spans).tolist() == [1, 2, 0, 3]  # two regions, base, the third
