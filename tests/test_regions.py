@@ -179,6 +179,17 @@ def test_region_ops_numbers_for_non_square_masks_batches_and_the_preview():
     assert sorted(len(g.queries) for g in alike) == [1, 1, 2] and all(g.bias is None or len(g.bias) == 1 for g in alike)
 
 
+def test_feather_masks_softens_each_edge_centred_and_zero_leaves_masks_as_they_are():
+    m = torch.zeros(2, 1, 8)
+    m[:, :, 4:] = 1  # an edge between columns 3 and 4
+    m[1, 0, 0] = 0.3  # soft values stay as they are at 0 px
+    # centred over 2 px: t = 0.5 + (d - 0.5) / 2 inside, 0.5 - (d - 0.5) / 2 outside, then smoothstep
+    row = [0.0, 0.0, 0.0, 0.15625, 0.84375, 1.0, 1.0, 1.0]
+    feathered = region_ops.feather_masks([m], 2)[0]
+    assert torch.allclose(feathered[0, 0], torch.tensor(row)) and torch.allclose(feathered[1, 0], torch.tensor(row))
+    assert torch.equal(region_ops.feather_masks([m], 0)[0], m)
+
+
 def test_mask_overlay_numbers():
     m = torch.zeros(2, 2, 3)
     m[0, 0, 0] = 1.0
