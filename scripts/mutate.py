@@ -1,6 +1,6 @@
 """Mutation testing with mutmut: run it on chosen modules, then print the mutation score per module.
 
-    python scripts/mutate.py                       # every module [tool.mutmut] in pyproject.toml lists
+    python scripts/mutate.py                       # every mutant of [tool.mutmut]'s modules without a result yet
     python scripts/mutate.py nodes/ops/masks.py    # only these files' mutants
     python scripts/mutate.py --survivors nodes/ops/masks.py  # after adding tests: the survivors again
     python scripts/mutate.py --pending nodes/ops/masks.py    # finish an interrupted run
