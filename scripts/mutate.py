@@ -1,7 +1,9 @@
 """Mutation testing with mutmut: run it on chosen modules, then print the mutation score per module.
 
-    python scripts/mutate.py                       # every module [tool.mutmut] in pyproject.toml lists
+    python scripts/mutate.py                       # every mutant of [tool.mutmut]'s modules without a result yet
     python scripts/mutate.py nodes/ops/masks.py    # only these files' mutants
+    python scripts/mutate.py --survivors nodes/ops/masks.py  # after adding tests: the survivors again
+    python scripts/mutate.py --pending nodes/ops/masks.py    # finish an interrupted run
     python scripts/mutate.py --report              # the scores of the last runs, without running
 
 mutmut copies the pack to ``mutants/``, changes one thing at a time (an operator, a constant, a
@@ -10,8 +12,9 @@ the floor leg). A mutant is *killed* when a test fails, *survives* when all pass
 ``mutants/`` between runs; a function whose code or tests changed is tested again. One worker
 process: the machine is shared.
 
-Score = killed (timeouts included) / mutants that have tests. "no tests" mutants (functions no
-selected test reaches) are listed apart: they need a test, not a verdict.
+Score = killed (timeouts included) / (killed + survived). "no tests" mutants (functions no selected
+test reaches) and "crashed" ones (the test process died of a signal) are listed apart: the first
+need a test, the second a look by hand.
 """
 from __future__ import annotations
 
@@ -24,18 +27,28 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KILLED = {1, 3, 36, 24, -24, 152, 255, -6, -9, -11}  # test failure, pytest error, timeout, crash (mutmut codes)
+KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest error, timeout (mutmut's codes)
 SURVIVED, NO_TESTS = {0}, {5, 33}
+# A test process that died of a signal (-6 SIGABRT, -9, -11) is not counted as a kill: a library
+# that aborts in a forked process (mediapipe did) would look like one. Run such a mutant's tests by
+# hand (`mutmut tests-for-mutant <name>`, MUTANT_UNDER_TEST=<name> in mutants/) to judge it.
 
 
 def module_name(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def run_mutmut(paths: list[str]) -> int:
+def run_mutmut(paths: list[str], only: set | None = None) -> int:
+    """Run mutmut on the files' mutants; ``only``: just those whose last result is in it (None = not run yet)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("COMFYUI_PATH", str((REPO / ".comfyui").resolve()))
-    patterns = [f"{module_name(p)}.*" for p in paths]
+    patterns = [f"{module_name(p)}.*" for p in paths]  # named mutants run again even if they have a result
+    if only is not None:
+        wanted = {module_name(p) for p in paths}
+        patterns = [name for module, codes in results().items() if not wanted or module in wanted
+                    for name, code in codes.items() if code in only]
+        if not patterns:
+            return 0
     return subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns],
                           cwd=REPO, env=env).returncode
 
@@ -51,27 +64,33 @@ def results() -> dict[str, dict[str, int | None]]:
 
 def report(only: list[str]) -> str:
     wanted = {module_name(p) for p in only}
-    lines = ["| module | mutants | killed | survived | no tests | not run | score |", "|---|---|---|---|---|---|---|"]
-    survivors = []
+    lines = ["| module | mutants | killed | survived | no tests | crashed | not run | score |",
+             "|---|---|---|---|---|---|---|---|"]
+    survivors, crashed = [], []
     totals = Counter()
     for module, codes in results().items():
         if wanted and module not in wanted:
             continue
         count = Counter("killed" if c in KILLED else "survived" if c in SURVIVED else "no tests" if c in NO_TESTS
-                        else "not run" if c is None else "other" for c in codes.values())
+                        else "not run" if c is None else "crashed" for c in codes.values())
         tested = count["killed"] + count["survived"]
         score = f"{100 * count['killed'] / tested:.1f} %" if tested else "-"
         lines.append(f"| {module} | {len(codes)} | {count['killed']} | {count['survived']} | {count['no tests']} | "
-                     f"{count['not run'] + count['other']} | {score} |")
+                     f"{count['crashed']} | {count['not run']} | {score} |")
         totals.update(count)
         survivors += [name for name, c in codes.items() if c in SURVIVED]
+        crashed += [f"{name} ({c})" for name, c in codes.items()
+                    if c is not None and c not in KILLED | SURVIVED | NO_TESTS]
     tested = totals["killed"] + totals["survived"]
     if tested:
         lines.append(f"| all | {sum(totals.values())} | {totals['killed']} | {totals['survived']} | "
-                     f"{totals['no tests']} | {totals['not run'] + totals['other']} | "
+                     f"{totals['no tests']} | {totals['crashed']} | {totals['not run']} | "
                      f"{100 * totals['killed'] / tested:.1f} % |")
     lines.append(f"\nsurviving mutants ({len(survivors)}): `mutmut show <name>` prints the change")
     lines += [f"  {name}" for name in survivors]
+    if crashed:
+        lines.append(f"\ncrashed ({len(crashed)}): the test process died of a signal; not counted as killed")
+        lines += [f"  {name}" for name in crashed]
     return "\n".join(lines)
 
 
@@ -79,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", help="source files to mutate (default: all in [tool.mutmut])")
     parser.add_argument("--report", action="store_true", help="only print the scores of earlier runs")
+    parser.add_argument("--survivors", action="store_true", help="run only the mutants that survived the last run")
+    parser.add_argument("--pending", action="store_true", help="run only the mutants not run yet (an interrupted run)")
     args = parser.parse_args(argv)
     code = 0
     if not args.report:
@@ -86,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             import mutmut  # noqa: F401
         except ImportError:
             parser.error("mutmut is not installed: `make setup LEG=floor` installs requirements-dev.txt")
-        code = run_mutmut(args.paths)
+        only = SURVIVED if args.survivors else {None} if args.pending else None
+        code = run_mutmut(args.paths, only)
     print(report(args.paths))
     return code
 

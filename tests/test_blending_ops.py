@@ -134,3 +134,27 @@ def test_paste_back_scales_a_vae_rounded_result_to_the_source_size():
     inside = mask[0] >= 1
     assert torch.equal(out[0][inside], source[0][inside])
     assert torch.allclose(out[0][~inside], torch.tensor(0.25))  # a flat result stays flat when scaled
+
+
+def test_preserve_at_an_interior_strength_and_its_errors_name_the_shapes_and_the_fix():
+    denoised, source = torch.zeros(1, 4, 2, 2), torch.full((1, 4, 2, 2), 8.0)
+    weight = torch.tensor([[[[1.0, 0.5], [0.25, 0.0]]]])
+    expected = torch.tensor([[4.0, 2.0], [1.0, 0.0]]).expand(1, 4, 2, 2)  # 8 * weight * 0.5
+    assert torch.equal(ops.preserve(denoised, source, weight, 0.5), expected)
+    assert torch.equal(ops.preserve(denoised, source, weight), 8 * weight.expand(1, 4, 2, 2))
+    with pytest.raises(ValueError, match=r"the preserve mask is \(3, 2\) on the latent grid but the sampled latent "
+                                         r"is \(2, 2\); connect the same latent to SCPreserveRegion and the sampler"):
+        ops.preserve(denoised, source, torch.ones(1, 1, 3, 2))
+    with pytest.raises(ValueError, match=r"the source latent has shape \(1, 4, 2, 3\) but the sampled latent has "
+                                         r"shape \(1, 4, 2, 2\); give SCPreserveRegion the latent of the image being "
+                                         r"sampled \(same size, e.g. VAE Encode of the same image\)"):
+        ops.preserve(denoised, torch.zeros(1, 4, 2, 3), weight)
+    frames = denoised.unsqueeze(2)  # Qwen-Image [B,C,T,h,w]: a mask and source without the frame axis
+    assert torch.equal(ops.preserve(frames, source, weight, 0.5), expected.unsqueeze(2))
+    with pytest.raises(ValueError, match=r"the preserve mask is \(3, 2\) on the latent grid but the sampled latent "
+                                         r"is \(2, 2\);"):
+        ops.preserve(frames, source, torch.ones(1, 1, 3, 2))
+    with pytest.raises(ValueError, match=r"sampled latent has shape \(2, 4, 2, 2\) and source latent has shape \(3, "):
+        ops.preserve(torch.zeros(2, 4, 2, 2), torch.zeros(3, 4, 2, 2), weight)
+    with pytest.raises(ValueError, match=r"sampled latent has shape \(2, 4, 2, 2\) and mask has shape \(3, "):
+        ops.preserve(torch.zeros(2, 4, 2, 2), source, torch.ones(3, 1, 2, 2))

@@ -153,6 +153,30 @@ def test_grouped_attention_equals_the_dense_bias(shared_rows):
     assert (expected[0] - attention_pytorch(q, k, v, 3, skip_reshape=True)[0]).abs().max().item() > 0.1
 
 
+def test_key_order_is_half_the_regions_the_base_text_the_image_then_the_rest():
+    layout = dit_ops.JointLayout(text_len=7, joined_start=1, base_len=2, region_lens=(1, 3), image_len=12, seq_len=21)
+    # text: padding 0, base 1-2, region A 3, region B 4-6; image 7-18; two tokens after the grid 19-20
+    assert dit_ops.key_order(layout).tolist() == [3, 0, 1, 2, *range(7, 21), 4, 5, 6]
+
+
+def test_inconsistent_layouts_and_masks_are_clear_errors():
+    def layout(text_len=6, joined_start=1, image_len=2, seq_len=8):
+        return dit_ops.JointLayout(text_len=text_len, joined_start=joined_start, base_len=2, region_lens=(1, 2),
+                                   image_len=image_len, seq_len=seq_len)
+
+    layout(joined_start=0, text_len=5, seq_len=7)  # the prompt filling the text, the image the rest: fine
+    for bad in ({"joined_start": -1}, {"text_len": 5}, {"seq_len": 7}):
+        with pytest.raises(ValueError, match="inconsistent joint-attention layout"):
+            layout(**bad)
+    grid = [torch.ones(1, 1, 2), torch.ones(1, 1, 2)]
+    with pytest.raises(ValueError, match="1 region masks and 2 region prompts must match"):
+        dit_ops.item_memberships(grid[:1], layout(), 1)
+    with pytest.raises(ValueError, match="region 2's mask has 3 grid cells but the image has 2 tokens"):
+        dit_ops.item_memberships([grid[0], torch.ones(1, 3, 1)], layout(), 1)
+    with pytest.raises(ValueError, match="2 region masks and 1 weights must match"):
+        dit_ops.joint_attention_bias(grid, [1.0], layout(), 1)
+
+
 def test_region_prompts_take_the_positions_they_have_alone():
     layout = dit_ops.JointLayout(text_len=6, joined_start=1, base_len=2, region_lens=(1, 2), image_len=2, seq_len=8)
     assert dit_ops.standalone_text_positions(layout).tolist() == [0, 1, 2, 1, 1, 2, 6, 7]

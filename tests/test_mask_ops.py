@@ -220,3 +220,131 @@ def test_mask_to_latent_area():
     assert masks.mask_to_latent(torch.ones(3, 10, 7), 4, 3).eq(1).all()
     with pytest.raises(ValueError):
         masks.mask_to_latent(m, 0, 2)
+
+
+# ---- cases mutation testing (make mutate) found unpinned: thresholds, defaults, dtypes, error texts
+
+
+def test_feather_and_cleanup_count_a_pixel_at_the_threshold_as_inside():
+    m = torch.zeros(1, 9, 9)
+    m[0, 2:7, 2:7] = 0.5  # exactly the shape threshold
+    assert masks.feather(m, 2, "inward", "linear")[0, 4, 4].item() == 1.0
+    assert torch.equal(masks.grow(m, 1), masks.grow((m > 0).float(), 1))
+    assert torch.equal(masks.cleanup(m, 0.5, False, 0), (m > 0).float())
+    assert masks.feather(m.double(), 2).dtype == torch.float64  # the mask's dtype is kept
+
+
+def test_feather_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="use one of linear, smoothstep, gaussian"):
+        masks.feather(square(), 2, "inward", "cubic")
+    with pytest.raises(ValueError, match="use one of inward, outward, centred"):
+        masks.feather(square(), 2, "sideways")
+    with pytest.raises(ValueError, match=r"radius must be >= 0, got -1; use grow with a negative value to shrink"):
+        masks.feather(square(), -1)
+    t = torch.tensor([1.0])
+    with pytest.raises(ValueError, match="unknown falloff 'cubic'; use one of linear, smoothstep, gaussian"):
+        masks.feather_profile(t, 4, "inward", "cubic")
+    with pytest.raises(ValueError, match="unknown direction 'up'; use one of inward, outward, centred"):
+        masks.feather_profile(t, 4, "up", "linear")
+
+
+def test_combine_clamps_difference_to_one_and_names_its_inputs_in_errors():
+    assert masks.combine(torch.full((1, 2, 2), 2.0), torch.zeros(1, 2, 2), "difference").eq(1).all()
+    with pytest.raises(ValueError, match=r"mask_a has shape \(2, 4, 4\) and mask_b has shape \(3, 4, 4\)"):
+        masks.combine(torch.zeros(2, 4, 4), torch.zeros(3, 4, 4), "union")
+    with pytest.raises(ValueError, match=r"^mask_a must have shape \[B,H,W\]"):
+        masks.combine(torch.zeros(4), torch.zeros(1, 2, 2), "union")
+    with pytest.raises(ValueError, match=r"^mask_b must have shape \[B,H,W\]"):
+        masks.combine(torch.zeros(1, 2, 2), torch.zeros(4), "union")
+    with pytest.raises(ValueError, match="unknown combine op 'plus'; use one of union, intersection, difference, xor"):
+        masks.combine(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), "plus")
+
+
+def test_cleanup_defaults_fill_holes_only_and_islands_are_eight_connected():
+    m = torch.zeros(1, 12, 12)
+    m[0, 1:6, 1:6] = 1
+    m[0, 3, 3] = 0  # hole
+    m[0, 9, 9] = m[0, 10, 10] = 1  # one island of 2 px touching at a corner
+    filled = m.clone()
+    filled[0, 3, 3] = 1
+    assert torch.equal(masks.cleanup(m), filled)  # defaults: threshold 0.5, fill holes, keep every island
+    assert torch.equal(masks.cleanup(m, 0.5, True, 0), filled)
+    assert torch.equal(masks.cleanup(m, 0.5, True, 2), filled)  # the diagonal pair is one island of exactly 2
+    island_gone = filled.clone()
+    island_gone[0, 9:11, 9:11] = 0
+    assert torch.equal(masks.cleanup(m, 0.5, True, 3), island_gone)
+    assert masks.cleanup(m.double()).dtype == torch.float64
+
+
+def test_mask_box_centres_the_widening():
+    m = torch.zeros(1, 40, 50)
+    m[0, 10:16, 20:31] = 1  # 11 x 6 px
+    assert masks.mask_box(m, 0, 8) == (18, 9, 34, 17)  # 11 -> 16 (2 left, 3 right), 6 -> 8 (1 each side)
+    assert masks.mask_box(m, 0, 2) == (20, 10, 32, 16)
+    assert masks.mask_box(m, 0, 1) == (20, 10, 31, 16)
+
+
+def test_crop_to_mask_defaults_rounding_and_tiny_targets():
+    image = torch.rand(1, 80, 90, 3)
+    m = torch.zeros(1, 80, 90)
+    m[0, 40:46, 50:61] = 1
+    # defaults: padding 32 (cut by the frame on the right), sides widened to multiples of 8, no resize
+    assert masks.crop_to_mask(image, m)[2] == masks.CropInfo((18, 7, 90, 79), (80, 90), (72, 72), (72, 72))
+    assert masks.crop_to_mask(image, m, 2, True, 0)[2].box == (48, 35, 64, 51)  # 15 x 10 px -> 16 x 16
+    assert masks.crop_to_mask(image, m, 2, False, 0)[2].box == (48, 38, 63, 48)
+    assert masks.crop_to_mask(image, m, 2, False, -1)[2].output_size == (10, 15)  # <= 0: no resize
+    assert masks.crop_to_mask(image, m, 2, False, 1)[2].output_size == (1, 1)
+    assert masks.crop_to_mask(image, m, 2, True, 4)[2].output_size == (8, 8)
+
+
+def test_uncrop_errors_name_the_input_and_mixed_dtypes_paste_into_a_contiguous_original():
+    image = torch.rand(2, 30, 40, 3)
+    m = torch.zeros(1, 30, 40)
+    m[0, 5:12, 7:20] = 1
+    crop, cmask, info = masks.crop_to_mask(image, m, 3, True, 0)
+    with pytest.raises(ValueError, match=r"original image has size \(20, 40\) but the crop was taken from a 30x40"):
+        masks.uncrop(image[:, :20], crop, info)
+    with pytest.raises(ValueError, match=r"crop has 4 channels and the original 3; convert both to .* count \(RGB\)"):
+        masks.uncrop(image, torch.rand(*crop.shape[:3], 4), info)
+    with pytest.raises(ValueError, match=r"^original must have shape \[B,H,W,C\]"):
+        masks.uncrop(torch.zeros(4), crop, info)
+    with pytest.raises(ValueError, match=r"^crop must have shape \[B,H,W,C\]"):
+        masks.uncrop(image, torch.zeros(4), info)
+    with pytest.raises(ValueError, match=r"original has shape \(2, 30, 40, 3\) and crop has shape \(3, "):
+        masks.uncrop(image, crop[:1].expand(3, -1, -1, -1), info)
+    with pytest.raises(ValueError, match=r"original has shape \(2, 30, 40, 3\) and mask has shape \(3, "):
+        masks.uncrop(image, crop, info, cmask[:1].expand(3, -1, -1))
+    strided = image.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)  # same values, not contiguous
+    out = masks.uncrop(strided, crop.double(), info, cmask.double())
+    assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, image)
+
+
+def test_mask_to_latent_of_one_cell_and_zero_sizes():
+    m = torch.zeros(1, 4, 6)
+    m[0, :, :3] = 1
+    assert masks.mask_to_latent(m, 1, 1).tolist() == [[[0.5]]]
+    assert masks.mask_to_latent(m, 1, 2).tolist() == [[[1.0, 0.0]]]
+    for h, w in ((0, 2), (2, 0)):
+        with pytest.raises(ValueError, match=f"latent size must be positive, got {h}x{w}"):
+            masks.mask_to_latent(m, h, w)
+
+
+def test_radius_of_128_needs_wider_integers_and_stays_exact():
+    # reach 128: squared distances up to 129^2 + 128^2 = 33025 no longer fit int16, the per-column
+    # distances (cap 129) no longer fit int8, and rows go in 256 px segments
+    dot = torch.zeros(1, 259, 300)
+    dot[0, 129, 140] = 1
+    yy, xx = torch.meshgrid(torch.arange(259.0), torch.arange(300.0), indexing="ij")
+    distance = ((yy - 129) ** 2 + (xx - 140) ** 2).sqrt()
+    assert torch.equal(masks.grow(dot, 128)[0], (distance <= 128).float())
+    expected = (1 - (distance - 0.5) / 128).clamp(0, 1)
+    expected[129, 140] = 1
+    assert torch.allclose(masks.feather(dot, 128, "outward", "linear")[0], expected, atol=1e-6)
+
+
+def test_feather_of_an_edge_between_the_last_two_rows_of_an_unpadded_height():
+    m = torch.zeros(1, 16, 10)  # a height of whole 8 px blocks: no padding rows below
+    m[0, 15] = 1
+    out = masks.feather(m, 2, "inward", "linear")[0]
+    assert out[15].tolist() == [0.25] * 10 and out[:15].eq(0).all()
+    assert torch.equal(masks.feather(m.transpose(1, 2).contiguous(), 2, "inward", "linear")[0], out.T)  # last column

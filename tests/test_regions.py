@@ -147,6 +147,74 @@ def test_uncond_rows_and_soft_masks():
     assert (out[1] - plain[1]).abs().max() > 0.1
 
 
+def test_region_ops_numbers_for_non_square_masks_batches_and_the_preview():
+    """Pure ops on numbers worked by hand: background, partition/locality over a batch, blend dtype, overlay."""
+    a = torch.full((2, 2, 4), 0.3)  # batch 2, 2 x 4, upsampled to 4 x 8 (constant: exact)
+    b = torch.zeros(1, 4, 8)
+    b[0, :, :4] = 0.5
+    expected = torch.tensor([0.2] * 4 + [0.7] * 4).expand(2, 4, 8)
+    assert torch.allclose(region_ops.background([a, b]), expected, atol=1e-6)
+    # partition: two items of three tokens; parts (the region, then the uncovered part) sum to one per token
+    grid = [torch.tensor([[[1.0, 0.5, 0.0]], [[0.0, 0.5, 1.0]]])]
+    parts = region_ops.partition(grid, 2)
+    assert parts.shape == (2, 2, 3)
+    assert torch.allclose(parts, torch.tensor([[[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]], [[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]]]))
+    # locality at 0.5: scale 1 - 0.5 * (1 - sum_r a_r(p) a_r(q)), every row of both items
+    same = torch.einsum("rbp,rbq->bpq", parts, parts)
+    assert torch.allclose(region_ops.locality_bias(grid, 0.5, 2), torch.log(1 - 0.5 * (1 - same)))
+    first_item = torch.log(torch.tensor([[1.0, 0.75, 0.5], [0.75, 0.75, 0.75], [0.5, 0.75, 1.0]]))
+    assert torch.allclose(region_ops.locality_bias(grid, 0.5, 2)[0], first_item)
+    weights = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+    blended = region_ops.blend_paths(torch.tensor([[2.0], [6.0]]), weights)
+    assert blended.dtype == torch.float32 and blended.tolist() == [5.0]
+    with pytest.raises(ValueError, match="context of 10 tokens is not a repeat of the 4 region tokens"):
+        region_ops.cross_attention_bias(grid, [1.0], 2, [2], 10, 2)
+    # one copy of the context unless told: keys and key order of base 0-2, region 3-4
+    assert region_ops.cross_key_order(3, [2]).tolist() == [3, 4, 0, 1, 2]
+    assert region_ops.cross_key_order(3, [2], 2).tolist() == [3, 4, 0, 1, 2, 8, 9, 5, 6, 7]
+    soft = torch.tensor([[1.0, 0.5, 0.5, 0.25]])
+    edge = region_ops.cross_attention_groups(soft, [1.0], 3, [2])  # fewer than SHARED_ROWS alike: one edge group
+    assert [g.keys.tolist() for g in edge] == [[0, 1, 2, 3, 4]] and edge[0].bias.shape == (4, 5)
+    alike = region_ops.cross_attention_groups(soft, [1.0], 3, [2], shared_rows=1)  # every distinct row its group
+    assert sorted(len(g.queries) for g in alike) == [1, 1, 2] and all(g.bias is None or len(g.bias) == 1 for g in alike)
+
+
+def test_feather_masks_softens_each_edge_centred_and_zero_leaves_masks_as_they_are():
+    m = torch.zeros(2, 1, 8)
+    m[:, :, 4:] = 1  # an edge between columns 3 and 4
+    m[1, 0, 0] = 0.3  # soft values stay as they are at 0 px
+    # centred over 2 px: t = 0.5 + (d - 0.5) / 2 inside, 0.5 - (d - 0.5) / 2 outside, then smoothstep
+    row = [0.0, 0.0, 0.0, 0.15625, 0.84375, 1.0, 1.0, 1.0]
+    feathered = region_ops.feather_masks([m], 2)[0]
+    assert torch.allclose(feathered[0, 0], torch.tensor(row)) and torch.allclose(feathered[1, 0], torch.tensor(row))
+    assert torch.equal(region_ops.feather_masks([m], 0)[0], m)
+
+
+def test_mask_overlay_numbers():
+    m = torch.zeros(2, 2, 3)
+    m[0, 0, 0] = 1.0
+    m[1, 1, 2] = 0.5
+    red = torch.tensor(region_ops.PALETTE[0])
+    grey = region_ops.mask_overlay([m], None, 4, 6)  # grey canvas 0.5, default alpha 0.55, mask upsampled x2
+    assert grey.shape == (2, 4, 6, 3)
+    assert torch.allclose(grey[0, 0, 0], 0.5 * 0.45 + red * 0.55) and torch.equal(grey[0, 3, 5], torch.full((3,), 0.5))
+    assert torch.allclose(grey[1, 3, 5], 0.5 * (1 - 0.275) + red * 0.275)
+    assert region_ops.mask_overlay([], None, 4, 4).shape == (1, 4, 4, 3)
+    # an RGBA image of another batch: its RGB is the canvas, the first mask shows on every image; out of range clamps
+    image = torch.full((3, 2, 3, 4), 0.2)
+    image[2] = 1.5
+    image[1, 1, 0, :3] = -1.0
+    out = region_ops.mask_overlay([m, torch.ones(1, 2, 3)], image, alpha=0.5)
+    blue = torch.tensor(region_ops.PALETTE[1])
+    assert out.shape == (3, 2, 3, 3)
+    for item in range(3):  # mask 0 of the first layer on every image: red at the top-left pixel only
+        red_then_blue = (image[item, 0, 0, :3] * 0.5 + red * 0.5) * 0.5 + blue * 0.5
+        assert torch.allclose(out[item, 0, 0], red_then_blue.clamp(0, 1))
+    assert torch.allclose(out[1, 1, 1], 0.2 * 0.5 + blue * 0.5)
+    assert torch.allclose(out[2, 1, 1], torch.tensor([0.85, 1.0, 1.0]))  # 1.5 * 0.5 + blue * 0.5, clamped
+    assert torch.equal(out[1, 1, 0], torch.zeros(3))  # -1 * 0.5 + blue * 0.5 < 0, clamped
+
+
 def test_masks_of_other_size_and_batch():
     model = tiny_models.unet("sd15")
     pos, neg = cond("sd15", 0), cond("sd15", 1)

@@ -318,3 +318,19 @@ def test_locality_never_builds_the_tokens_by_tokens_matrix(monkeypatch):
         dispatcher(q, k, v, locality_options(side))
     assert measure.largest <= max(1 << 14, q.numel())
     assert tokens * tokens >= 512 * measure.largest
+
+
+def test_key_windows_take_a_window_up_to_a_quarter_wider_than_the_keys_and_gather_beyond():
+    inf = float("-inf")
+    groups = [region_groups.AttentionGroup(torch.tensor([0]), torch.tensor([2, 3, 4, 6]), None),  # 5 wide, 4 keys
+              region_groups.AttentionGroup(torch.tensor([1]), torch.tensor([1, 9]), torch.tensor([[0.5, 0.25]]))]
+    narrow, wide = region_groups.key_windows(groups, torch.arange(10))
+    assert (narrow.start, narrow.stop, narrow.gather) == (2, 7, None)
+    assert narrow.bias.tolist() == [[0.0, 0.0, 0.0, inf, 0.0]]
+    assert (wide.start, wide.stop, wide.gather.tolist(), wide.bias.tolist()) == (1, 10, [1, 9], [[0.5, 0.25]])
+    exact = region_groups.key_windows(groups[:1], torch.tensor([2, 3, 4, 6, 0, 1, 5, 7, 8, 9]))[0]
+    assert (exact.start, exact.stop, exact.gather, exact.bias) == (0, 4, None, None)  # no key it would not read
+    with pytest.raises(ValueError, match="2 region masks and 1 weights must match"):
+        region_groups.query_groups(torch.ones(2, 4), [1.0])
+    spans = [torch.tensor([1]), torch.tensor([2]), torch.tensor([3])]
+    assert region_groups.key_order(torch.tensor([0]), spans).tolist() == [1, 2, 0, 3]  # two regions, base, the third
