@@ -26,7 +26,12 @@ Figures per (layout, method):
 - seam: the pack's seam ratio (``ops.metrics.seam_score``, the SCSeamScore node's op) along every
   region's edge (1 = no more edge energy along the region border than around it).
 
-Run: ``.venv/bin/python benchmarks/quality.py [--seeds 64 --layouts halves,quadrants]``. Last stdout
+Other controls (``--controls all``). Keeping a region: a source picture of one object is kept by its grown silhouette
+while a new object is asked for beside it; core SetLatentNoiseMask inpainting, core "generate then
+ImageCompositeMasked", the pack's Keep Region While Sampling alone and followed by Paste Back
+Original. Figures: kept pixels bit-identical to the source, seam along the mask, new object found.
+
+Run: ``.venv/bin/python benchmarks/quality.py [--seeds 64 --layouts halves,quadrants --controls all]``. Last stdout
 line: JSON with ``unet_<method>_l<N>_success`` (N the regions of the fixed layouts) and more.
 The model families (``FAMILIES``) and methods (``METHODS``) are tables, so the next controls and a
 DiT slot in beside them.
@@ -177,18 +182,35 @@ METHODS = {
 FAMILIES = {"unet": toy.register_loader_node}  # issue 27 adds a DiT here
 
 
-def sample(method: str, group: Group, batch: int = GROUP, text: str | None = None) -> torch.Tensor:
+def _sampler(model: list, positive: list, negative: list, latent: list, seed: int) -> dict:
+    """KSampler with the bench's settings (euler, 10 steps, cfg 5, full denoise)."""
+    return {"class_type": "KSampler", "inputs": {
+        "model": model, "positive": positive, "negative": negative, "latent_image": latent, "seed": seed,
+        "steps": STEPS, "cfg": CFG, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "denoise": 1.0}}
+
+
+# The base prompt the spatial methods get: "scene" names only what every region shares (how regional
+# prompting is meant to be used), "listing" names every region's object (MIG's global prompt), so every
+# pixel that reads it reads every object. The one-prompt method always gets the listing.
+SCENE_PROMPT = f"on a {world.BACKGROUND_NAME} background"
+FAMILY_OF_BASE = {"scene": "unet", "listing": "unet_listing"}
+
+
+def base_prompt(method: str, group: Group, base: str) -> str:
+    return group.listing() if base == "listing" or method == "no_control" else SCENE_PROMPT
+
+
+def sample(method: str, group: Group, batch: int = GROUP, text: str | None = None, base: str = "scene") -> torch.Tensor:
     """[batch, 128, 128, 3] pictures of ``group`` by ``method``, through ComfyUI's executor
-    (``text``: the base prompt, by default the listing of the group's objects)."""
-    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", text or group.listing()),
+    (``text``: the base prompt, by default the one ``base`` names)."""
+    text = text or base_prompt(method, group, base)
+    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", text),
              **_encode("negative", ""), **_masks(group),
              "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}}}
     for i, (colour, shape) in enumerate(group.asks):
         nodes.update(_encode(f"region{i}", f"a {colour} {shape}"))
     model, positive, negative = METHODS[method](nodes, group)
-    nodes["sampler"] = {"class_type": "KSampler", "inputs": {
-        "model": model, "positive": positive, "negative": negative, "latent_image": ["latent", 0], "seed": group.seed,
-        "steps": STEPS, "cfg": CFG, "sampler_name": SAMPLER, "scheduler": SCHEDULER, "denoise": 1.0}}
+    nodes["sampler"] = _sampler(model, positive, negative, ["latent", 0], group.seed)
     result = run_prompt(nodes, outputs=["sampler"])
     return world.decode_samples(result.output("sampler")["samples"].float())
 
@@ -231,11 +253,11 @@ def score(images: torch.Tensor, group: Group, cell: Cell) -> None:
         cell.seam.extend(metrics.seam_score(images, mask.expand(len(images), -1, -1))["seam_ratio"])
 
 
-def run_cell(method: str, layout: str, seeds: int) -> Cell:
+def run_cell(method: str, layout: str, seeds: int, base: str = "scene") -> Cell:
     cell = Cell([], [], [], [])
     start = time.perf_counter()
     for group in groups(layout, seeds):
-        score(sample(method, group, batch=min(GROUP, seeds)), group, cell)
+        score(sample(method, group, batch=min(GROUP, seeds), base=base), group, cell)
     cell.seconds = time.perf_counter() - start
     return cell
 
@@ -262,6 +284,224 @@ def sanity(seeds: int) -> dict[str, float]:
             "sanity_seeds_per_colour": seeds}
 
 
+# Keeping a region (issue 27): a source picture holds one object; the keep mask is that object's own
+# silhouette grown by KEEP_GROW px (a user's mask, not aligned to the 8 px latent cells); the prompt
+# lists the kept object and a new one, asked for in the right half. Methods, same seeds:
+KEEP_GROW = 4
+NEW_OBJECT_BOX: Box = (8, 0, 16, 16)
+
+
+@dataclass(frozen=True)
+class KeepGroup:
+    seed: int
+    kept: world.WorldObject
+    new: tuple[str, str]  # (colour, shape) asked for in NEW_OBJECT_BOX
+
+    def listing(self) -> str:
+        return world.caption([self.kept.phrase(), "a {} {}".format(*self.new)])
+
+
+def keep_groups(seeds: int) -> list[KeepGroup]:
+    out = []
+    for g in range(max(1, seeds // GROUP)):
+        rng = random.Random(f"keep-{g}")
+        kept_colour, new_colour = rng.sample(list(world.COLOURS), 2)
+        kept = world.random_object(rng, kept_colour, rng.choice(world.SHAPES), box=(0.0, 0.0, 0.5, 1.0), max_size=0.4)
+        out.append(KeepGroup(SEED + g * GROUP, kept, (new_colour, rng.choice(world.SHAPES))))
+    return out
+
+
+def keep_mask(obj: world.WorldObject) -> torch.Tensor:
+    """[1, SIZE, SIZE] float: the object's silhouette grown by ``KEEP_GROW`` px."""
+    import scipy.ndimage
+
+    grown = scipy.ndimage.binary_dilation(world.shape_mask(obj, SIZE).numpy(), iterations=KEEP_GROW)
+    return torch.from_numpy(grown).float()[None]
+
+
+def register_world_nodes() -> None:
+    """Test-only nodes for the keep cells: the source scene and keep mask, and the world's fixed
+    latent mapping in place of VAE Encode / Decode."""
+    import nodes
+    from harness.fixture_nodes import fixture_node
+
+    def scene(spec: str):
+        obj = world.WorldObject(**json.loads(spec))
+        return world.render(world.Scene((obj,)))[None], keep_mask(obj)
+
+    for name, description, outputs, make, inputs in (
+        ("ToyWorldScene", "A world render of one object and its grown silhouette.", ("IMAGE", "MASK"), scene,
+         {"object": ("STRING", {"default": "{}"})}),
+        ("ToyWorldEncode", "Images to a LATENT by the world's mapping.", ("LATENT",),
+         lambda images: {"samples": world.encode(images) / world.SD15_SCALE_FACTOR}, {"images": ("IMAGE",)}),
+        ("ToyWorldDecode", "A LATENT to images by the world's mapping.", ("IMAGE",),
+         lambda latent: world.decode_samples(latent["samples"].float()), {"samples": ("LATENT",)}),
+    ):
+        nodes.NODE_CLASS_MAPPINGS[name] = fixture_node(name, description, outputs, make, inputs)
+
+
+def _keep_core_inpaint(nodes: dict, group: KeepGroup) -> str:
+    nodes["edit_area"] = {"class_type": "InvertMask", "inputs": {"mask": ["scene", 1]}}
+    nodes["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["source", 0], "mask": ["edit_area", 0]}}
+    nodes["sampler"] = _sampler(["toy", 0], ["base", 0], ["negative", 0], ["masked", 0], group.seed)
+    return "decoded"
+
+
+def _keep_composite(nodes: dict, group: KeepGroup) -> str:
+    nodes["sampler"] = _sampler(["toy", 0], ["base", 0], ["negative", 0], ["empty", 0], group.seed)
+    nodes["result"] = {"class_type": "ImageCompositeMasked", "inputs": {
+        "destination": ["decoded", 0], "source": ["scene", 0], "x": 0, "y": 0, "resize_source": False,
+        "mask": ["scene", 1]}}
+    return "result"
+
+
+def _keep_pack(paste_back: bool):
+    def build(nodes: dict, group: KeepGroup) -> str:
+        nodes["keep"] = {"class_type": "SCPreserveRegion", "inputs": {
+            "model": ["toy", 0], "source": ["source", 0], "mask": ["scene", 1], "feather": FEATHER,
+            "start_percent": 0.0, "end_percent": 1.0, "falloff": "none"}}
+        nodes["sampler"] = _sampler(["keep", 0], ["base", 0], ["negative", 0], ["empty", 0], group.seed)
+        if not paste_back:
+            return "decoded"
+        nodes["result"] = {"class_type": "SCPasteBack", "inputs": {
+            "image": ["decoded", 0], "source_image": ["scene", 0], "mask": ["scene", 1], "feather": 6.0,
+            "falloff": "smoothstep", "colour_match": False}}
+        return "result"
+    return build
+
+
+KEEP_METHODS = {
+    "core_inpaint": _keep_core_inpaint,  # core SetLatentNoiseMask inpainting of the rest
+    "composite": _keep_composite,  # generate freely, then paste the kept pixels on top (core ImageCompositeMasked)
+    "preserve": _keep_pack(paste_back=False),  # the pack's Keep Region While Sampling
+    "preserve_paste": _keep_pack(paste_back=True),  # ... followed by its Paste Back Original
+}
+
+
+def keep_sample(method: str, group: KeepGroup, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(results [B, H, W, 3], source [1, H, W, 3], keep mask [1, H, W]) through ComfyUI's executor."""
+    obj = group.kept
+    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", group.listing()),
+             **_encode("negative", ""),
+             "scene": {"class_type": "ToyWorldScene", "inputs": {"object": json.dumps(
+                 {"colour": obj.colour, "shape": obj.shape, "x": obj.x, "y": obj.y, "size": obj.size})}},
+             "one_source": {"class_type": "ToyWorldEncode", "inputs": {"images": ["scene", 0]}},
+             "source": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["one_source", 0], "amount": batch}},
+             "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
+             "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}}
+    output = KEEP_METHODS[method](nodes, group)
+    result = run_prompt(nodes, outputs=[output, "scene"])
+    return result.output(output).float(), result.output("scene").float(), result.output("scene", 1)
+
+
+@dataclass
+class KeepCell:
+    new_object: list  # the new object found in its half
+    identical: list  # per picture: share of kept pixels bit-identical to the source
+    near: list  # ... within 1/255 (what an 8-bit PNG can show)
+    seam: list
+    seconds: float = 0.0
+
+    def figures(self) -> dict[str, float]:
+        return {"new_object": float(np.mean(self.new_object)), "identical": float(np.mean(self.identical)),
+                "all_identical": float(np.mean([share == 1.0 for share in self.identical])),
+                "near": float(np.mean(self.near)), "seam": float(np.mean(self.seam)),
+                "pictures": len(self.identical), "seconds": self.seconds}
+
+
+def run_keep_cell(method: str, seeds: int) -> KeepCell:
+    metrics = pack_import("nodes.ops.metrics")
+    cell = KeepCell([], [], [], [])
+    start = time.perf_counter()
+    for group in keep_groups(seeds):
+        images, source, mask = keep_sample(method, group, batch=min(GROUP, seeds))
+        kept = mask[0].bool()
+        for image in images:
+            found = judge.find_objects(image.numpy())
+            cell.new_object.append(judge.judge_instance(found, *group.new, region_mask(NEW_OBJECT_BOX)).success)
+            difference = (image - source[0]).abs().amax(-1)[kept]
+            cell.identical.append(float((difference == 0).float().mean()))
+            cell.near.append(float((difference <= 1 / 255).float().mean()))
+        cell.seam.extend(metrics.seam_score(images, mask.expand(len(images), -1, -1))["seam_ratio"])
+    cell.seconds = time.perf_counter() - start
+    return cell
+
+
+# Identity From Reference and Keep Frames Consistent (issue 27): the prompt names no colour or shape
+# (the empty prompt), so what is drawn comes from the reference picture / the anchor frame alone.
+REFERENCE_SIZE = 0.45
+FRAMES = 8  # frames per batch ("video") for Keep Frames Consistent
+
+
+def largest_object(image: torch.Tensor) -> tuple[str, str] | None:
+    found = judge.find_objects(image.numpy())
+    return (found[0].colour, found[0].shape) if found else None
+
+
+def look_sample(model: list, nodes: dict, seed: int, batch: int) -> torch.Tensor:
+    """[batch, H, W, 3] pictures from the empty prompt by ``model`` (a node output in ``nodes``), at cfg 1:
+    with nothing asked, guidance would only multiply the patch's own effect by the cfg."""
+    sampler = _sampler(model, ["empty_prompt", 0], ["empty_prompt", 0], ["empty", 0], seed)
+    sampler["inputs"]["cfg"] = 1.0
+    nodes.update({"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("empty_prompt", ""),
+                  "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
+                  "sampler": sampler,
+                  "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}})
+    return run_prompt(nodes, outputs=["decoded"]).output("decoded").float()
+
+
+def run_reference_cell(with_reference: bool, seeds: int) -> dict[str, float]:
+    """transfer: share of pictures whose largest object has the reference's colour and shape."""
+    hits, start = [], time.perf_counter()
+    for g in range(max(1, seeds // GROUP)):
+        rng = random.Random(f"reference-{g}")
+        reference = world.WorldObject(rng.choice(list(world.COLOURS)), rng.choice(world.SHAPES), 0.5, 0.5, REFERENCE_SIZE)
+        nodes, model = {}, ["toy", 0]
+        if with_reference:
+            spec = {"colour": reference.colour, "shape": reference.shape, "x": 0.5, "y": 0.5, "size": REFERENCE_SIZE}
+            nodes = {"scene": {"class_type": "ToyWorldScene", "inputs": {"object": json.dumps(spec)}},
+                     "reference": {"class_type": "ToyWorldEncode", "inputs": {"images": ["scene", 0]}},
+                     "patched": {"class_type": "SCReferenceAttention", "inputs": {
+                         "model": ["toy", 0], "reference": ["reference", 0], "strength": 1.0, "style_fidelity": 0.5,
+                         "start_percent": 0.0, "end_percent": 1.0}}}
+            model = ["patched", 0]
+        images = look_sample(model, nodes, SEED + g * GROUP, min(GROUP, seeds))
+        hits += [largest_object(image) == (reference.colour, reference.shape) for image in images]
+    return {"transfer": float(np.mean(hits)), "pictures": len(hits), "seconds": time.perf_counter() - start}
+
+
+def run_frames_cell(cross_frame: bool, seeds: int) -> dict[str, float]:
+    """consistent: share of frame batches whose every frame's largest object has frame 0's colour and
+    shape; frames: share of frames 1.. that match frame 0."""
+    batches, frames, start = [], [], time.perf_counter()
+    for b in range(max(1, seeds // FRAMES)):
+        nodes, model = {}, ["toy", 0]
+        if cross_frame:
+            nodes = {"patched": {"class_type": "SCCrossFrameAttention", "inputs": {
+                "model": ["toy", 0], "anchor_frames": "0", "strength": 1.0}}}
+            model = ["patched", 0]
+        looks = [largest_object(image) for image in look_sample(model, nodes, SEED + b * FRAMES, FRAMES)]
+        matches = [look is not None and look == looks[0] for look in looks[1:]]
+        batches.append(all(matches))
+        frames += matches
+    return {"consistent": float(np.mean(batches)), "frames": float(np.mean(frames)), "batches": len(batches),
+            "seconds": time.perf_counter() - start}
+
+
+CONTROLS = {  # --controls: name -> (title, run(seeds) -> figures); issue 27's controls on the UNet
+    **{f"keep_{method}": (title, lambda seeds, method=method: run_keep_cell(method, seeds).figures())
+       for method, title in {"core_inpaint": "core SetLatentNoiseMask inpainting",
+                             "composite": "core: generate, then ImageCompositeMasked",
+                             "preserve": "Keep Region While Sampling (SC)",
+                             "preserve_paste": "Keep Region + Paste Back Original (SC)"}.items()},
+    "no_reference": ("no reference", lambda seeds: run_reference_cell(False, seeds)),
+    "reference": ("Identity From Reference (SC)", lambda seeds: run_reference_cell(True, seeds)),
+    "frames_apart": ("frames sampled apart", lambda seeds: run_frames_cell(False, seeds)),
+    "frames_cross": ("Keep Frames Consistent (SC)", lambda seeds: run_frames_cell(True, seeds)),
+}
+COUNTS = ("pictures", "batches", "seconds")  # figures that say how much was measured, not how well
+
+
 FIGURE_METHODS = {"no_control": "one prompt", "core_mask": "core SetMask", "attention_l0": "Apply Regions: attention",
                   "instances": "Apply Regions: instances"}
 
@@ -278,7 +518,8 @@ def figure(path: Path, layout: str = "quadrants", columns: int = 8) -> None:
     asks = "; ".join(f"{c} {s}" for c, s in group.asks)
     draw.text((4, 2), f"Toy model trained here (128 px), same seeds per column. Regions (TL, TR, BL, BR): {asks}",
                 fill="black")
-    draw.text((4, 16), "Boxes: the regions. One prompt lists all four objects.", fill="black")
+    draw.text((4, 16), f"Boxes: the regions. One prompt lists all four objects; the others: base \"{SCENE_PROMPT}\" + a prompt per region.",
+              fill="black")
     scale = tile / SIZE
     for row, (method, label) in enumerate(FIGURE_METHODS.items()):
         images = sample(method, group, batch=columns)
@@ -328,28 +569,72 @@ MODEL_NOTE = (
     "method; the pack's methods and core's get the same base prompt (the listing of all objects).")
 
 
+def control_json_figures(control_results: dict) -> dict:
+    out = {f"{name}_{figure}": round(value, 4) for name, figures in control_results.items()
+           for figure, value in figures.items() if figure not in COUNTS}
+    if "keep_preserve_paste_identical" in out:  # the name the issue's goal uses
+        out["preserve_outside_identical"] = out["keep_preserve_paste_identical"]
+    return out
+
+
+CONTROLS_NOTE = (
+    "**Other controls** (issue 27). *Keeping a region*: a source picture of one object, kept by its silhouette "
+    f"grown by {KEEP_GROW} px (not aligned to the 8 px latent cells, as a user's mask is not); the prompt lists it "
+    "and a new object asked for in the right half. **identical**: share of kept pixels bit-identical to the source "
+    "(mean per picture); **all_identical**: share of pictures where every kept pixel is; **near**: within 1/255; "
+    "**seam**: seam ratio along the keep mask's edge; **new_object**: the new object found in its half. No VAE "
+    "here: with a real VAE, every method without a paste back also loses the VAE round trip in the kept area. "
+    "*Identity From Reference* and *Keep Frames Consistent*: the empty prompt (cfg 1), so only the reference or "
+    "the anchor frame can say what to draw. **transfer**: share of pictures whose largest object has the "
+    f"reference's colour and shape; **consistent**: share of batches of {FRAMES} frames whose every frame's largest "
+    "object has frame 0's colour and shape; **frames**: share of frames that do.")
+
+
+def control_markdown(control_results: dict) -> str:
+    if not control_results:
+        return ""
+    lines = ["", "", CONTROLS_NOTE, "", "| control | figures |", "|---|---|"]
+    for name, figures in control_results.items():
+        values = ", ".join(f"{figure} {value:.4g}" for figure, value in figures.items() if figure not in COUNTS)
+        lines.append(f"| {CONTROLS[name][0]} | {values} |")
+    return "\n".join(lines)
+
+
+BASE_TITLES = {"unet": f"base prompt \"{SCENE_PROMPT}\" (the scene only)",
+               "unet_listing": "base prompt listing every object (MIG's global prompt; every pixel reading it reads every object)"}
+
+
 def markdown(results: dict, sanity_figures: dict | None, header: str) -> str:
     methods = [m for m in METHODS if any(key[1] == m for key in results)]
     layouts = [name for name in LAYOUTS if any(key[2] == name for key in results)]
-    lines = [header, "", MODEL_NOTE, "", "| layout (regions) | figure | " + " | ".join(METHOD_TITLES[m] for m in methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
-    for layout in layouts:
-        for name in ("success", "shape", "leak", "seam"):
-            values = [results.get(("unet", m, layout), {}).get(name, float("nan")) for m in methods]
-            label = f"{layout} ({LAYOUTS[layout][0]})" if name == "success" else ""
-            lines.append(f"| {label} | {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines = [header, "", MODEL_NOTE]
+    for family, title in BASE_TITLES.items():
+        if not any(key[0] == family for key in results):
+            continue
+        lines += ["", f"Spatial methods with the {title}; *no control* is the listing alone.", "",
+                  "| layout (regions) | figure | " + " | ".join(METHOD_TITLES[m] for m in methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        for layout in layouts:
+            for name in ("success", "shape", "leak", "seam"):
+                values = [results.get((family, m, layout), {}).get(name, float("nan")) for m in methods]
+                label = f"{layout} ({LAYOUTS[layout][0]})" if name == "success" else ""
+                lines.append(f"| {label} | {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     figures = json_figures(results)
     goals = [("attention mode (locality 0), 2 regions", "unet_attention_l2_success", 0.90),
              ("attention mode (locality 0), 4 regions", "unet_attention_l4_success", 0.80),
              ("instances mode, 2 regions", "unet_instances_l2_success", 0.95),
              ("instances mode, 4 regions", "unet_instances_l4_success", 0.90)]
-    lines += ["", "| goal (instance success) | value | goal | met? | core SetMask | no control |", "|---|---|---|---|---|---|"]
+    lines += ["", "| goal (instance success, scene base prompt) | value | goal | met? | core SetMask | no control | "
+              "value, listing base | core SetMask, listing base |", "|---|---|---|---|---|---|---|---|"]
     for label, key, goal in goals:
         count = key[-9]
         if key in figures:
+            listing = key.replace("unet_", "unet_listing_", 1).replace("_attention_", "_attention_l0_")
             lines.append(f"| {label} | {figures[key]:.3f} | ≥ {goal:g} | {'yes' if figures[key] >= goal else 'no'} | "
                          f"{figures.get(f'core_mask_l{count}_success', float('nan')):.3f} | "
-                         f"{figures.get(f'no_control_l{count}_success', float('nan')):.3f} |")
+                         f"{figures.get(f'no_control_l{count}_success', float('nan')):.3f} | "
+                         f"{figures.get(listing, float('nan')):.3f} | "
+                         f"{figures.get(f'unet_listing_core_mask_l{count}_success', float('nan')):.3f} |")
     if sanity_figures:
         lines += ["", f"Sanity bar (\"a <colour> <shape>\" alone, {sanity_figures['sanity_seeds_per_colour']} seeds "
                   f"per colour, the three shapes taking turns): right colour {sanity_figures['sanity_colour']:.3f} (goal 0.95), "
@@ -366,9 +651,13 @@ def write_docs(section: str, path: Path = Path(__file__).resolve().parents[1] / 
     path.write_text(text[:start + len(DOCS_START)] + "\n" + section + "\n" + text[end:])
 
 
-def row_text(layout: str, method: str, figures: dict) -> str:
-    return (f"{layout:10} {method:14} {figures['success']:8.3f} {figures['shape']:6.3f} {figures['leak']:6.3f} "
+def row_text(layout: str, method: str, figures: dict, base: str) -> str:
+    return (f"{layout:10} {method:14} {base:8} {figures['success']:8.3f} {figures['shape']:6.3f} {figures['leak']:6.3f} "
             f"{figures['seam']:6.3f} {figures['instances']:5d} {figures['seconds']:5.0f}")
+
+
+def control_row_text(name: str, figures: dict) -> str:
+    return f"{name:25} " + " ".join(f"{figure} {value:.4g}" for figure, value in figures.items())
 
 
 def main() -> None:
@@ -376,11 +665,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=64, help=f"seeds per cell (groups of {GROUP})")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--base", default="scene", help=f"base prompts of the spatial methods: {','.join(FAMILY_OF_BASE)}")
     parser.add_argument("--weights", type=Path, default=toy.WEIGHTS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sanity", action="store_true",
                         help='also the sanity bar: "a <colour> <shape>" alone, --seeds per colour')
     parser.add_argument("--no-cells", action="store_true", help="no layout cells (e.g. with --sanity alone)")
+    parser.add_argument("--controls", default="", help=f"other controls, comma separated: {','.join(CONTROLS)} or all")
     parser.add_argument("--figure", type=Path, help="only draw the README figure to this PNG")
     parser.add_argument("--save", type=Path, help="also write the figures to this JSON file (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", help="no sampling: join runs saved with --save")
@@ -390,15 +681,18 @@ def main() -> None:
     header = (f"Toy SD1.5-architecture model `{args.weights.name}` (sha256 {toy.sha256(args.weights)[:12]}), "
               f"{SIZE} px, KSampler {SAMPLER} {STEPS} steps cfg {CFG}, {args.seeds} seeds per cell, feather {FEATHER} px.")
     print(header)
-    print(f"{'layout':10} {'method':14} {'success':>8} {'shape':>6} {'leak':>6} {'seam':>6} {'inst':>5} {'s':>5}")
-    results, sanity_figures = {}, {}
+    print(f"{'layout':10} {'method':14} {'base':8} {'success':>8} {'shape':>6} {'leak':>6} {'seam':>6} {'inst':>5} {'s':>5}")
+    results, sanity_figures, control_results = {}, {}, {}
     if args.merge:
         for path in args.merge:
             saved = json.loads(path.read_text())
             sanity_figures.update(saved["sanity"])
             results.update({tuple(key.split("|")): figures for key, figures in saved["cells"].items()})
-        for (_, method, layout), figures in results.items():
-            print(row_text(layout, method, figures))
+            control_results.update(saved.get("controls", {}))
+        for (family, method, layout), figures in results.items():
+            print(row_text(layout, method, figures, {f: b for b, f in FAMILY_OF_BASE.items()}[family]))
+        for name, figures in control_results.items():
+            print(control_row_text(name, figures))
     else:
         boot()
         import comfy.utils
@@ -406,22 +700,27 @@ def main() -> None:
         comfy.utils.set_progress_bar_enabled(False)
         for register in FAMILIES.values():
             register(args.weights)
+        register_world_nodes()
         if args.figure:
             figure(args.figure)
             return
         if args.sanity:
             sanity_figures = sanity(args.seeds)
-        for layout in [] if args.no_cells else args.layouts.split(","):
-            for method in args.methods.split(","):
-                figures = run_cell(method, layout, args.seeds).figures()
-                results[("unet", method, layout)] = figures
-                print(row_text(layout, method, figures), flush=True)
+        for base in [] if args.no_cells else args.base.split(","):
+            for layout in args.layouts.split(","):
+                for method in args.methods.split(","):
+                    figures = run_cell(method, layout, args.seeds, base).figures()
+                    results[(FAMILY_OF_BASE[base], method, layout)] = figures
+                    print(row_text(layout, method, figures, base), flush=True)
+        for name in list(CONTROLS) if args.controls == "all" else [c for c in args.controls.split(",") if c]:
+            control_results[name] = CONTROLS[name][1](args.seeds)
+            print(control_row_text(name, control_results[name]), flush=True)
     if args.save:
-        args.save.write_text(json.dumps({"sanity": sanity_figures,
+        args.save.write_text(json.dumps({"sanity": sanity_figures, "controls": control_results,
                                          "cells": {"|".join(key): value for key, value in results.items()}}))
     if args.write_docs:
-        write_docs(markdown(results, sanity_figures, header))
-    print(json.dumps({**json_figures(results), **sanity_figures}))
+        write_docs(markdown(results, sanity_figures, header) + control_markdown(control_results))
+    print(json.dumps({**json_figures(results), **control_json_figures(control_results), **sanity_figures}))
 
 
 if __name__ == "__main__":
