@@ -112,7 +112,9 @@ class SCApplyRegions(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to sample with: SD1.x, SD2.x, SDXL, or on ComfyUI "
                                                 "0.33+ Flux, Chroma, Qwen-Image or Z-Image."),
                 io.Conditioning.Input("positive", tooltip="The base prompt: applies everywhere (attention) or "
-                                                          "where no region is (instances)."),
+                                                          "where no region is (instances). In attention mode name only "
+                                                          "what the regions share (scene, light, style): every region "
+                                                          "reads it, so an object named here can appear in any region."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt, passed on (used for every region)."),
                 Regions.Input("regions", tooltip="The regions, from Region Prompt / Combine Regions nodes."),
                 io.Combo.Input("mode", options=list(MODES), default="attention",
