@@ -46,6 +46,13 @@ def use_attention(name: str) -> None:
         comfy_attention.optimized_attention = comfy_attention.get_attention_function(name)
 
 
+def attention_name() -> str:
+    """The attention function ComfyUI's calls use now, for the benchmarks' JSON."""
+    import comfy.ldm.modules.attention as comfy_attention
+
+    return comfy_attention.optimized_attention.__name__
+
+
 def clock() -> Callable[[], float]:
     """Process CPU time with one torch thread (other load barely moves it), else wall time."""
     import torch

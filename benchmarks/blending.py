@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_attention_argument, add_rounds_argument, add_threads_argument, clock_name,  # noqa: E402
+from _common import (add_attention_argument, add_rounds_argument, add_threads_argument, attention_name, clock_name,  # noqa: E402
                      interleaved_rounds, seconds_per_step, use_attention)
 from harness import boot, pack_import  # noqa: E402
 
@@ -113,7 +113,7 @@ def main() -> None:
                    "sampler": "euler", "cfg": 5.0, "steps": args.steps,
                    "clock": clock_name(),
                    "device": str(model.load_device), "threads": torch.get_num_threads(),
-                   "attention": comfy_attention.optimized_attention.__name__},
+                   "attention": attention_name()},
     }))
 
 

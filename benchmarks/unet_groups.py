@@ -48,7 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_attention_argument, add_threads_argument, clock_name, seconds_per_step,  # noqa: E402
+from _common import (add_attention_argument, add_threads_argument, attention_name, clock_name, seconds_per_step,  # noqa: E402
                      use_attention)
 from harness import boot, pack_import, tiny_models  # noqa: E402
 
@@ -307,7 +307,7 @@ def main() -> None:
                   "below": "per_prompt_blend_n4_ratio_512"},
         "config": {"layouts": LAYOUTS, "sampler": "euler", "cfg": 5.0, "steps": 1, "rounds": args.rounds,
                    "clock": clock_name(), "threads": torch.get_num_threads(),
-                   "attention": comfy_attention.optimized_attention.__name__},
+                   "attention": attention_name()},
     }))
 
 
