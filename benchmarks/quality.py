@@ -43,7 +43,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -340,6 +340,11 @@ def register_world_nodes() -> None:
         nodes.NODE_CLASS_MAPPINGS[name] = fixture_node(name, description, outputs, make, inputs)
 
 
+def scene_node(obj: world.WorldObject) -> dict:
+    """The ToyWorldScene prompt node of ``obj`` (IMAGE: its render, MASK: its grown silhouette)."""
+    return {"class_type": "ToyWorldScene", "inputs": {"object": json.dumps(asdict(obj))}}
+
+
 def _keep_core_inpaint(nodes: dict, group: KeepGroup) -> str:
     nodes["edit_area"] = {"class_type": "InvertMask", "inputs": {"mask": ["scene", 1]}}
     nodes["masked"] = {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["source", 0], "mask": ["edit_area", 0]}}
@@ -380,11 +385,9 @@ KEEP_METHODS = {
 
 def keep_sample(method: str, group: KeepGroup, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(results [B, H, W, 3], source [1, H, W, 3], keep mask [1, H, W]) through ComfyUI's executor."""
-    obj = group.kept
     nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", group.listing()),
              **_encode("negative", ""),
-             "scene": {"class_type": "ToyWorldScene", "inputs": {"object": json.dumps(
-                 {"colour": obj.colour, "shape": obj.shape, "x": obj.x, "y": obj.y, "size": obj.size})}},
+             "scene": scene_node(group.kept),
              "one_source": {"class_type": "ToyWorldEncode", "inputs": {"images": ["scene", 0]}},
              "source": {"class_type": "RepeatLatentBatch", "inputs": {"samples": ["one_source", 0], "amount": batch}},
              "empty": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
@@ -458,8 +461,7 @@ def run_reference_cell(with_reference: bool, seeds: int) -> dict[str, float]:
         reference = world.WorldObject(rng.choice(list(world.COLOURS)), rng.choice(world.SHAPES), 0.5, 0.5, REFERENCE_SIZE)
         nodes, model = {}, ["toy", 0]
         if with_reference:
-            spec = {"colour": reference.colour, "shape": reference.shape, "x": 0.5, "y": 0.5, "size": REFERENCE_SIZE}
-            nodes = {"scene": {"class_type": "ToyWorldScene", "inputs": {"object": json.dumps(spec)}},
+            nodes = {"scene": scene_node(reference),
                      "reference": {"class_type": "ToyWorldEncode", "inputs": {"images": ["scene", 0]}},
                      "patched": {"class_type": "SCReferenceAttention", "inputs": {
                          "model": ["toy", 0], "reference": ["reference", 0], "strength": 1.0, "style_fidelity": 0.5,
