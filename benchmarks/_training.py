@@ -14,6 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from harness import pack_import  # noqa: E402
 
 
+SD15_SCALE = 0.18215  # SD1.5's latent scale_factor: model space = LATENT samples x this
+
+
 def _loop():
     return pack_import("nodes.sampling.training")
 
@@ -31,8 +34,9 @@ def stripes_task(n: int = 4, latent: int = 8, seed: int = 0, full_hint: bool = F
     inside a per-image square mask; flat (a per-image colour) elsewhere.
 
     Returns ``(latents [n,4,latent,latent], hints [n,8*latent,8*latent,3], masks [n,8*latent,8*latent],
-    conditioning, pattern [1,1,latent,latent])``: ``pattern`` is the +-1 stripe pattern in latent
-    space, the same in every channel. The control image shows the stripes inside the mask only, or
+    conditioning, pattern [1,1,latent,latent])``: ``latents`` are LATENT samples (the VAE's space, as
+    training takes them), which an SD1.5 model sees x ``SD15_SCALE`` as the amplitudes below;
+    ``pattern`` is the +-1 stripe pattern in the model's latent space, the same in every channel. The control image shows the stripes inside the mask only, or
     everywhere with ``full_hint`` (a whole-image control that must act only inside the mask, the
     case mask-in-the-loop training is for). Masks cover 5/8 of each side at a random position.
     """
@@ -46,7 +50,7 @@ def stripes_task(n: int = 4, latent: int = 8, seed: int = 0, full_hint: bool = F
     hints = (stripes if full_hint else stripes * masks).expand(n, -1, -1).unsqueeze(-1).expand(-1, -1, -1, 3)
     pattern = ((torch.arange(latent) // 2 % 2).float().expand(latent, -1) * 2.0 - 1.0).view(1, 1, latent, latent)
     latent_mask = F.adaptive_avg_pool2d(masks.unsqueeze(1), latent)
-    latents = 0.2 * torch.randn(n, 4, 1, 1, generator=g) + latent_mask * pattern
+    latents = (0.2 * torch.randn(n, 4, 1, 1, generator=g) + latent_mask * pattern) / SD15_SCALE
     cond = [[torch.randn(1, 77, context_dim, generator=g), {}]]
     return latents, hints.contiguous(), masks, cond, pattern
 
@@ -56,13 +60,14 @@ def evaluate(model_patcher, adapter, latents, hints, masks, conditioning, sigmas
     step = _prepared(model_patcher, conditioning)
     latents, hints, masks = _loop().check_dataset(latents, hints, masks)
     _loop().check_conditioning(conditioning, latents.shape[0])
+    latents = step.base.process_latent_in(latents.to(step.device, torch.float32))
     generator = torch.Generator().manual_seed(seed)
     noise_total = sobel_total = 0.0
     with torch.no_grad():
         for sigma in sigmas:
             noise = torch.randn(latents.shape, generator=generator).to(step.device)
             s = torch.full((latents.shape[0],), float(sigma), device=step.device)
-            noise_loss, sobel_loss, _ = step.losses(adapter, latents.to(step.device), hints, masks, noise, s,
+            noise_loss, sobel_loss, _ = step.losses(adapter, latents, hints, masks, noise, s,
                                                     index=list(range(latents.shape[0])))
             noise_total += noise_loss.item()
             sobel_total += sobel_loss.item()
@@ -88,7 +93,7 @@ def control_effect(model_patcher, adapter, latents, hints, masks, conditioning, 
     step = _prepared(model_patcher, conditioning)
     latents, hints, masks = _loop().check_dataset(latents, hints, masks)
     _loop().check_conditioning(conditioning, latents.shape[0])
-    latents = latents.to(step.device, torch.float32)
+    latents = step.base.process_latent_in(latents.to(step.device, torch.float32))
     latent_hw = tuple(latents.shape[-2:])
     cells = pack_import("nodes.ops.control").mask_for_residual(masks, latent_hw, latent_hw).to(latents)
     near = F.max_pool2d((cells > 0).to(latents), 5, stride=1, padding=2)

@@ -607,6 +607,25 @@ def test_list_items_of_different_sizes_are_a_clear_error():
     assert nodes_training.joined_batch([torch.ones(2, 8, 8, 3), torch.zeros(1, 8, 8, 3)], "x").shape == (3, 8, 8, 3)
 
 
+def test_training_sees_the_latents_in_the_models_space_as_the_sampler_does(monkeypatch):
+    """LATENT samples are in the VAE's space; KSampler gives the model ``process_latent_in`` of them
+    (SD1.5: x 0.18215), so training on the raw samples would teach the adapter on latents 5.5x too large."""
+    latents, hints, masks, cond = task()
+    seen = []
+    real_losses = loop.TrainingStep.losses
+
+    def recording(self, adapter, z0, *args, **kwargs):
+        seen.append(z0.clone())
+        return real_losses(self, adapter, z0, *args, **kwargs)
+
+    monkeypatch.setattr(loop.TrainingStep, "losses", recording)
+    loop.train_local_control(micro_sd15(), adapters.fresh_adapter(micro_sd15()), latents, hints, masks, cond,
+                             loop.TrainConfig(steps=1, batch_size=N))
+    scale = micro_sd15().model.latent_format.scale_factor
+    assert scale == pytest.approx(0.18215)
+    assert torch.allclose(seen[0].sort(dim=0).values, (latents * scale).sort(dim=0).values, atol=1e-6)
+
+
 def test_per_item_conditioning_reaches_the_unet_per_item():
     latents, hints, masks, cond = task()
     g = torch.Generator().manual_seed(5)

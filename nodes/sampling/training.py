@@ -270,7 +270,9 @@ def train_local_control(model_patcher, adapter, latents: torch.Tensor, hints: to
     device = step.device
     latents, hints, masks = check_dataset(latents, hints, masks)
     check_conditioning(conditioning, latents.shape[0])
-    latents = latents.to(device, torch.float32)
+    # LATENT samples are in the VAE's space; the sampler hands the model process_latent_in of them
+    # (SD1.5: x 0.18215), so the adapter must learn on that scale too.
+    latents = step.base.process_latent_in(latents.to(device, torch.float32))
     check_fits(adapter, model_patcher)
     trained = trainable_copy(adapter, device)
     network = adapter_network(trained)
