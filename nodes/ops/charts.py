@@ -67,15 +67,36 @@ def heatmap(title: str, matrix: Sequence[Sequence[float]], row_labels: Sequence[
     return _to_image(figure)
 
 
+SMOOTHED_POINTS = 50  # a run longer than this is drawn as its running mean over len / 50 steps
+
+
+def running_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """Mean of each value and the ``window - 1`` before it (fewer at the start): what a loss is doing
+    when single steps jump by 10x with the batch and the noise drawn."""
+    data = np.asarray(values, dtype=np.float64)
+    sums = np.cumsum(np.concatenate(([0.0], data)))
+    ends = np.arange(1, len(data) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
 def loss_plot(history: dict[str, list[float]], width_px: int = 640, height_px: int = 360) -> torch.Tensor:
-    """IMAGE ``[1,H,W,3]``: each loss series against the step, log scale when all are positive."""
+    """IMAGE ``[1,H,W,3]``: each loss series against the step, log scale when all are positive; a long
+    run's steps are drawn faint under their running mean (``SMOOTHED_POINTS``)."""
     figure = _figure(width_px, height_px)
     axes = figure.add_subplot()
     positive = True
+    window = max(1, max((len(v) for v in history.values()), default=0) // SMOOTHED_POINTS)
     for name, values in history.items():
         if not values:
             continue
-        axes.plot(range(1, len(values) + 1), values, label=name)
+        steps = range(1, len(values) + 1)
+        if window == 1:
+            axes.plot(steps, values, label=name)
+        else:
+            (raw,) = axes.plot(steps, values, alpha=0.2, linewidth=0.6)
+            axes.plot(steps, running_mean(values, window), color=raw.get_color(),
+                      label=f"{name} (mean of {window} steps)")
         positive = positive and min(values) > 0
     if positive and any(history.values()):
         axes.set_yscale("log")
