@@ -30,6 +30,11 @@ Other controls (``--controls all``). Keeping a region: a source picture of one o
 while a new object is asked for beside it; core SetLatentNoiseMask inpainting, core "generate then
 ImageCompositeMasked", the pack's Keep Region While Sampling alone and followed by Paste Back
 Original. Figures: kept pixels bit-identical to the source, seam along the mask, new object found.
+ControlNet: the toy ControlNet (``toyworld/train_control.py``, trained with the pack's Train Local
+Control) on world outlines: one outline (core Apply ControlNet against no control), two outlines
+with a mask on one (core, the pack's Apply ControlNet With Mask with and without exact_outside, no
+control; IoU of the drawn objects with each outline), three regions each with its own outline and
+prompt (instances mode with a ControlNet per region, without, and core SetMask + core ControlNet).
 
 Run: ``.venv/bin/python benchmarks/quality.py [--seeds 64 --layouts halves,quadrants --controls all]``. Last stdout
 line: JSON with ``unet_<method>_l<N>_success`` (N the regions of the fixed layouts) and more.
@@ -150,21 +155,27 @@ def _core(kind: str):
     return build
 
 
+def _apply_regions(nodes: dict, masks: list[list], mode: str, locality: float = 0.0,
+                   controls: list[dict] | None = None) -> tuple[list, list, list]:
+    """Region (SC) per region prompt ``region<i>`` with ``masks[i]`` (and ``controls[i]``'s inputs),
+    chained into Apply Regions (SC) on the base prompt; (model, positive, negative) it gives."""
+    previous = None
+    for i, mask in enumerate(masks):
+        inputs = {"conditioning": [f"region{i}", 0], "mask": mask, "weight": 1.0, "control_strength": 1.0,
+                  **(controls[i] if controls else {})}
+        if previous:
+            inputs["regions"] = [previous, 0]
+        nodes[f"sc_region{i}"] = {"class_type": "SCRegion", "inputs": inputs}
+        previous = f"sc_region{i}"
+    nodes["apply"] = {"class_type": "SCApplyRegions", "inputs": {
+        "model": ["toy", 0], "positive": ["base", 0], "negative": ["negative", 0], "regions": [previous, 0],
+        "mode": mode, "feather": FEATHER, "self_attention_locality": locality}}
+    return ["apply", 0], ["apply", 1], ["apply", 2]
+
+
 def _pack(mode: str, locality: float = 0.0):
-    def build(nodes: dict, group: Group) -> tuple[list, list, list]:
-        previous = None
-        for i in range(len(group.boxes)):
-            inputs = {"conditioning": [f"region{i}", 0], "mask": [f"mask{i}", 0], "weight": 1.0,
-                      "control_strength": 1.0}
-            if previous:
-                inputs["regions"] = [previous, 0]
-            nodes[f"sc_region{i}"] = {"class_type": "SCRegion", "inputs": inputs}
-            previous = f"sc_region{i}"
-        nodes["apply"] = {"class_type": "SCApplyRegions", "inputs": {
-            "model": ["toy", 0], "positive": ["base", 0], "negative": ["negative", 0], "regions": [previous, 0],
-            "mode": mode, "feather": FEATHER, "self_attention_locality": locality}}
-        return ["apply", 0], ["apply", 1], ["apply", 2]
-    return build
+    return lambda nodes, group: _apply_regions(nodes, [[f"mask{i}", 0] for i in range(len(group.boxes))], mode,
+                                                locality)
 
 
 def _no_control(nodes: dict, group: Group) -> tuple[list, list, list]:
@@ -320,7 +331,7 @@ def keep_mask(obj: world.WorldObject) -> torch.Tensor:
 
 
 def register_world_nodes() -> None:
-    """Test-only nodes for the keep cells: the source scene and keep mask, and the world's fixed
+    """Test-only nodes for the control cells: the source scene and keep mask, object outlines, and the world's fixed
     latent mapping in place of VAE Encode / Decode."""
     import nodes
     from harness.fixture_nodes import fixture_node
@@ -332,12 +343,20 @@ def register_world_nodes() -> None:
     for name, description, outputs, make, inputs in (
         ("ToyWorldScene", "A world render of one object and its grown silhouette.", ("IMAGE", "MASK"), scene,
          {"object": ("STRING", {"default": "{}"})}),
+        ("ToyWorldOutlines", "The outlines of a list of objects and the grown box of one of them.", ("IMAGE", "MASK"),
+         lambda spec, mask_of: outlines_and_mask(spec, mask_of),
+         {"objects": ("STRING", {"default": "[]"}), "mask_of": ("INT", {"default": 0})}),
         ("ToyWorldEncode", "Images to a LATENT by the world's mapping.", ("LATENT",),
          lambda images: {"samples": world.encode(images) / world.SD15_SCALE_FACTOR}, {"images": ("IMAGE",)}),
         ("ToyWorldDecode", "A LATENT to images by the world's mapping.", ("IMAGE",),
          lambda latent: world.decode_samples(latent["samples"].float()), {"samples": ("LATENT",)}),
     ):
         nodes.NODE_CLASS_MAPPINGS[name] = fixture_node(name, description, outputs, make, inputs)
+
+
+def outlines_and_mask(spec: str, mask_of: int) -> tuple[torch.Tensor, torch.Tensor]:
+    objects = tuple(world.WorldObject(**o) for o in json.loads(spec))
+    return world.outlines(world.Scene(objects), SIZE)[None], grown_box(objects[mask_of])
 
 
 def scene_node(obj: world.WorldObject) -> dict:
@@ -490,6 +509,158 @@ def run_frames_cell(cross_frame: bool, seeds: int) -> dict[str, float]:
             "seconds": time.perf_counter() - start}
 
 
+# ControlNet (issue 27): the toy ControlNet (toyworld/train_control.py, trained by the pack's Train Local
+# Control node) turns object outlines into objects. A group is a world scene of 1-3 objects with its own
+# seeds; the prompt lists the objects (or, per region, names its own); masks are object boxes grown by
+# OUTLINE_MASK_GROW px. Hit: the drawn object of the asked colour covers its outline's filled shape at
+# IoU >= IOU_HIT.
+CN_GROUP = 8
+OUTLINE_MASK_GROW = 8
+IOU_HIT = 0.7
+
+
+@dataclass(frozen=True)
+class OutlineGroup:
+    seed: int
+    objects: tuple[world.WorldObject, ...]
+
+
+def outline_groups(count: int, seeds: int) -> list[OutlineGroup]:
+    return [OutlineGroup(SEED + g * CN_GROUP, world.random_scene(random.Random(f"outlines{count}-{g}"), count).objects)
+            for g in range(max(1, seeds // CN_GROUP))]
+
+
+def outlines_node(objects, mask_of: int = 0) -> dict:
+    """The ToyWorldOutlines prompt node (IMAGE: the objects' outlines, MASK: object ``mask_of``'s grown box)."""
+    return {"class_type": "ToyWorldOutlines", "inputs": {"objects": json.dumps([asdict(o) for o in objects]),
+                                                         "mask_of": mask_of}}
+
+
+def grown_box(obj: world.WorldObject, pixels: int = SIZE) -> torch.Tensor:
+    """[1, pixels, pixels] MASK: ``obj``'s bounding box grown by OUTLINE_MASK_GROW px."""
+    x0, y0, x1, y1 = (round(v * pixels) for v in obj.box())
+    mask = torch.zeros(1, pixels, pixels)
+    grow = OUTLINE_MASK_GROW
+    mask[:, max(0, y0 - grow):y1 + grow, max(0, x0 - grow):x1 + grow] = 1.0
+    return mask
+
+
+def object_iou(image: torch.Tensor, obj: world.WorldObject) -> float:
+    """IoU of ``obj``'s filled shape with the drawn object of its colour overlapping it most (0: none)."""
+    target = world.shape_mask(obj, image.shape[0]).numpy()
+    found = [o.mask for o in judge.find_objects(image.numpy()) if o.colour == obj.colour]
+    return max((float((m & target).sum()) / float((m | target).sum()) for m in found), default=0.0)
+
+
+def _outline_control(kind: str):
+    """Core Apply ControlNet (the whole control image) or the pack's masked one, on the listing prompt."""
+    def build(nodes: dict, group: OutlineGroup) -> tuple[list, list]:
+        nodes["cn"] = {"class_type": "ToyWorldControlNetLoader", "inputs": {}}
+        nodes["outlines"] = outlines_node(group.objects)
+        inputs = {"positive": ["base", 0], "negative": ["negative", 0], "control_net": ["cn", 0],
+                  "image": ["outlines", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}
+        if kind == "core":
+            nodes["control"] = {"class_type": "ControlNetApplyAdvanced", "inputs": inputs}
+        else:
+            nodes["control"] = {"class_type": "SCApplyControlNetMasked", "inputs": {
+                **inputs, "mask": ["outlines", 1], "exact_outside": kind == "masked_exact"}}
+        return ["control", 0], ["control", 1]
+    return build
+
+
+OUTLINE_METHODS = {
+    "no_control": lambda nodes, group: (["base", 0], ["negative", 0]),
+    "core_cn": _outline_control("core"),  # core Apply ControlNet: every outline acts
+    "masked_cn": _outline_control("masked"),  # Apply ControlNet With Mask (SC): only the first object's
+    "masked_cn_exact": _outline_control("masked_exact"),  # ... with exact_outside
+}
+
+
+def outline_sample(method: str, group: OutlineGroup, batch: int) -> torch.Tensor:
+    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}},
+             **_encode("base", world.Scene(group.objects).caption()), **_encode("negative", ""),
+             "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
+             "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}}
+    positive, negative = OUTLINE_METHODS[method](nodes, group)
+    nodes["sampler"] = _sampler(["toy", 0], positive, negative, ["latent", 0], group.seed)
+    return run_prompt(nodes, outputs=["decoded"]).output("decoded").float()
+
+
+def run_outline_cell(method: str, count: int, seeds: int) -> dict[str, float]:
+    """One object (the sanity bar): its IoU and hit rate. Two: the first inside the mask, the second outside."""
+    ious: list[list[float]] = [[] for _ in range(count)]
+    start = time.perf_counter()
+    for group in outline_groups(count, seeds):
+        for image in outline_sample(method, group, min(CN_GROUP, seeds)):
+            for i, obj in enumerate(group.objects):
+                ious[i].append(object_iou(image, obj))
+    names = ["iou"] if count == 1 else ["inside_iou", "outside_iou"]
+    figures = {name: float(np.mean(values)) for name, values in zip(names, ious)}
+    figures[names[0].replace("iou", "hit")] = float(np.mean([v >= IOU_HIT for v in ious[0]]))
+    return {**figures, "pictures": len(ious[0]), "seconds": time.perf_counter() - start}
+
+
+def _per_region(control: bool):
+    """Apply Regions (SC) instances mode: per object a region (its grown box) with its own prompt and,
+    with ``control``, its own outline through the toy ControlNet (the FineControlNet case)."""
+    def build(nodes: dict, group: OutlineGroup) -> tuple[list, list, list]:
+        nodes["cn"] = {"class_type": "ToyWorldControlNetLoader", "inputs": {}}
+        for i, obj in enumerate(group.objects):
+            nodes[f"outline{i}"] = outlines_node([obj])
+        controls = [{"control_net": ["cn", 0], "control_image": [f"outline{i}", 0]} for i in range(len(group.objects))]
+        return _apply_regions(nodes, [[f"outline{i}", 1] for i in range(len(group.objects))], "instances",
+                              controls=controls if control else None)
+    return build
+
+
+def _core_mask_with_cn(nodes: dict, group: OutlineGroup) -> tuple[list, list, list]:
+    """Core: ConditioningSetMask per object prompt (combined with the base) and one core Apply
+    ControlNet with every outline."""
+    conds = ["base"]
+    for i, obj in enumerate(group.objects):
+        nodes[f"outline{i}"] = outlines_node([obj])
+        nodes[f"set{i}"] = {"class_type": "ConditioningSetMask", "inputs": {
+            "conditioning": [f"region{i}", 0], "mask": [f"outline{i}", 1], "strength": 1.0,
+            "set_cond_area": "default"}}
+        conds.append(f"set{i}")
+    nodes["cn"] = {"class_type": "ToyWorldControlNetLoader", "inputs": {}}
+    nodes["outlines"] = outlines_node(group.objects)
+    nodes["control"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": [_combined(nodes, conds), 0], "negative": ["negative", 0], "control_net": ["cn", 0],
+        "image": ["outlines", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    return ["toy", 0], ["control", 0], ["control", 1]
+
+
+REGION_CN_METHODS = {"instances": _per_region(False), "instances_cn": _per_region(True),
+                     "core_mask_cn": _core_mask_with_cn}
+REGION_CN_COUNT = 3
+
+
+def run_region_cn_cell(method: str, seeds: int) -> dict[str, float]:
+    """success: the asked colour found in its region (MIG-style); right: ... with the asked shape too;
+    iou: its IoU with the region's outline."""
+    success, right, ious, start = [], [], [], time.perf_counter()
+    for group in outline_groups(REGION_CN_COUNT, seeds):
+        nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", SCENE_PROMPT),
+                 **_encode("negative", ""),
+                 "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE,
+                                                                         "batch_size": min(CN_GROUP, seeds)}},
+                 "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}}
+        for i, obj in enumerate(group.objects):
+            nodes.update(_encode(f"region{i}", obj.phrase()))
+        model, positive, negative = REGION_CN_METHODS[method](nodes, group)
+        nodes["sampler"] = _sampler(model, positive, negative, ["latent", 0], group.seed)
+        for image in run_prompt(nodes, outputs=["decoded"]).output("decoded").float():
+            found = judge.find_objects(image.numpy())
+            for obj in group.objects:
+                verdict = judge.judge_instance(found, obj.colour, obj.shape, grown_box(obj)[0].bool().numpy())
+                success.append(verdict.success)
+                right.append(verdict.shape_right)
+                ious.append(object_iou(image, obj))
+    return {"success": float(np.mean(success)), "right": float(np.mean(right)), "iou": float(np.mean(ious)),
+            "instances": len(success), "seconds": time.perf_counter() - start}
+
+
 CONTROLS = {  # --controls: name -> (title, run(seeds) -> figures); issue 27's controls on the UNet
     **{f"keep_{method}": (title, lambda seeds, method=method: run_keep_cell(method, seeds).figures())
        for method, title in {"core_inpaint": "core SetLatentNoiseMask inpainting",
@@ -500,41 +671,81 @@ CONTROLS = {  # --controls: name -> (title, run(seeds) -> figures); issue 27's c
     "reference": ("Identity From Reference (SC)", lambda seeds: run_reference_cell(True, seeds)),
     "frames_apart": ("frames sampled apart", lambda seeds: run_frames_cell(False, seeds)),
     "frames_cross": ("Keep Frames Consistent (SC)", lambda seeds: run_frames_cell(True, seeds)),
+    "cn_sanity_none": ("one outline: no control", lambda seeds: run_outline_cell("no_control", 1, seeds)),
+    "cn_sanity_core": ("one outline: core Apply ControlNet", lambda seeds: run_outline_cell("core_cn", 1, seeds)),
+    **{f"outlines_{method}": (f"two outlines, mask on the first: {title}",
+                              lambda seeds, method=method: run_outline_cell(method, 2, seeds))
+       for method, title in {"no_control": "no control", "core_cn": "core Apply ControlNet",
+                             "masked_cn": "Apply ControlNet With Mask (SC)",
+                             "masked_cn_exact": "Apply ControlNet With Mask (SC), exact_outside"}.items()},
+    **{f"region_cn_{method}": (f"3 regions with their own outline: {title}",
+                               lambda seeds, method=method: run_region_cn_cell(method, seeds))
+       for method, title in {"instances": "instances mode, no ControlNet",
+                             "instances_cn": "instances mode, a ControlNet per region (SC)",
+                             "core_mask_cn": "core SetMask + core Apply ControlNet"}.items()},
 }
-COUNTS = ("pictures", "batches", "seconds")  # figures that say how much was measured, not how well
+COUNTS = ("pictures", "batches", "seconds", "instances")  # figures that say how much was measured, not how well
 
 
 FIGURE_METHODS = {"no_control": "one prompt", "core_mask": "core SetMask", "attention_l0": "Apply Regions: attention",
                   "instances": "Apply Regions: instances"}
 
 
-def figure(path: Path, layout: str = "quadrants", columns: int = 8) -> None:
-    """A grid for the README: a row per method, the same seeds in every column, region boxes drawn."""
+def draw_grid(path: Path, header: list[str], rows: list[tuple[str, torch.Tensor]],
+              boxes: list[list[tuple[int, int, int, int]]]) -> None:
+    """A PNG grid for the README: a labelled row of pictures per method, ``boxes[column]`` (pixels)
+    drawn in white on every picture of that column."""
     from PIL import Image, ImageDraw
 
-    group = groups(layout, GROUP)[0]
-    label_width, tile, gap, header = 180, 96, 4, 34
-    canvas = Image.new("RGB", (label_width + columns * (tile + gap), header + len(FIGURE_METHODS) * (tile + gap)),
-                       "white")
+    columns = max(len(images) for _, images in rows)
+    label_width, tile, gap, top = 180, 96, 4, 6 + 14 * len(header)
+    canvas = Image.new("RGB", (label_width + columns * (tile + gap), top + len(rows) * (tile + gap)), "white")
     draw = ImageDraw.Draw(canvas)
-    asks = "; ".join(f"{c} {s}" for c, s in group.asks)
-    draw.text((4, 2), f"Toy model trained here (128 px), same seeds per column. Regions (TL, TR, BL, BR): {asks}",
-                fill="black")
-    draw.text((4, 16), f"Boxes: the regions. One prompt lists all four objects; the others: base \"{SCENE_PROMPT}\" + a prompt per region.",
-              fill="black")
+    for line, text in enumerate(header):
+        draw.text((4, 2 + 14 * line), text, fill="black")
     scale = tile / SIZE
-    for row, (method, label) in enumerate(FIGURE_METHODS.items()):
-        images = sample(method, group, batch=columns)
-        y = header + row * (tile + gap)
+    for row, (label, images) in enumerate(rows):
+        y = top + row * (tile + gap)
         draw.text((4, y + tile // 2 - 6), label, fill="black")
         for col, image in enumerate(images):
             x = label_width + col * (tile + gap)
             pixels = Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).resize((tile, tile), Image.NEAREST)
             canvas.paste(pixels, (x, y))
-            for x0, y0, x1, y1 in group.boxes:
-                draw.rectangle([x + x0 * CELL * scale, y + y0 * CELL * scale, x + x1 * CELL * scale - 1,
-                                y + y1 * CELL * scale - 1], outline="white")
+            for x0, y0, x1, y1 in boxes[col]:
+                draw.rectangle([x + x0 * scale, y + y0 * scale, x + x1 * scale - 1, y + y1 * scale - 1], outline="white")
     canvas.save(path, optimize=True)
+
+
+def figure(path: Path, layout: str = "quadrants", columns: int = 8) -> None:
+    """The regions figure: a row per method, the same seeds in every column, region boxes drawn."""
+    group = groups(layout, GROUP)[0]
+    asks = "; ".join(f"{c} {s}" for c, s in group.asks)
+    header = [f"Toy model trained here (128 px), same seeds per column. Regions (TL, TR, BL, BR): {asks}",
+              f"Boxes: the regions. One prompt lists all four objects; the others: base \"{SCENE_PROMPT}\" + a prompt per region."]
+    rows = [(label, sample(method, group, batch=columns)) for method, label in FIGURE_METHODS.items()]
+    boxes = [(x0 * CELL, y0 * CELL, x1 * CELL, y1 * CELL) for x0, y0, x1, y1 in group.boxes]
+    draw_grid(path, header, rows, [boxes] * columns)
+
+
+CN_FIGURE_METHODS = {"no_control": "no control", "core_cn": "core Apply ControlNet",
+                     "masked_cn": "With Mask (SC)", "masked_cn_exact": "With Mask, exact_outside"}
+
+
+def cn_figure(path: Path, columns: int = 8) -> None:
+    """The masked ControlNet figure: a column per two-object scene (its own seed), its control image on
+    top, a row per method; the box is the mask (the first object's, grown)."""
+    picked = outline_groups(2, CN_GROUP * columns)
+    rows = [("control image", torch.cat([outlines_and_mask(outlines_node(g.objects)["inputs"]["objects"], 0)[0]
+                                         for g in picked]))]
+    rows += [(label, torch.cat([outline_sample(method, g, 1) for g in picked]))
+             for method, label in CN_FIGURE_METHODS.items()]
+    boxes = []
+    for g in picked:
+        ys, xs = torch.nonzero(grown_box(g.objects[0])[0], as_tuple=True)
+        boxes.append([(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)])
+    header = ["Toy model and toy ControlNet trained here (128 px; the ControlNet by Train Local Control (SC)).",
+              "Prompt: both objects. Control image: both outlines. Box: the mask (first object). A column per scene."]
+    draw_grid(path, header, rows, boxes)
 
 
 def json_figures(results: dict) -> dict:
@@ -574,8 +785,11 @@ MODEL_NOTE = (
 def control_json_figures(control_results: dict) -> dict:
     out = {f"{name}_{figure}": round(value, 4) for name, figures in control_results.items()
            for figure, value in figures.items() if figure not in COUNTS}
-    if "keep_preserve_paste_identical" in out:  # the name the issue's goal uses
-        out["preserve_outside_identical"] = out["keep_preserve_paste_identical"]
+    aliases = {"keep_preserve_paste_identical": "preserve_outside_identical",  # the names the issue's goals use
+               "outlines_masked_cn_inside_iou": "masked_cn_inside_iou",
+               "outlines_masked_cn_outside_iou": "masked_cn_outside_iou",
+               "outlines_no_control_outside_iou": "no_control_outside_iou"}
+    out.update({alias: out[name] for name, alias in aliases.items() if name in out})
     return out
 
 
@@ -589,7 +803,16 @@ CONTROLS_NOTE = (
     "*Identity From Reference* and *Keep Frames Consistent*: the empty prompt (cfg 1), so only the reference or "
     "the anchor frame can say what to draw. **transfer**: share of pictures whose largest object has the "
     f"reference's colour and shape; **consistent**: share of batches of {FRAMES} frames whose every frame's largest "
-    "object has frame 0's colour and shape; **frames**: share of frames that do.")
+    "object has frame 0's colour and shape; **frames**: share of frames that do. "
+    "*ControlNet*: the toy ControlNet (`toyworld/train_control.py`: trained by Train Local Control (SC) through "
+    "ComfyUI's executor) draws objects into world outlines; groups of "
+    f"{CN_GROUP} seeds, each its own world scene. **iou**: IoU of an outline's filled shape with the drawn object of "
+    f"its colour that overlaps it most; **hit**: share with IoU >= {IOU_HIT}. *One outline*: the prompt names the "
+    "object (the sanity bar: hit >= 0.8 with core Apply ControlNet). *Two outlines*: the prompt lists both objects, "
+    f"the control image holds both outlines, the mask is the first object's box grown by {OUTLINE_MASK_GROW} px: "
+    "**inside_iou** is the first object's, **outside_iou** the second's. *Three regions*: Apply Regions (SC) "
+    "instances mode, each region (an object's grown box) with its own prompt and, with a ControlNet, its own outline; "
+    "**success**: the asked colour found in its region (MIG-style), **right**: with the asked shape too.")
 
 
 def control_markdown(control_results: dict) -> str:
@@ -599,6 +822,29 @@ def control_markdown(control_results: dict) -> str:
     for name, figures in control_results.items():
         values = ", ".join(f"{figure} {value:.4g}" for figure, value in figures.items() if figure not in COUNTS)
         lines.append(f"| {CONTROLS[name][0]} | {values} |")
+    figures = control_json_figures(control_results)
+    goals = [  # (goal, value key, the goal as a test on it and the other figures, the core / no-control figure)
+        ("ControlNet sanity: one outline, core Apply ControlNet, hit rate >= 0.8", "cn_sanity_core_hit",
+         lambda v, f: v >= 0.8, "cn_sanity_none_hit"),
+        ("masked ControlNet: inside IoU >= 0.7", "masked_cn_inside_iou", lambda v, f: v >= 0.7,
+         "outlines_core_cn_inside_iou"),
+        ("masked ControlNet: outside IoU <= no control + 0.05", "masked_cn_outside_iou",
+         lambda v, f: v <= f["no_control_outside_iou"] + 0.05, "outlines_core_cn_outside_iou"),
+        ("masked ControlNet, exact_outside: outside IoU <= no control + 0.05", "outlines_masked_cn_exact_outside_iou",
+         lambda v, f: v <= f["no_control_outside_iou"] + 0.05, "no_control_outside_iou"),
+        ("instances + a ControlNet per region: right shape and colour >= 0.9 at 3 regions",
+         "region_cn_instances_cn_right", lambda v, f: v >= 0.9, "region_cn_core_mask_cn_right"),
+    ]
+    rows = []
+    for label, key, test, other in goals:
+        try:
+            rows.append((label, figures[key], test(figures[key], figures), figures.get(other, float("nan")), other))
+        except KeyError:  # a cell (or the no-control one its goal needs) not measured in this run
+            continue
+    if rows:
+        lines += ["", "| goal | value | met? | compared with |", "|---|---|---|---|"]
+        lines += [f"| {label} | {value:.3f} | {'yes' if met else 'no'} | {other_value:.3f} ({other}) |"
+                  for label, value, met, other_value, other in rows]
     return "\n".join(lines)
 
 
@@ -674,7 +920,8 @@ def main() -> None:
                         help='also the sanity bar: "a <colour> <shape>" alone, --seeds per colour')
     parser.add_argument("--no-cells", action="store_true", help="no layout cells (e.g. with --sanity alone)")
     parser.add_argument("--controls", default="", help=f"other controls, comma separated: {','.join(CONTROLS)} or all")
-    parser.add_argument("--figure", type=Path, help="only draw the README figure to this PNG")
+    parser.add_argument("--figure", type=Path, help="only draw the README regions figure to this PNG")
+    parser.add_argument("--cn-figure", type=Path, help="only draw the README masked ControlNet figure to this PNG")
     parser.add_argument("--save", type=Path, help="also write the figures to this JSON file (for --merge)")
     parser.add_argument("--merge", type=Path, nargs="+", help="no sampling: join runs saved with --save")
     parser.add_argument("--write-docs", action="store_true", help="write the table into docs/performance.md")
@@ -703,8 +950,10 @@ def main() -> None:
         for register in FAMILIES.values():
             register(args.weights)
         register_world_nodes()
-        if args.figure:
-            figure(args.figure)
+        if args.figure or args.cn_figure:
+            for path, draw in ((args.figure, figure), (args.cn_figure, cn_figure)):
+                if path:
+                    draw(path)
             return
         if args.sanity:
             sanity_figures = sanity(args.seeds)

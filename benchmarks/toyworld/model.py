@@ -22,6 +22,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE / "toy_sd15.safetensors"
+CONTROLNET = HERE / "toy_controlnet.safetensors"  # outlines -> objects, trained by train_control.py
 LATENT_CELLS = 16  # 128 x 128 px pictures
 
 UNET = {
@@ -113,6 +114,24 @@ def load_state_dict(unet, clip, sd: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"toy text encoder weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
+def load_controlnet(path: Path = CONTROLNET):
+    """The toy ControlNet as core's ``comfy.controlnet.ControlNet``, built from core's ``cldm``
+    class with the toy UNet's config. Core Load ControlNet Model cannot build it: its config
+    detection assumes 64-channel attention heads, which gives the toy's 32-channel blocks 0 heads."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_management as mm
+    import comfy.ops
+    import safetensors.torch
+
+    config = {k: v for k, v in build_unet().model_config.unet_config.items()
+              if k not in ("out_channels", "dtype", "device", "operations")}
+    net = comfy.cldm.cldm.ControlNet(hint_channels=3, operations=comfy.ops.disable_weight_init,
+                                     dtype=torch.float32, device="cpu", **config)
+    net.load_state_dict({k: v.float() for k, v in safetensors.torch.load_file(str(path)).items()})
+    return comfy.controlnet.ControlNet(net, load_device=mm.get_torch_device())
+
+
 def sha256(path: Path = WEIGHTS) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -160,9 +179,29 @@ class ToyWorldLoader:
         return cached(self.weights)
 
 
-def register_loader_node(weights: Path = WEIGHTS) -> None:
-    """Make ``ToyWorldLoader`` available to prompts run through ComfyUI's executor."""
+class ToyWorldControlNetLoader:
+    """Test-only node: the toy ControlNet, in place of Load ControlNet Model (see ``load_controlnet``)."""
+
+    weights = CONTROLNET
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("CONTROL_NET",)
+    FUNCTION = "run"
+    CATEGORY = "testing"
+
+    def run(self):
+        return (load_controlnet(self.weights),)
+
+
+def register_loader_node(weights: Path = WEIGHTS, controlnet: Path = CONTROLNET) -> None:
+    """Make ``ToyWorldLoader`` and ``ToyWorldControlNetLoader`` available to prompts run through
+    ComfyUI's executor."""
     import nodes
 
     ToyWorldLoader.weights = Path(weights)
+    ToyWorldControlNetLoader.weights = Path(controlnet)
     nodes.NODE_CLASS_MAPPINGS["ToyWorldLoader"] = ToyWorldLoader
+    nodes.NODE_CLASS_MAPPINGS["ToyWorldControlNetLoader"] = ToyWorldControlNetLoader

@@ -113,6 +113,17 @@ def shape_mask(obj: WorldObject, pixels: int) -> torch.Tensor:
     raise ValueError(f"unknown shape {obj.shape!r}; expected one of {SHAPES}")
 
 
+def outlines(scene: Scene, pixels: int = 128, width: int = 2) -> torch.Tensor:
+    """[pixels, pixels, 3] control image: white outlines ``width`` px wide (inside each shape's edge)
+    on black, as a ControlNet's edge maps look."""
+    lines = torch.zeros(pixels, pixels)
+    for obj in scene.objects:
+        inside = shape_mask(obj, pixels).float()[None, None]
+        eroded = 1 - torch.nn.functional.max_pool2d(1 - inside, 2 * width + 1, stride=1, padding=width)
+        lines = torch.maximum(lines, (inside - eroded)[0, 0])
+    return lines[..., None].expand(pixels, pixels, 3).clone()
+
+
 def render_cells(scene: Scene, cells: int = 16) -> torch.Tensor:
     """[cells, cells, 3] in 0..1: each latent cell the mean colour of its 8x8 supersampled pixels."""
     fine = cells * DOWNSCALE
