@@ -1,6 +1,6 @@
 """Benchmark: UNet attention mode (grouped routing) against a single prompt, the former dense bias and a per-prompt blend.
 
-Models: randomly initialised UNets of the SD1.5 block layout (model_channels 64, mult 1/2/4, a
+Models: randomly initialised UNets of the SD1.5 block layout (model_channels 64 or ``--channels``, mult 1/2/4, a
 transformer block at every level, 8 heads, context 768) and of the SDXL block layout (no attention
 at the top level, transformer depth 1 / 2 at the lower two, linear projections, 64-channel heads,
 context 2048, label embedding), from ComfyUI's own classes. One euler step at cfg 5 (cond and
@@ -75,18 +75,18 @@ WARM_UP_SIZE = 512  # the warm-up round runs the runs up to this size
 TOKENS = 77
 
 
-def build_model(layout: str):
+def build_model(layout: str, channels: int):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models as sm
 
     if layout == "sd15":
-        config = sm.SD15({**COMMON, **LAYOUTS[layout]})
+        config = sm.SD15({**COMMON, **LAYOUTS[layout], "model_channels": channels})
     else:
         class SDXLLayout(sm.SDXL):
             unet_extra_config = {"num_heads": -1, "num_head_channels": 64}
 
-        config = SDXLLayout({**COMMON, **LAYOUTS[layout], "num_classes": "sequential"})
+        config = SDXLLayout({**COMMON, **LAYOUTS[layout], "model_channels": channels, "num_classes": "sequential"})
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
     tiny_models._randomize(model.diffusion_model, 0)
@@ -235,6 +235,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     parser.add_argument("--layouts", default="sd15,sdxl")
     parser.add_argument("--sizes", default="512,1024")
+    parser.add_argument("--counts", default=",".join(map(str, COUNTS)), help="region counts N")
+    parser.add_argument("--channels", type=int, default=64,
+                        help="model_channels (SD1.5 and SDXL have 320: slower, and the region prompts' "
+                             "projections, which grow with the width, weigh less against the convolutions, "
+                             "which grow with its square)")
     add_attention_argument(parser, "pytorch")
     add_threads_argument(parser)
     args = parser.parse_args()
@@ -244,14 +249,15 @@ def main() -> None:
     regional = pack_import("nodes.sampling.regions")
     dense = dense_class()
     sizes = [int(s) for s in args.sizes.split(",")]
+    counts = tuple(int(c) for c in args.counts.split(","))
 
     runs = {}
     for layout in args.layouts.split(","):
-        model = build_model(layout)
+        model = build_model(layout, args.channels)
         positive, negative = prompt(layout, 0), prompt(layout, 1)
         for size in sizes:
             runs[f"{layout}_{size}_single"] = (model, positive, negative, size)
-            for count in COUNTS_AT.get((layout, size), COUNTS):
+            for count in (c for c in COUNTS_AT.get((layout, size), COUNTS) if c in counts):
                 regions = [regional.Region(conditioning=prompt(layout, 10 + i), mask=band(i, count, size))
                            for i in range(count)]
                 m, p, n, _ = regional.apply_regions(model, positive, negative, regions, "attention", 0)
@@ -305,7 +311,7 @@ def main() -> None:
         "memory_per_call_mb": memory,
         "goals": {"unet_attention_n4_ratio_512": 1.03, "unet_attention_n4_ratio_1024": 1.03,
                   "below": "per_prompt_blend_n4_ratio_512"},
-        "config": {"layouts": LAYOUTS, "sampler": "euler", "cfg": 5.0, "steps": 1, "rounds": args.rounds,
+        "config": {"layouts": LAYOUTS, "model_channels": args.channels, "sampler": "euler", "cfg": 5.0, "steps": 1, "rounds": args.rounds,
                    "clock": clock_name(), "threads": torch.get_num_threads(),
                    "attention": attention_name()},
     }))

@@ -185,6 +185,41 @@ def test_hard_masks_of_weight_one_run_unmasked_over_base_and_own_region_tokens(m
     assert not [call for call in calls if call[2] == 3 * BASE]
 
 
+def test_from_four_regions_the_uncond_shares_the_conds_unet_pass_with_the_same_result(monkeypatch):
+    """5 x 77 joined tokens against a 77-token negative: ComfyUI batches contexts only up to 4 repeats, so the
+    uncond would take a UNet pass of its own. The pack repeats the negative to the joined length: one pass of
+    cond and uncond (batch 2 at cfg 5), the uncond's attention still over its own 77 keys, and the same
+    picture as with the negative left as it was (unbatched)."""
+    model = tiny_models.unet("sd15")
+    regions = [regional.Region(conditioning=cond("sd15", 2 + i), mask=box(32 * i, 32 * (i + 1)), weight=1.0)
+               for i in range(4)]
+    m, p, n, _ = regional.apply_regions(model, cond("sd15", 0), cond("sd15", 1), regions, "attention", 0)
+    assert p[0][0].shape[1] == n[0][0].shape[1] == 5 * BASE
+    assert torch.equal(n[0][0], cond("sd15", 1)[0][0].repeat(1, 5, 1))
+    batches, keys = [], []
+    original_apply, original_attention = m.model.apply_model, comfy_attention.optimized_attention
+
+    def counting_apply(x, t, **kwargs):
+        batches.append(x.shape[0])
+        return original_apply(x, t, **kwargs)
+
+    def probe(q, k, v, heads, mask=None, **kwargs):
+        keys.append(k.shape[1])
+        return original_attention(q, k, v, heads, mask=mask, **kwargs)
+
+    monkeypatch.setattr(m.model, "apply_model", counting_apply)
+    monkeypatch.setattr(comfy_attention, "optimized_attention", probe)
+    batched = sample(m, p, n, steps=1, size=SIZE)
+    assert batches == [2]  # cond and uncond in one pass
+    assert 5 * BASE not in keys  # nobody attends to the repeated negative in full
+    monkeypatch.setattr(regional, "batched_with_positive", lambda negative, length: negative)
+    m2, p2, n2, _ = regional.apply_regions(model, cond("sd15", 0), cond("sd15", 1), regions, "attention", 0)
+    batches.clear()
+    monkeypatch.setattr(m2.model, "apply_model", counting_apply)
+    assert_close_to_scale(batched, sample(m2, p2, n2, steps=1, size=SIZE))
+    assert batches == [1, 1]  # without it: a pass each
+
+
 def test_keys_that_repeat_are_attended_to_once_and_others_in_full():
     """ComfyUI's padding (a context repeated) is found on the keys themselves: one period when keys and values
     repeat with it, all tokens when either does not or the length does not divide."""

@@ -121,6 +121,26 @@ def joined_positive(positive: list, regions: list[Region]) -> tuple[list, dict[i
     return out, layouts
 
 
+MAX_BATCHED_REPEATS = 4  # ComfyUI batches two contexts only if the longer is at most 4 repeats of the shorter
+
+
+def batched_with_positive(negative: list, length: int) -> list:
+    """The negative's contexts repeated to the joined positive's ``length`` where ComfyUI would not
+    batch them with it (more than 4 repeats: from 4 regions of the base prompt's length).
+
+    Unbatched, the uncond takes a UNet pass of its own: every convolution runs twice at batch 1.
+    Repeated, it shares the cond's pass; its keys and values are projected from the longer context,
+    but its attention still reads one period of them (:func:`repeating_length`), so the result is
+    the same. SD1.5 widths (320 channels), 4 regions, 512 px: 1.06x -> 1.01x a single prompt."""
+    out = []
+    for tensor, options in negative:
+        repeats = length // tensor.shape[1]
+        if length % tensor.shape[1] == 0 and repeats > MAX_BATCHED_REPEATS:
+            tensor = tensor.repeat(1, repeats, 1)
+        out.append([tensor, options])
+    return out
+
+
 def rows_flagged(cond_or_uncond: list[int], items: int, want: int, device) -> torch.Tensor:
     """Row indices of the batch's chunks whose ``cond_or_uncond`` flag is ``want`` (0 cond, 1 uncond)."""
     return torch.tensor([c * items + i for c, flag in enumerate(cond_or_uncond) if flag == want for i in range(items)],
@@ -419,7 +439,7 @@ def apply_attention_regions(model, positive: list, negative: list, regions: list
     for patch in patches:  # cached per resolution and batch layout within a run, emptied after it
         out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, CACHE_KEY, patch.clear_caches)
     joined, negative = apply_region_controls(joined, [[t, o.copy()] for t, o in negative], regions, masks)
-    return out, joined, negative
+    return out, joined, batched_with_positive(negative, joined[0][0].shape[1])
 
 
 def with_region_token_masks(joined: list, layouts: dict[int, tuple[int, tuple[int, ...]]]) -> list:
