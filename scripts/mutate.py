@@ -4,6 +4,7 @@
     python scripts/mutate.py nodes/ops/masks.py    # only these files' mutants
     python scripts/mutate.py --survivors nodes/ops/masks.py  # after adding tests: the survivors again
     python scripts/mutate.py --pending nodes/ops/masks.py    # finish an interrupted run
+    python scripts/mutate.py --timeouts nodes/ops/masks.py   # the timeouts again (a forked test process can hang)
     python scripts/mutate.py --report              # the scores of the last runs, without running
 
 mutmut copies the pack to ``mutants/``, changes one thing at a time (an operator, a constant, a
@@ -28,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest error, timeout (mutmut's codes)
+TIMEOUT = {36, 24, -24, 152, 255}
 SURVIVED, NO_TESTS = {0}, {5, 33}
 # A test process that died of a signal (-6 SIGABRT, -9, -11) is not counted as a kill: a library
 # that aborts in a forked process (mediapipe did) would look like one. Run such a mutant's tests by
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only print the scores of earlier runs")
     parser.add_argument("--survivors", action="store_true", help="run only the mutants that survived the last run")
     parser.add_argument("--pending", action="store_true", help="run only the mutants not run yet (an interrupted run)")
+    parser.add_argument("--timeouts", action="store_true",
+                        help="run only the mutants that timed out: a process forked from one that ran threaded "
+                             "tests can hang on a lock, which mutmut counts as a timeout (a kill)")
     args = parser.parse_args(argv)
     code = 0
     if not args.report:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             import mutmut  # noqa: F401
         except ImportError:
             parser.error("mutmut is not installed: `make setup LEG=floor` installs requirements-dev.txt")
-        only = SURVIVED if args.survivors else {None} if args.pending else None
+        only = SURVIVED if args.survivors else {None} if args.pending else TIMEOUT if args.timeouts else None
         code = run_mutmut(args.paths, only)
     print(report(args.paths))
     return code

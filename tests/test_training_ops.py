@@ -53,6 +53,24 @@ def test_sobel_equals_the_textbook_loops_on_a_random_batch():
     assert torch.allclose(out.double(), reference_sobel(x), atol=1e-6)
 
 
+def test_sobel_and_the_loss_keep_float64_and_a_float64_mask_does_not_promote_the_loss():
+    x = torch.randn(1, 2, 4, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    out = losses.sobel(x)
+    assert out.dtype == torch.float64 and torch.allclose(out, reference_sobel(x), atol=1e-12)
+    mask = torch.ones(1, 1, 4, 5, dtype=torch.float64)
+    loss = losses.masked_sobel_loss(x.float(), torch.zeros(1, 2, 4, 5), mask)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(reference_loss(x.float(), torch.zeros(1, 2, 4, 5), mask), rel=1e-5)
+
+
+def test_the_loss_is_a_weighted_mean_so_a_faint_mask_gives_the_same_value():
+    g = torch.Generator().manual_seed(8)
+    z0, pred = torch.randn(1, 1, 4, 4, generator=g), torch.randn(1, 1, 4, 4, generator=g)
+    full = losses.masked_sobel_loss(pred, z0, torch.ones(1, 1, 4, 4)).item()
+    assert full > 0  # the faint mask's weights sum to 0.001 * 16 cells * 2 maps = 0.032
+    assert losses.masked_sobel_loss(pred, z0, torch.full((1, 1, 4, 4), 0.001)).item() == pytest.approx(full, rel=1e-5)
+
+
 def test_sobel_needs_a_4d_latent():
     with pytest.raises(ValueError, match=r"sobel needs a \[B,C,H,W\] latent, got shape \(3, 5, 7\)"):
         losses.sobel(torch.zeros(3, 5, 7))
@@ -113,6 +131,13 @@ def test_masked_sobel_loss_shape_errors_name_both_shapes(pred_shape, mask_shape,
         losses.masked_sobel_loss(torch.zeros(pred_shape), torch.zeros(1, 4, 8, 8), torch.ones(mask_shape))
 
 
+def test_a_latent_without_batch_gets_the_latent_error_and_its_size_in_the_mask_error():
+    with pytest.raises(ValueError, match=r"sobel needs a \[B,C,H,W\] latent, got shape \(4, 8, 8\)"):
+        losses.masked_sobel_loss(torch.zeros(4, 8, 8), torch.zeros(4, 8, 8), torch.ones(1, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"at the latent size \(8, 8\), got \(1, 1, 4, 4\)"):
+        losses.masked_sobel_loss(torch.zeros(4, 8, 8), torch.zeros(4, 8, 8), torch.ones(1, 1, 4, 4))
+
+
 def test_z0_and_eps_forms_per_sample_by_hand():
     x_t = torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1).expand(3, 2, 2, 2)
     eps = torch.tensor([0.5, -1.0, 2.0]).view(3, 1, 1, 1).expand(3, 2, 2, 2)
@@ -151,7 +176,7 @@ def best_rank(matrix, r):
 
 def test_control_lora_keeps_the_best_low_rank_difference_and_reports_the_dropped_share():
     base_linear = torch.randn(6, 5, generator=torch.Generator().manual_seed(3))
-    linear_diff = known_difference(6, 5, [3.0, 2.0, 1.0], seed=10)  # rank 2 drops sqrt(1 / 14)
+    linear_diff = known_difference(6, 5, [3.0, 2.0, 1.0, 0.5], seed=10)  # rank 2 drops sqrt(1.25 / 14.25)
     base_conv = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(4))
     conv_diff = known_difference(4, 18, [4.0, 1.0], seed=20)  # rank 2 keeps everything
     unet = {"in.0.weight": base_linear, "in.1.weight": base_conv, "in.1.bias": torch.zeros(4),
@@ -160,7 +185,7 @@ def test_control_lora_keeps_the_best_low_rank_difference_and_reports_the_dropped
                "in.1.bias": torch.tensor([0.0, 1.0, 0.0, 0.0]), "same.weight": base_linear.clone(),
                "norm.scale": torch.full((3, 3), 2.0)}
     weights, worst = control_lora.control_lora_weights(control, unet, 2, ("hint",))
-    assert worst == pytest.approx(math.sqrt(1 / 14), rel=1e-5)
+    assert worst == pytest.approx(math.sqrt(1.25 / 14.25), rel=1e-5)
     assert set(weights) == {"lora_controlnet", "in.0.up", "in.0.down", "in.1.up", "in.1.down", "in.1.bias", "norm.scale"}
     assert weights["lora_controlnet"].numel() == 0
     up, down = weights["in.0.up"], weights["in.0.down"]
