@@ -56,13 +56,16 @@ def test_every_reader_takes_the_same_image_suffixes_in_any_case(tmp_path):
 
 
 def test_folder_errors_say_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist: create it"):
+    with pytest.raises(FileNotFoundError, match="does not exist: create it inside ComfyUI's input folder and put the "
+                                                "photos there$"):
         ops.list_images(tmp_path / "missing")
-    with pytest.raises(ValueError, match="has no images"):
+    with pytest.raises(ValueError, match=r"has no images \(\.png, \.jpg, \.jpeg, \.webp, \.bmp, \.tif, \.tiff\): put the "
+                                         "photos there$"):
         ops.list_images(tmp_path)
     Image.fromarray(solid((1, 2, 3), (6, 4))).save(tmp_path / "a.png")
     Image.fromarray(solid((1, 2, 3), (5, 4))).save(tmp_path / "b.png")
-    with pytest.raises(ValueError, match=r"b.png is 5x4 but a.png is 6x4: .*same size"):
+    with pytest.raises(ValueError, match=r"^b.png is 5x4 but a.png is 6x4: the photos of one folder must have the same "
+                                         r"size \(resize them, or split the folder\)$"):
         ops.load_batch(ops.list_images(tmp_path))
 
 
@@ -150,6 +153,10 @@ def test_check_text_refuses_control_characters_and_counts_utf8_bytes():
     with pytest.raises(ValueError, match="is 6 characters long: at most 10 bytes"):  # 6 characters, 12 bytes
         ops.check_text("é" * 6, "name", 10)
     ops.check_text("a" * ops.MAX_PATH_CHARS, "name")
+    with pytest.raises(ValueError, match=f"^name '{'a' * 79}\\\\n' contains"):  # 80 characters: shown whole
+        ops.check_text("a" * 79 + "\n", "name")
+    with pytest.raises(ValueError, match=f"^name '{'a' * 80}...' contains"):  # 81: cut at 80
+        ops.check_text("a" * 80 + "\n", "name")
     with pytest.raises(ValueError, match=f"^name '{'a' * 80}...' is 1025 characters long: at most 1024 bytes$"):
         ops.check_text("a" * 1025, "name")
 
@@ -172,6 +179,14 @@ def test_inside_folder_takes_names_in_any_root_and_refuses_the_rest(tmp_path):
     with pytest.raises(ops.OutsideFolder):
         ops.inside_folder("out/only", [first], "folder", "the input folder")
     assert ops.inside_folder("out/only", [first, second], "folder", "x") == second / "only"  # leads into a root
+    with pytest.raises(ValueError, match=r"^folder 'a\\nb' contains a control character"):
+        ops.inside_folder("a\nb", [first], "folder", "x")
+    nested, deeper = tmp_path / "nested", tmp_path / "n2" / "deeper"
+    deeper.mkdir(parents=True)
+    nested.mkdir()
+    # climbs out of the first root into the second: inside one of them, so taken
+    assert ops.inside_folder("../deeper/x", [nested, deeper], "folder", "x") == deeper / "x"
+    assert ops.inside_folder("etc", ["/"], "folder", "x") == Path("/etc")  # the file system root as a root
     linked_root = tmp_path / "linked"
     linked_root.symlink_to(first)
     assert ops.inside_folder("sub", [linked_root], "folder", "x") == first / "sub"
@@ -193,6 +208,14 @@ def test_named_paths_limit_the_name_with_its_suffix_and_refuse_dots(tmp_path):
     for bad in (".", "..", "a\\b"):
         with pytest.raises(ValueError, match=rf"^file name {re.escape(repr(bad))} is not a plain file name \(no folders or '\.\.'\)$"):
             ops.named_paths(tmp_path, "s", [bad])
+    with pytest.raises(ValueError, match=r"^subfolder '\.\./elsewhere' must be inside ComfyUI's output folder: "):
+        ops.named_paths(tmp_path / "out", "../elsewhere", ["a"])
+    with pytest.raises(ValueError, match=r"^file name 'a\\tb' contains a control character"):
+        ops.named_paths(tmp_path, "s", ["a\tb"])
+    (tmp_path / "s").mkdir(exist_ok=True)
+    (tmp_path / "s" / "away.png").symlink_to(tmp_path.parent / "elsewhere.png")
+    with pytest.raises(ValueError, match=r"^file name 's/away\.png' must be inside ComfyUI's output folder: "):
+        ops.named_paths(tmp_path, "s", ["away"])
     with pytest.raises(ValueError, match=r"^file names repeat \(a\.png, b\.png\): each image needs its own name$"):
         ops.named_paths(tmp_path, "s", ["b", "a", "b", "a", "c"])
 
@@ -208,6 +231,11 @@ def test_names_and_indices_json_errors_say_where_they_come_from():
     with pytest.raises(ValueError, match=r"^indices must be a JSON list of batch indices \(from Filter By Found\): Expecting"):
         ops.select_names(["a"], "[0")
     assert ops.select_names(["a", "b", "c"], "[2, 0, 2]") == ["c", "a", "c"]
+    long_text = "[" + ", ".join(["-1"] * 80) + "]"  # 318 characters: the message shows the first 200
+    with pytest.raises(ValueError, match=rf"^indices {re.escape(repr(long_text[:200]))} do not fit"):
+        ops.select_names(["a"], long_text)
+    with pytest.raises(ValueError, match=rf"got {re.escape(repr(long_text[:200]))}$"):
+        ops.names_from_json(long_text)
     for bad in ("[-1]", "{}", '["0"]', "[0.0]"):
         with pytest.raises(ValueError, match=rf"^indices {re.escape(repr(bad))} do not fit the 3 names: connect the names of the batch that was filtered$"):
             ops.select_names(["a", "b", "c"], bad)
@@ -215,13 +243,13 @@ def test_names_and_indices_json_errors_say_where_they_come_from():
 
 def test_save_png_rounds_to_the_nearest_level_and_counts_past_the_highest(tmp_path):
     image = torch.tensor([[[0.0, 0.5, 1.0, 0.25], [0.498, 0.502, 0.002, 0.0]]])  # [1,2,4]: RGBA, alpha dropped
-    path = tmp_path / "new" / "shot.png"
+    path = tmp_path / "new" / "deeper" / "shot.png"
     assert ops.save_png(image, path) == path
     with Image.open(path) as saved:
         assert saved.mode == "RGB" and np.asarray(saved).tolist() == [[[0, 128, 255], [127, 128, 1]]]
-    (tmp_path / "new" / "shot_00041_.png").write_bytes(b"x")
-    (tmp_path / "new" / "shot_00099_.png.bak").write_bytes(b"x")  # not a counted name
-    (tmp_path / "new" / "shot_0100_.png").write_bytes(b"x")  # four digits: not a counted name either
+    (path.parent / "shot_00041_.png").write_bytes(b"x")
+    (path.parent / "shot_00099_.png.bak").write_bytes(b"x")  # not a counted name
+    (path.parent / "shot_0100_.png").write_bytes(b"x")  # four digits: not a counted name either
     assert ops.save_png(image, path).name == "shot_00042_.png"
     assert ops.save_png(image, path).name == "shot_00043_.png"
     assert ops.save_png(image, path, if_exists="skip") is None
@@ -232,6 +260,11 @@ def test_save_png_rounds_to_the_nearest_level_and_counts_past_the_highest(tmp_pa
     with Image.open(path) as replaced:
         assert np.asarray(replaced).max() == 0 and replaced.text == {"prompt": "{}"}
     assert ops.save_png(dark, tmp_path / "other.png", if_exists="skip") == tmp_path / "other.png"
+    for if_exists in ("replace", "add counter"):  # a PNG whatever the suffix says
+        written = ops.save_png(dark, tmp_path / f"{if_exists}.bin", if_exists=if_exists)
+        assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = ops._free_names(path)  # when a counted name is taken between listing and writing: the next one
+    assert [next(names).name for _ in range(4)] == ["shot.png", "shot_00044_.png", "shot_00045_.png", "shot_00046_.png"]
     with pytest.raises(ValueError, match=r"^if_exists 'keep' is not one of add counter, skip, replace$"):
         ops.save_png(dark, path, if_exists="keep")
 
@@ -311,6 +344,26 @@ def test_dataset_folder_errors_name_what_is_wrong(tmp_path):
     (root / "masks" / "b.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"^cannot read .*one/masks/b\.png as an image: "):
         ops.read_dataset_folder(str(root))
+    captioned = _dataset(tmp_path / "captioned", {"a.png": black, "b.png": black}, {"a.png": black, "b.png": black},
+                         {"a.png": black, "b.png": black})
+    (captioned / "images" / "b.txt").write_text("one", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^.*captioned/images/a\.txt is missing: a\.png has no caption but 1 other images "
+                                         r"have one; give every image a caption, or none to use the positive prompt for all$"):
+        ops.read_dataset_folder(str(captioned))
+    wide, tall = solid((0, 0, 0), (16, 8)), solid((0, 0, 0), (8, 16))
+    shapes = _dataset(tmp_path / "shapes", {"a.png": wide, "b.png": tall}, {"a.png": wide, "b.png": tall},
+                      {"a.png": wide, "b.png": tall})
+    with pytest.raises(ValueError, match=r"^images/b\.png is 8x16 but images/a\.png is 16x8; training images must share "
+                                         r"one size \(resize or crop them first\)$"):
+        ops.read_dataset_folder(str(shapes))
+    Image.fromarray(wide).save(shapes / "images" / "b.png")
+    with pytest.raises(ValueError, match=r"^controls/b\.png is 8x16 but its image is 16x8; control images must have "
+                                         r"their image's size$"):
+        ops.read_dataset_folder(str(shapes))
+    empty = _dataset(tmp_path / "empty", {}, {}, {})
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(empty / 'images'))} holds no images "
+                                         r"\(\.png, \.jpg, \.jpeg, \.webp, \.bmp, \.tif, \.tiff\)$"):
+        ops.read_dataset_folder(str(empty))
     small = _dataset(tmp_path / "small", {"a.png": solid((0, 0, 0), (9, 7))}, {"a.png": solid((0, 0, 0), (9, 7))},
                      {"a.png": np.zeros((7, 9), np.uint8)})
     with pytest.raises(ValueError, match=r"^training images are 9x7; they need at least 8 pixels a side$"):
@@ -323,3 +376,17 @@ def test_dataset_folder_errors_name_what_is_wrong(tmp_path):
             f.unlink()
         (small / "controls").rmdir()
         ops.read_dataset_folder(str(small))
+
+
+def test_dataset_folder_reads_grey_and_rgba_files_as_rgb(tmp_path):
+    grey = np.full((8, 8), 77, np.uint8)
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = (10, 20, 30)
+    root = _dataset(tmp_path, {"a.png": grey}, {"a.png": rgba}, {"a.png": np.full((8, 8), 255, np.uint8)})
+    data = ops.read_dataset_folder(str(root))
+    assert data.images.shape == (1, 8, 8, 3) and data.controls.shape == (1, 8, 8, 3)
+    assert data.images[0, 4, 4].tolist() == pytest.approx([77 / 255] * 3)
+    assert data.controls[0, 4, 4].tolist() == pytest.approx([10 / 255, 20 / 255, 30 / 255])
+    images, names = ops.load_batch([root / "images" / "a.png", root / "controls" / "a.png"])
+    assert images.shape == (2, 8, 8, 3) and names == ["a", "a"]
+    assert images[:, 2, 3].flatten().tolist() == pytest.approx([77 / 255] * 3 + [10 / 255, 20 / 255, 30 / 255])
