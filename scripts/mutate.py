@@ -4,6 +4,7 @@
     python scripts/mutate.py nodes/ops/masks.py    # only these files' mutants
     python scripts/mutate.py --survivors nodes/ops/masks.py  # after adding tests: the survivors again
     python scripts/mutate.py --pending nodes/ops/masks.py    # finish an interrupted run
+    python scripts/mutate.py --timeouts nodes/ops/masks.py   # the timeouts again, each in a fresh process
     python scripts/mutate.py --report              # the scores of the last runs, without running
 
 mutmut copies the pack to ``mutants/``, changes one thing at a time (an operator, a constant, a
@@ -28,6 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest error, timeout (mutmut's codes)
+TIMEOUT = {36, 24, -24, 152, 255}
 SURVIVED, NO_TESTS = {0}, {5, 33}
 # A test process that died of a signal (-6 SIGABRT, -9, -11) is not counted as a kill: a library
 # that aborts in a forked process (mediapipe did) would look like one. Run such a mutant's tests by
@@ -51,6 +53,34 @@ def run_mutmut(paths: list[str], only: set | None = None) -> int:
             return 0
     return subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *patterns],
                           cwd=REPO, env=env).returncode
+
+
+def rerun_timeouts(paths: list[str]) -> None:
+    """Run each timed-out mutant's tests again in a fresh pytest process (not forked) and keep that result.
+
+    A process mutmut forks after threaded torch work can hang in libgomp (a oneDNN convolution); mutmut
+    then reports a timeout, which counts as a kill even when the mutant would survive."""
+    wanted = {module_name(p) for p in paths}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.setdefault("COMFYUI_PATH", str((REPO / ".comfyui").resolve()))
+    for meta in sorted((REPO / "mutants").rglob("*.py.meta")):
+        if wanted and module_name(meta.relative_to(REPO / "mutants").as_posix().removesuffix(".meta")) not in wanted:
+            continue
+        data = json.loads(meta.read_text())
+        for name, code in data["exit_code_by_key"].items():
+            if code not in TIMEOUT:
+                continue
+            tests = subprocess.run([sys.executable, "-m", "mutmut", "tests-for-mutant", name], cwd=REPO, env=env,
+                                   capture_output=True, text=True, check=True).stdout.split("\n")
+            try:
+                run = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                      *[t for t in tests if t]], cwd=REPO / "mutants", capture_output=True,
+                                     env={**env, "MUTANT_UNDER_TEST": name}, timeout=600)
+            except subprocess.TimeoutExpired:
+                continue
+            data["exit_code_by_key"][name] = run.returncode
+            print(f"{name}: {'killed' if run.returncode in KILLED else 'survived' if run.returncode == 0 else run.returncode}")
+        meta.write_text(json.dumps(data))
 
 
 def results() -> dict[str, dict[str, int | None]]:
@@ -100,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="only print the scores of earlier runs")
     parser.add_argument("--survivors", action="store_true", help="run only the mutants that survived the last run")
     parser.add_argument("--pending", action="store_true", help="run only the mutants not run yet (an interrupted run)")
+    parser.add_argument("--timeouts", action="store_true",
+                        help="run the timed-out mutants' tests again, each in a fresh process: a process mutmut "
+                             "forks after threaded torch work can hang, which mutmut counts as a timeout (a kill)")
     args = parser.parse_args(argv)
     code = 0
     if not args.report:
@@ -107,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             import mutmut  # noqa: F401
         except ImportError:
             parser.error("mutmut is not installed: `make setup LEG=floor` installs requirements-dev.txt")
-        only = SURVIVED if args.survivors else {None} if args.pending else None
-        code = run_mutmut(args.paths, only)
+        if args.timeouts:
+            rerun_timeouts(args.paths)
+        else:
+            code = run_mutmut(args.paths, SURVIVED if args.survivors else {None} if args.pending else None)
     print(report(args.paths))
     return code
 
