@@ -138,14 +138,18 @@ def _combined(nodes: dict, conds: list[str]) -> str:
     return last
 
 
+def _set_mask(index: int, mask: list) -> dict:
+    """Core ConditioningSetMask of prompt ``region<index>`` to ``mask`` (a node output)."""
+    return {"class_type": "ConditioningSetMask", "inputs": {
+        "conditioning": [f"region{index}", 0], "mask": mask, "strength": 1.0, "set_cond_area": "default"}}
+
+
 def _core(kind: str):
     def build(nodes: dict, group: Group) -> tuple[list, list, list]:
         conds = ["base"]
         for i, (x0, y0, x1, y1) in enumerate(group.boxes):
             if kind == "mask":
-                nodes[f"set{i}"] = {"class_type": "ConditioningSetMask", "inputs": {
-                    "conditioning": [f"region{i}", 0], "mask": [f"mask{i}", 0], "strength": 1.0,
-                    "set_cond_area": "default"}}
+                nodes[f"set{i}"] = _set_mask(i, [f"mask{i}", 0])
             else:
                 nodes[f"set{i}"] = {"class_type": "ConditioningSetArea", "inputs": {
                     "conditioning": [f"region{i}", 0], "width": (x1 - x0) * CELL, "height": (y1 - y0) * CELL,
@@ -211,19 +215,30 @@ def base_prompt(method: str, group: Group, base: str) -> str:
     return group.listing() if base == "listing" or method == "no_control" else SCENE_PROMPT
 
 
+def prompt_nodes(base: str, batch: int, regions: list[str] = ()) -> dict:
+    """The nodes a sampled cell starts from: the toy model, the base prompt ``base``, the empty negative,
+    a prompt ``region<i>`` per text of ``regions``, an empty latent of ``batch`` pictures and the decode
+    of the ``sampler`` node (see ``sampled``)."""
+    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", base), **_encode("negative", ""),
+             "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
+             "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}}
+    for i, text in enumerate(regions):
+        nodes.update(_encode(f"region{i}", text))
+    return nodes
+
+
+def sampled(nodes: dict, model: list, positive: list, negative: list, seed: int) -> torch.Tensor:
+    """[batch, 128, 128, 3] pictures of ``prompt_nodes`` plus a method's nodes, through ComfyUI's executor."""
+    nodes["sampler"] = _sampler(model, positive, negative, ["latent", 0], seed)
+    return run_prompt(nodes, outputs=["decoded"]).output("decoded").float()
+
+
 def sample(method: str, group: Group, batch: int = GROUP, text: str | None = None, base: str = "scene") -> torch.Tensor:
-    """[batch, 128, 128, 3] pictures of ``group`` by ``method``, through ComfyUI's executor
-    (``text``: the base prompt, by default the one ``base`` names)."""
-    text = text or base_prompt(method, group, base)
-    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", text),
-             **_encode("negative", ""), **_masks(group),
-             "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}}}
-    for i, (colour, shape) in enumerate(group.asks):
-        nodes.update(_encode(f"region{i}", f"a {colour} {shape}"))
-    model, positive, negative = METHODS[method](nodes, group)
-    nodes["sampler"] = _sampler(model, positive, negative, ["latent", 0], group.seed)
-    result = run_prompt(nodes, outputs=["sampler"])
-    return world.decode_samples(result.output("sampler")["samples"].float())
+    """[batch, 128, 128, 3] pictures of ``group`` by ``method`` (``text``: the base prompt, by default
+    the one ``base`` names)."""
+    nodes = {**prompt_nodes(text or base_prompt(method, group, base), batch, [f"a {c} {s}" for c, s in group.asks]),
+             **_masks(group)}
+    return sampled(nodes, *METHODS[method](nodes, group), group.seed)
 
 
 def region_mask(box: Box) -> np.ndarray:
@@ -577,13 +592,8 @@ OUTLINE_METHODS = {
 
 
 def outline_sample(method: str, group: OutlineGroup, batch: int) -> torch.Tensor:
-    nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}},
-             **_encode("base", world.Scene(group.objects).caption()), **_encode("negative", ""),
-             "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": batch}},
-             "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}}
-    positive, negative = OUTLINE_METHODS[method](nodes, group)
-    nodes["sampler"] = _sampler(["toy", 0], positive, negative, ["latent", 0], group.seed)
-    return run_prompt(nodes, outputs=["decoded"]).output("decoded").float()
+    nodes = prompt_nodes(world.Scene(group.objects).caption(), batch)
+    return sampled(nodes, ["toy", 0], *OUTLINE_METHODS[method](nodes, group), group.seed)
 
 
 def run_outline_cell(method: str, count: int, seeds: int) -> dict[str, float]:
@@ -619,9 +629,7 @@ def _core_mask_with_cn(nodes: dict, group: OutlineGroup) -> tuple[list, list, li
     conds = ["base"]
     for i, obj in enumerate(group.objects):
         nodes[f"outline{i}"] = outlines_node([obj])
-        nodes[f"set{i}"] = {"class_type": "ConditioningSetMask", "inputs": {
-            "conditioning": [f"region{i}", 0], "mask": [f"outline{i}", 1], "strength": 1.0,
-            "set_cond_area": "default"}}
+        nodes[f"set{i}"] = _set_mask(i, [f"outline{i}", 1])
         conds.append(f"set{i}")
     nodes["cn"] = {"class_type": "ToyWorldControlNetLoader", "inputs": {}}
     nodes["outlines"] = outlines_node(group.objects)
@@ -641,16 +649,8 @@ def run_region_cn_cell(method: str, seeds: int) -> dict[str, float]:
     iou: its IoU with the region's outline."""
     success, right, ious, start = [], [], [], time.perf_counter()
     for group in outline_groups(REGION_CN_COUNT, seeds):
-        nodes = {"toy": {"class_type": "ToyWorldLoader", "inputs": {}}, **_encode("base", SCENE_PROMPT),
-                 **_encode("negative", ""),
-                 "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE,
-                                                                         "batch_size": min(CN_GROUP, seeds)}},
-                 "decoded": {"class_type": "ToyWorldDecode", "inputs": {"samples": ["sampler", 0]}}}
-        for i, obj in enumerate(group.objects):
-            nodes.update(_encode(f"region{i}", obj.phrase()))
-        model, positive, negative = REGION_CN_METHODS[method](nodes, group)
-        nodes["sampler"] = _sampler(model, positive, negative, ["latent", 0], group.seed)
-        for image in run_prompt(nodes, outputs=["decoded"]).output("decoded").float():
+        nodes = prompt_nodes(SCENE_PROMPT, min(CN_GROUP, seeds), [obj.phrase() for obj in group.objects])
+        for image in sampled(nodes, *REGION_CN_METHODS[method](nodes, group), group.seed):
             found = judge.find_objects(image.numpy())
             for obj in group.objects:
                 verdict = judge.judge_instance(found, obj.colour, obj.shape, grown_box(obj)[0].bool().numpy())

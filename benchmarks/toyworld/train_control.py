@@ -13,7 +13,7 @@ its batches with its own seed, and appends the node's loss history to ``--histor
 loss chart of the whole run (its own ``loss_plot`` of the joined history) is written beside the
 weights. Never run by CI.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toyworld/train_control.py --steps 3000
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/toyworld/train_control.py   # the committed run's settings
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 sys.path.insert(0, str(HERE.parent))
-from harness import boot, pack_import, run_prompt  # noqa: E402
-from harness.comfy import _state  # noqa: E402
+from harness import boot, pack_import, run_prompt, workspace  # noqa: E402
 from toyworld import model as toy, world  # noqa: E402
 
 WEIGHTS = toy.CONTROLNET
@@ -86,13 +85,13 @@ def training_prompt(args, chunk: int, resume: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000, help="train until this many steps in all")
+    parser.add_argument("--steps", type=int, default=5500, help="train until this many steps in all")
     parser.add_argument("--chunk", type=int, default=500)
     parser.add_argument("--scenes", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--sobel", type=float, default=1.0, help="the node's sobel_weight")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--history", type=Path, default=WEIGHTS.with_name("toy_controlnet_log.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,7 +100,7 @@ def main() -> None:
     import nodes
 
     nodes.NODE_CLASS_MAPPINGS["ToyWorldControlSet"] = ToyWorldControlSet
-    controlnet_dir = _state["workspace"].models / "controlnet"
+    controlnet_dir = workspace().models / "controlnet"
     history = json.loads(args.history.read_text()) if args.history.exists() else {
         "noise_loss": [], "sobel_loss": [], "seconds": 0.0, "chunks": []}
     while len(history["noise_loss"]) < args.steps:
