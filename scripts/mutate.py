@@ -28,8 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest error, timeout (mutmut's codes)
-TIMEOUT = {36, 24, -24, 152, 255}
+TIMEOUT = {36, 24, -24, 152, 255}  # mutmut's codes for a mutant whose tests ran out of time
+KILLED = {1, 3} | TIMEOUT  # test failure, pytest error, timeout
 SURVIVED, NO_TESTS = {0}, {5, 33}
 # A test process that died of a signal (-6 SIGABRT, -9, -11) is not counted as a kill: a library
 # that aborts in a forked process (mediapipe did) would look like one. Run such a mutant's tests by
@@ -40,10 +40,16 @@ def module_name(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def run_mutmut(paths: list[str], only: set | None = None) -> int:
-    """Run mutmut on the files' mutants; ``only``: just those whose last result is in it (None = not run yet)."""
+def mutmut_env() -> dict[str, str]:
+    """The environment mutmut and its test processes run in: one torch thread, the floor leg's ComfyUI."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.setdefault("COMFYUI_PATH", str((REPO / ".comfyui").resolve()))
+    return env
+
+
+def run_mutmut(paths: list[str], only: set | None = None) -> int:
+    """Run mutmut on the files' mutants; ``only``: just those whose last result is in it (None = not run yet)."""
+    env = mutmut_env()
     patterns = [f"{module_name(p)}.*" for p in paths]  # named mutants run again even if they have a result
     if only is not None:
         wanted = {module_name(p) for p in paths}
@@ -61,8 +67,7 @@ def rerun_timeouts(paths: list[str]) -> None:
     A process mutmut forks after threaded torch work can hang in libgomp (a oneDNN convolution); mutmut
     then reports a timeout, which counts as a kill even when the mutant would survive."""
     wanted = {module_name(p) for p in paths}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.setdefault("COMFYUI_PATH", str((REPO / ".comfyui").resolve()))
+    env = mutmut_env()
     for meta in sorted((REPO / "mutants").rglob("*.py.meta")):
         if wanted and module_name(meta.relative_to(REPO / "mutants").as_posix().removesuffix(".meta")) not in wanted:
             continue
